@@ -1,0 +1,153 @@
+"""Command line: parses arguments and calls the Python API; no logic of its own.
+
+Job options are generated from the config dataclasses, so --help shows each default and its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+from . import __version__
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # "int | None": the non-None member parses the value
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f.metadata.get("help", "") + " (default: %(default)s)")
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(),
+                                help=f.metadata.get("help", "") + " (default: %(default)s)")
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace):
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from .data import CLASS_NAMES, class_counts, load_fashion_mnist
+
+    data = load_fashion_mnist(args.data_dir)
+    print(f"source: {data.source}")
+    print(f"train: {len(data.train_images)} images, test: {len(data.test_images)} images, 28x28 uint8")
+    print(f"{'class':<12} {'train':>6} {'test':>6}")
+    for name, n_train, n_test in zip(CLASS_NAMES, class_counts(data.train_labels),
+                                     class_counts(data.test_labels)):
+        print(f"{name:<12} {n_train:>6} {n_test:>6}")
+    if args.samples:
+        from .plots import plot_samples
+
+        plot_samples(data.train_images, data.train_labels, Path(args.samples))
+        print(f"sample grid saved to {args.samples}")
+
+
+def cmd_cv(args: argparse.Namespace) -> None:
+    from .crossval import CVConfig, cross_validate
+
+    cross_validate(config_from_args(CVConfig, args), resume=args.resume)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train_final
+
+    train_final(config_from_args(TrainConfig, args), resume=args.resume)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import load_fashion_mnist
+    from .evaluate import evaluate_model, write_reports
+    from .predict import resolve_model_path
+    from .runs import load_model
+
+    path = resolve_model_path(args.model)
+    model, meta = load_model(path)
+    data = load_fashion_mnist(args.data_dir)
+    report = evaluate_model(model, data.test_images, data.test_labels)
+    print(f"model: {path} ({meta['architecture']})")
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_reports(report, out)
+    else:
+        from .evaluate import format_per_class
+
+        print(format_per_class(report))
+    print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images)} images")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import REGISTRY, count_parameters, create_model
+
+    for spec in REGISTRY.values():
+        print(f"{spec.name:<10} {count_parameters(create_model(spec.name)):>10,} parameters  "
+              f"{spec.description}")
+        if spec.recipe:
+            print(f"{'':<10} recipe: " + ", ".join(f"{k}={v}" for k, v in spec.recipe.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .crossval import CVConfig
+    from .train import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="fashion-cnn", description="Train, evaluate and use CNN image classifiers on Fashion-MNIST.")
+    parser.add_argument("--version", action="version", version=f"fashion-cnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="show where the data came from and its class counts")
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
+    p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation with learning curves")
+    add_config_options(p, CVConfig)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
+                   "(its saved config is used; other options are ignored)")
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("train", help="train the final model on all training images, test it once, save it")
+    add_config_options(p, TrainConfig)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
+                   "(its saved config is used; other options are ignored)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a saved model on the 10,000 test images")
+    p.add_argument("--model", help="model file or run directory (default: newest under runs/)")
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
+    p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .runs import ModelFileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DataError, ModelFileError, FileNotFoundError, ValueError) as e:
+        print(f"fashion-cnn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fashion-cnn: interrupted; `--resume RUN_DIR` continues from the last finished epoch",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

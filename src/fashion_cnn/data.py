@@ -1,0 +1,230 @@
+"""Fashion-MNIST: IDX reading, where the files come from, and checksums.
+
+Images stay uint8 tensors of shape (N, 28, 28); batches are slices scaled to [0, 1] where they are used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .runs import write_atomic
+
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "FASHION_CNN_DATA"
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    name: str
+    magic: int  # 0x0803: uint8 images (3 dims), 0x0801: uint8 labels (1 dim)
+    count: int
+    sha256: str  # of the decompressed bytes: Debian recompresses the .gz files
+
+
+FILES = {
+    "train_images": IdxFile("train-images-idx3-ubyte.gz", 0x0803, 60_000,
+                            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train_labels": IdxFile("train-labels-idx1-ubyte.gz", 0x0801, 60_000,
+                            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "test_images": IdxFile("t10k-images-idx3-ubyte.gz", 0x0803, 10_000,
+                           "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz", 0x0801, 10_000,
+                           "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+
+
+class DataError(Exception):
+    """A data file is missing, corrupt or not what it should be; the message names the file."""
+
+
+@dataclass
+class FashionMNIST:
+    train_images: torch.Tensor  # uint8 (60000, 28, 28)
+    train_labels: torch.Tensor  # int64 (60000,)
+    test_images: torch.Tensor  # uint8 (10000, 28, 28)
+    test_labels: torch.Tensor  # int64 (10000,)
+    source: str  # where the files were found, for logs and model metadata
+    checksums: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
+
+
+def decompress(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+
+
+def parse_idx(raw: bytes, name: str, magic: int, count: int | None = None) -> np.ndarray:
+    """Validate an IDX byte string (magic, dimensions, size) and return it as a uint8 array."""
+    if len(raw) < 4:
+        raise DataError(f"{name}: too short to be an IDX file ({len(raw)} bytes)")
+    (found,) = struct.unpack(">I", raw[:4])
+    if found != magic:
+        raise DataError(f"{name}: wrong magic number 0x{found:08x}, expected 0x{magic:08x}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{name}: truncated header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if ndim == 3 and dims[1:] != (28, 28):
+        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    if count is not None and dims[0] != count:
+        raise DataError(f"{name}: holds {dims[0]} items, expected {count}")
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(f"{name}: {len(raw) - header} data bytes, header promises {expected} (truncated?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
+    """Read and validate one gzipped IDX file."""
+    return parse_idx(decompress(Path(path)), str(path), magic, count)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fashion-cnn"
+
+
+def has_all_files(directory: Path) -> bool:
+    return all((directory / f.name).is_file() for f in FILES.values())
+
+
+def find_data_dir(data_dir: str | Path | None = None, download: bool = True,
+                  url: str = MIRROR_URL) -> Path:
+    """The first directory holding all four files: explicit, $FASHION_CNN_DATA, Debian's, the cache.
+
+    Falls back to downloading into the cache. An explicitly named directory that lacks the files is an
+    error rather than a silent fall-through, so users learn their path is wrong.
+    """
+    for label, candidate in (("--data-dir", data_dir), (ENV_VAR, os.environ.get(ENV_VAR))):
+        if candidate:
+            path = Path(candidate)
+            if not has_all_files(path):
+                missing = [f.name for f in FILES.values() if not (path / f.name).is_file()]
+                raise DataError(f"{path} (from {label}) lacks {', '.join(missing)}")
+            return path
+    for path in (DEBIAN_DIR, cache_dir()):
+        if has_all_files(path):
+            return path
+    if not download:
+        raise DataError("Fashion-MNIST not found; pass --data-dir, set $FASHION_CNN_DATA, "
+                        "or install the Debian package dataset-fashion-mnist")
+    download_all(cache_dir(), url)
+    return cache_dir()
+
+
+def download_all(dest: Path, url: str = MIRROR_URL) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for spec in FILES.values():
+        if not (dest / spec.name).is_file():
+            download_file(url.rstrip("/") + "/" + spec.name, dest / spec.name, spec)
+
+
+def download_file(url: str, target: Path, spec: IdxFile) -> None:
+    """Fetch into a temp file beside the target, verify it, then rename: never a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            if total is not None and out.tell() != total:
+                raise DataError(f"{url}: transfer interrupted ({out.tell()} of {total} bytes)")
+        verify(Path(tmp), spec, label=url)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:  # urllib's errors are OSErrors; http.client's IncompleteRead too
+        raise DataError(f"{url}: download failed ({e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def verify(path: Path, spec: IdxFile, label: str | None = None) -> bytes:
+    raw = decompress(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != spec.sha256:
+        raise DataError(f"{label or path}: SHA-256 of the decompressed data is {digest}, "
+                        f"expected {spec.sha256}")
+    return raw
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True,
+                       url: str = MIRROR_URL, check: bool = True) -> FashionMNIST:
+    """Load all four files, verifying their checksums the first time each file is seen.
+
+    `check=False` skips the checksums, for IDX files of your own (same format, other content).
+    """
+    directory = find_data_dir(data_dir, download, url)
+    verified_log = cache_dir() / "verified.json"
+    try:
+        verified = set(json.loads(verified_log.read_text()))
+    except (OSError, ValueError):
+        verified = set()
+    arrays, newly_verified = {}, set()
+    for key, spec in FILES.items():
+        path = directory / spec.name
+        stamp = _stamp(path)
+        if check and stamp not in verified:
+            raw = verify(path, spec)
+            newly_verified.add(stamp)
+        else:
+            raw = decompress(path)
+        arrays[key] = parse_idx(raw, str(path), spec.magic, spec.count if check else None)
+    if newly_verified:
+        _write_json_atomic(verified_log, sorted(verified | newly_verified))
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DataError(f"{directory}: {split} images and labels differ in count")
+        if arrays[f"{split}_labels"].max(initial=0) >= len(CLASS_NAMES):
+            raise DataError(f"{directory}: {split} labels outside 0..9")
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    return FashionMNIST(
+        train_images=tensors["train_images"], train_labels=tensors["train_labels"].long(),
+        test_images=tensors["test_images"], test_labels=tensors["test_labels"].long(),
+        source=str(directory), checksums={s.name: s.sha256 for s in FILES.values()} if check else {},
+    )
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    try:
+        write_atomic(path, json.dumps(obj, indent=1).encode())
+    except OSError:
+        pass  # the log only saves time; a read-only cache must not stop training
+
+
+def class_counts(labels: torch.Tensor) -> list[int]:
+    return torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255.0)
