@@ -1,0 +1,37 @@
+# Every target installs what it needs first; running one twice does no work twice.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/fashion-cnn
+ARGS   ?=
+
+.PHONY: setup system-deps cv test clean-venv
+
+setup: system-deps $(VENV)/.installed
+
+# Debian packages: the dataset, and Chromium for the browser test. Without root, the loader downloads
+# the data instead and the browser test is skipped.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v chromium >/dev/null; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	fi
+
+# torch==2.13.0 first: it is the CPU build; a bare `torch` requirement would pull the CUDA one.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The main job: 5-fold cross-validation of the baseline, then the final model on all training data.
+cv: setup
+	$(CLI) data
+	$(CLI) cv $(ARGS)
+	$(CLI) train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
