@@ -1,0 +1,63 @@
+"""Shared fixtures: small IDX files written by the tests, and the real data where it is installed."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashion_cnn.data import DEBIAN_DIR, FILES, has_all_files
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic 0x08 0x(ndim), big-endian dimensions, data."""
+    magic = 0x0800 | array.ndim
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> Path:
+    path.write_bytes(gzip.compress(idx_bytes(array)))
+    return path
+
+
+def tiny_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n images whose class is visible (a bright bar at a class-specific row), so models can learn it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 255
+    return images, labels
+
+
+def make_dataset_dir(directory: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = tiny_arrays(n_train, 0)
+    test_x, test_y = tiny_arrays(n_test, 1)
+    for key, array in (("train_images", train_x), ("train_labels", train_y),
+                       ("test_images", test_x), ("test_labels", test_y)):
+        write_idx_gz(directory / FILES[key].name, array)
+    return directory
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path) -> Path:
+    return make_dataset_dir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The real Fashion-MNIST (Debian's copy, which `make test` installs)."""
+    if not has_all_files(DEBIAN_DIR):
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    from fashion_cnn.data import load_fashion_mnist
+
+    return load_fashion_mnist(DEBIAN_DIR)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Keep tests away from the user's cache and $FASHION_CNN_DATA."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASHION_CNN_DATA", raising=False)
