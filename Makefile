@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
-.PHONY: setup system-deps cv test clean-venv
+.PHONY: setup system-deps cv test clean-venv bench-speed bench-job
 
 setup: system-deps $(VENV)/.installed
 
@@ -32,6 +32,25 @@ cv: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# Keras 3 + TensorFlow (CPU build) in a virtualenv of their own: the reference the speed benchmark
+# compares against, kept apart so neither stack's libraries or threads leak into the other.
+KERAS_VENV ?= .venv-keras
+EPOCHS     ?= 3
+
+$(KERAS_VENV)/.installed:
+	python3 -m venv $(KERAS_VENV)
+	$(KERAS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KERAS_VENV)/bin/python -m pip install -q tensorflow-cpu==2.21.0 keras==3.15.1
+	touch $@
+
+# fashion-cnn vs Keras, same split, batch and optimiser, one run: `make bench-speed EPOCHS=10` for accuracy.
+bench-speed: setup $(KERAS_VENV)/.installed
+	$(PY) benchmarks/speed_vs_keras.py --epochs $(EPOCHS) --keras-python $(KERAS_VENV)/bin/python $(ARGS)
+
+# Wall time and peak memory of the whole default job (`make cv`).
+bench-job: setup
+	$(PY) benchmarks/default_job.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
