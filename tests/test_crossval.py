@@ -1,0 +1,86 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fashion_cnn import crossval
+from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
+
+
+def test_kfold_splits_disjoint_covering_reproducible():
+    splits = kfold_splits(103, 5, seed=1)
+    assert len(splits) == 5
+    all_val = np.concatenate([val for _, val in splits])
+    assert sorted(all_val) == list(range(103))  # every image validated exactly once
+    for train, val in splits:
+        assert not set(train) & set(val)
+        assert len(train) + len(val) == 103
+        assert abs(len(val) - 103 / 5) < 1
+    again = kfold_splits(103, 5, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    assert not np.array_equal(splits[0][1], kfold_splits(103, 5, seed=2)[0][1])
+    assert not np.array_equal(splits[0][1], np.arange(len(splits[0][1])))  # shuffled, not blocks
+
+
+def test_bad_fold_count():
+    with pytest.raises(ValueError, match="--folds"):
+        kfold_splits(10, 1, 1)
+
+
+def small_cv(tmp_path) -> CVConfig:
+    return CVConfig(limit=1200, folds=3, epochs=2, out=str(tmp_path / "runs"))
+
+
+def metrics_without_timings(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_cross_validation_writes_results(real_data, tmp_path):
+    run_dir, summary = cross_validate(small_cv(tmp_path), data=real_data)
+    assert len(summary["fold_accuracies"]) == 3
+    assert summary["mean"] == pytest.approx(np.mean(summary["fold_accuracies"]))
+    assert summary["mean"] > 0.6  # 800 images, 2 epochs: well above chance (0.1)
+    for name in ("config.json", "metrics.csv", "cv_results.json", "learning_curves.png",
+                 "log.txt", "checkpoint.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3 * 2
+    assert json.loads((run_dir / "config.json").read_text())["folds"] == 3
+    assert "accuracy: mean" in (run_dir / "log.txt").read_text()
+
+
+def test_same_seed_same_numbers_and_new_dirs(real_data, tmp_path):
+    cfg = small_cv(tmp_path)
+    cfg.folds, cfg.epochs = 2, 1
+    first, a = cross_validate(cfg, data=real_data)
+    second, b = cross_validate(cfg, data=real_data)
+    assert first != second  # never overwrites another run
+    assert a["fold_accuracies"] == b["fold_accuracies"]
+
+
+def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
+    cfg = small_cv(tmp_path)
+    reference_dir, reference = cross_validate(cfg, data=real_data)
+
+    real_save = crossval.save_checkpoint
+    calls = []
+
+    def killed_during_fourth_epoch(*args, **kwargs):  # fold 2, epoch 2: its work is lost
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(crossval, "save_checkpoint", killed_during_fourth_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(cfg, data=real_data)
+    monkeypatch.setattr(crossval, "save_checkpoint", real_save)
+    run_dir = max((tmp_path / "runs").iterdir())
+    assert not (run_dir / "cv_results.json").exists()
+
+    resumed_dir, resumed = cross_validate(cfg, resume=run_dir, data=real_data)
+    assert resumed_dir == run_dir
+    assert resumed["fold_accuracies"] == reference["fold_accuracies"]
+    # every epoch's losses and accuracies, identical to the uninterrupted run
+    assert metrics_without_timings(run_dir) == metrics_without_timings(reference_dir)
