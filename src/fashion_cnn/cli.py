@@ -85,6 +85,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images)} images")
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
+
+    predictor = Predictor(args.model)
+    predictions = predictor.predict(args.images, top_k=args.top_k,
+                                    invert=False if args.no_invert else None, crop=not args.no_crop)
+    print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
+    if args.format == "json":
+        print(json.dumps(as_json(predictions, predictor), indent=2))
+    elif args.format == "csv":
+        write_csv(predictions, predictor.class_names, sys.stdout)
+    for p in predictions:
+        if p.error:
+            print(f"fashion-cnn: error: {p.source}: {p.error}", file=sys.stderr)
+        elif args.format == "text":
+            print(format_line(p))
+    if args.save_preprocessed:
+        saved = save_preprocessed(predictions, args.save_preprocessed)
+        print(f"{len(saved)} preprocessed images saved to {args.save_preprocessed}", file=sys.stderr)
+    return 1 if any(p.error for p in predictions) else 0
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from .models import REGISTRY, count_parameters, create_model
 
@@ -127,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
+                   "else the packaged model)")
+    p.add_argument("--top-k", type=int, default=3,
+                   help="how many classes to list per image (default: %(default)s)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", dest="format", action="store_const", const="json", default="text",
+                        help="one JSON document on stdout")
+    output.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV on stdout")
+    p.add_argument("--no-invert", action="store_true",
+                   help="never invert (default: invert when the border is light, as in photos)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="keep the whole picture instead of cropping to the object")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
     return parser
@@ -138,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (DataError, ModelFileError, FileNotFoundError, ValueError) as e:
         print(f"fashion-cnn: error: {e}", file=sys.stderr)
         return 1
@@ -146,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print("fashion-cnn: interrupted; `--resume RUN_DIR` continues from the last finished epoch",
               file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,21 +1,365 @@
-"""Prediction on new images: which model to use, image preprocessing, inference."""
+"""Prediction on new images: which model to use, image decoding and preprocessing, inference.
+
+Fashion-MNIST items are light objects on a black background, centred, their long side spanning all 28
+pixels, 8-bit grayscale. `preprocess` turns an ordinary picture (usually a dark object on a light
+background, anywhere in the frame) into that: grayscale, invert if the border is light, background to 0,
+crop to the object, pad to a square, resize to 28x28.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+import struct
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import IO, Iterable, Union
 
-from .runs import ModelFileError
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .data import CLASS_NAMES
+from .runs import ModelFileError, write_atomic
 
 RUNS_DIR = Path("runs")
+DEFAULT_MODEL = "weights/default.safetensors"  # inside the package; a later release ships one
+MAX_PIXELS = 40_000_000  # a 12-megapixel phone photo is far below; a decompression bomb far above
+MAX_BYTES = 20_000_000
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # no EPS (Ghostscript), PSD, ICO... from strangers
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SIZE = 28
+WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the crop need no more detail
+FOREGROUND = 0.1  # after the background is set to 0, what is brighter than this belongs to the object
+MARGIN = 0.0  # Fashion-MNIST's objects span all 28 pixels on their long side (98% of the test set)
+
+Image.init()  # register every plugin now: Image.open(formats=...) fails on ones not yet loaded
+# Pillow only warns between its limit and twice its limit; make that an error (decode() also checks).
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+                 Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+Source = Union[str, Path, bytes, Image.Image, np.ndarray]
+
+
+class ImageError(Exception):
+    """An input that cannot be used as an image; the message is one line naming the input."""
+
+    def __init__(self, reason: str, source: str | None = None) -> None:
+        super().__init__(f"{source}: {reason}" if source else reason)
+        self.reason, self.source = reason, source
+
+
+# --- which model ---------------------------------------------------------------------------------
+
+def packaged_model() -> Path | None:
+    ref = resources.files(__package__).joinpath(DEFAULT_MODEL)
+    return Path(str(ref)) if ref.is_file() else None
 
 
 def resolve_model_path(model: str | Path | None = None, runs_dir: Path = RUNS_DIR) -> Path:
-    """A model file from a file or run directory; by default the newest final model under runs/."""
+    """A model file from a file or run directory; by default the newest final model under runs/,
+    else the model shipped with the package."""
     if model is not None:
         path = Path(model)
         return path / "model.safetensors" if path.is_dir() else path
     candidates = sorted(runs_dir.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    if candidates:
+        return candidates[-1]
+    packaged = packaged_model()
+    if packaged is None:
         raise ModelFileError(f"no model given and none found under {runs_dir}/; "
                              "train one with `fashion-cnn train` or pass --model")
-    return candidates[-1]
+    return packaged
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+def read_limited(path: Path) -> bytes:
+    if path.is_dir():
+        raise ImageError("a folder, not an image file", str(path))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ImageError("no such file", str(path)) from None
+    except OSError as e:
+        raise ImageError(f"cannot read ({e.strerror or e})", str(path)) from None
+    return data
+
+
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """uint8/uint16 gray, RGB or RGBA arrays as they are; float arrays must already be in [0, 1]."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))) or 0 in array.shape:
+        raise ImageError(f"array of shape {array.shape} is not an image (H, W), (H, W, 3) or (H, W, 4)")
+    if array.dtype.kind == "f":
+        if array.ndim != 2:
+            raise ImageError("float arrays must be grayscale (H, W); use uint8 for colour")
+        if not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+            raise ImageError("float arrays must hold values in [0, 1]")
+        return Image.fromarray(array.astype(np.float32))
+    if array.dtype not in (np.uint8, np.uint16) or (array.dtype == np.uint16 and array.ndim == 3):
+        raise ImageError(f"unsupported array type {array.dtype} (use uint8, gray uint16 or float in [0, 1])")
+    return Image.fromarray(array)
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode fully (so truncation shows here), first frame only, EXIF orientation applied."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"over the {MAX_BYTES / 1e6:.0f} MB limit")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"{image.width}x{image.height} pixels, over the "
+                             f"{max_pixels / 1e6:.0f}-megapixel limit")
+        return ImageOps.exif_transpose(image)  # a loaded copy: decoding errors surface here
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"not a {'/'.join(FORMATS)} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"over the {max_pixels / 1e6:.0f}-megapixel limit (decompression bomb?)") from None
+    except DECODE_ERRORS as e:
+        raise ImageError(f"truncated or corrupt image ({e})") from None
+
+
+def load_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An untrusted path, file content, PIL image or array as a decoded PIL image, within the limits.
+
+    Pillow's own bomb guard stays at MAX_PIXELS, so max_pixels can only tighten it.
+    """
+    if isinstance(source, Image.Image):
+        if source.width * source.height > max_pixels:
+            raise ImageError(f"{source.width}x{source.height} pixels, over the "
+                             f"{max_pixels / 1e6:.0f}-megapixel limit")
+        return ImageOps.exif_transpose(source)
+    if isinstance(source, np.ndarray):
+        return image_from_array(source)
+    if isinstance(source, bytes):
+        return decode(source, max_pixels)
+    try:
+        return decode(read_limited(Path(source)), max_pixels)
+    except ImageError as e:
+        raise ImageError(e.reason, str(source)) from None
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """float32 (H, W) in [0, 1]: transparency composited onto white, any mode through 8-bit gray.
+
+    Float images (from float arrays) keep their values; large images shrink to WORKING_SIZE.
+    """
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if image.mode.startswith("I"):  # 16- or 32-bit integers: Pillow's convert("L") would clip, not scale
+        image = Image.fromarray(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    gray = image if image.mode == "L" else image.convert("RGB").convert("L")
+    if max(gray.size) > WORKING_SIZE:
+        gray = ImageOps.contain(gray, (WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
+    return np.asarray(gray, dtype=np.uint8).astype(np.float32) / np.float32(255)
+
+
+def border(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
+
+
+def has_light_background(x: np.ndarray) -> bool:
+    return bool(np.median(border(x)) > 0.5)
+
+
+def remove_background(x: np.ndarray) -> np.ndarray:
+    """Background (the border's median, plus its noise) to 0 and the brightest pixel to 1."""
+    edge = border(x)
+    median = np.median(edge)
+    floor = median + 3 * 1.4826 * np.median(np.abs(edge - median))  # 3 robust standard deviations
+    top = x.max()
+    if top <= floor:
+        return np.zeros_like(x)
+    return np.clip((x - floor) / (top - floor), 0, 1)
+
+
+def crop_to_object(x: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(x > FOREGROUND)
+    if len(rows) == 0:
+        return x
+    return x[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+def pad_and_resize(x: np.ndarray) -> np.ndarray:
+    """Centre on a black square (aspect ratio kept), resize to 28x28 with antialiasing, round to 8 bits.
+
+    Rounding makes the model see 8-bit values like its training data, and the saved PNG exactly that.
+    """
+    h, w = x.shape
+    side = round(max(h, w) * (1 + 2 * MARGIN))
+    square = np.zeros((side, side), np.float32)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top:top + h, left:left + w] = x
+    small = np.asarray(Image.fromarray(square).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+    return np.round(np.clip(small, 0, 1) * 255).astype(np.float32) / np.float32(255)
+
+
+def preprocess(image: Source, invert: bool | None = None, crop: bool = True) -> np.ndarray:
+    """float32 (28, 28) in [0, 1], light object on black, as the model was trained on.
+
+    invert=None inverts when the border is light. A 28x28 input is taken as already framed like
+    Fashion-MNIST: only inverted (if at all), never cropped or rescaled, so test-set images pass
+    through unchanged.
+    """
+    x = to_grayscale(load_image(image))
+    if invert is None:
+        invert = has_light_background(x)
+    if invert:
+        x = 1 - x
+    if x.shape == (SIZE, SIZE):
+        return x
+    x = remove_background(x)
+    return pad_and_resize(crop_to_object(x) if crop else x)
+
+
+# --- inference -----------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    source: str
+    class_name: str | None = None
+    class_index: int | None = None
+    probabilities: list[float] = field(default_factory=list)  # one per class, in the model's order
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    image: np.ndarray | None = None  # the 28x28 the model saw
+    error: str | None = None  # why this input could not be used; the other fields are then empty
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def source_name(item: Source, index: int) -> str:
+    return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {index}>"
+
+
+def expand_sources(images: Source | Iterable[Source]) -> list[tuple[str, Source | ImageError]]:
+    """(name, source) per image: one image or a list of them; folders become their image files."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    expanded: list[tuple[str, Source | ImageError]] = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, (str, Path)) and Path(item).is_dir()):
+            expanded.append((source_name(item, i), item))
+        elif files := image_files(Path(item)):
+            expanded += [(str(f), f) for f in files]
+        else:
+            no_images = ImageError(f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+            expanded.append((str(item), no_images))
+    return expanded
+
+
+def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: bool) -> Prediction:
+    try:
+        if isinstance(source, ImageError):
+            raise source
+        return Prediction(name, image=preprocess(source, invert, crop))
+    except ImageError as e:
+        return Prediction(name, error=e.reason)
+
+
+class Predictor:
+    """A loaded model and the class names it predicts."""
+
+    def __init__(self, model: str | Path | None = None, device: str = "cpu") -> None:
+        from .runs import load_model
+
+        self.path = resolve_model_path(model)
+        self.model, self.meta = load_model(self.path, device)
+        self.class_names = list(self.meta.get("class_names", CLASS_NAMES))
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
+        from .evaluate import predict_logits
+
+        logits = predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
+        return torch.softmax(logits, 1).numpy()
+
+    def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
+                crop: bool = True) -> list[Prediction]:
+        """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        predictions = [prepare(name, source, invert, crop) for name, source in expand_sources(images)]
+        ok = [p for p in predictions if p.error is None]
+        if ok:
+            for p, probs in zip(ok, self.predict_arrays(np.stack([p.image for p in ok]))):
+                order = np.argsort(-probs, kind="stable")
+                p.class_index = int(order[0])
+                p.class_name = self.class_names[order[0]]
+                p.probabilities = probs.tolist()
+                p.top_k = [(self.class_names[i], float(probs[i])) for i in order[:top_k]]
+        return predictions
+
+    def describe(self) -> str:
+        accuracy = self.meta.get("test_accuracy")
+        score = f", test accuracy {100 * accuracy:.2f}%" if accuracy is not None else ""
+        return f"model: {self.path} ({self.meta['architecture']}{score})"
+
+
+def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
+            **options) -> list[Prediction]:
+    """Predict with a model file or run directory (default: newest under runs/); see Predictor.predict."""
+    return Predictor(model).predict(images, top_k=top_k, **options)
+
+
+# --- output --------------------------------------------------------------------------------------
+
+def format_line(p: Prediction) -> str:
+    """`shoe.jpg: Sneaker (0.93)  [Sneaker 0.93, Sandal 0.05, Ankle boot 0.01]`"""
+    ranked = ", ".join(f"{name} {prob:.2f}" for name, prob in p.top_k)
+    return f"{p.source}: {p.class_name} ({p.top_k[0][1]:.2f})  [{ranked}]"
+
+
+def as_json(predictions: list[Prediction], predictor: Predictor) -> dict:
+    return {
+        "model": {"path": str(predictor.path), "architecture": predictor.meta["architecture"],
+                  "test_accuracy": predictor.meta.get("test_accuracy")},
+        "predictions": [
+            {"source": p.source, "class_name": p.class_name, "class_index": p.class_index,
+             "probability": p.top_k[0][1] if p.top_k else None,
+             "top_k": [{"class_name": name, "probability": prob} for name, prob in p.top_k],
+             "probabilities": dict(zip(predictor.class_names, p.probabilities)), "error": p.error}
+            for p in predictions
+        ],
+    }
+
+
+def write_csv(predictions: list[Prediction], class_names: list[str], out: IO[str]) -> None:
+    """source, class_name, probability, one column per class, error."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["source", "class_name", "probability", *class_names, "error"])
+    for p in predictions:
+        best = f"{p.top_k[0][1]:.6f}" if p.top_k else ""
+        probs = [f"{q:.6f}" for q in p.probabilities] or [""] * len(class_names)
+        writer.writerow([p.source, p.class_name or "", best, *probs, p.error or ""])
+
+
+def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
+    """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order."""
+    paths = []
+    for i, p in enumerate(predictions):
+        if p.image is None:
+            continue
+        stem = re.sub(r"[^\w.-]+", "_", Path(p.source).stem).strip("_") or "image"
+        path = Path(out_dir) / f"{i:04d}-{stem}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(p.image * 255).astype(np.uint8)).save(buffer, "PNG")
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths
