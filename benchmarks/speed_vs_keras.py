@@ -44,14 +44,19 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 def own_cpu_seconds() -> float:
-    """CPU seconds used by this process and its finished children (the Keras run)."""
+    """CPU seconds used by this process and its finished children."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
 
-def other_cpu_share(start: tuple[tuple[int, int], float]) -> float:
-    """Share of all CPUs that processes other than this benchmark used since `start`: 0 means a quiet machine."""
-    (busy0, total0), own0 = start
+def cpu_snapshot() -> tuple[tuple[int, int], float]:
+    return cpu_jiffies(), own_cpu_seconds()
+
+
+def other_cpu_share(since: tuple[tuple[int, int], float]) -> float:
+    """Share of all CPUs that processes other than this one and its children used since the snapshot:
+    0 means the machine was otherwise quiet."""
+    (busy0, total0), own0 = since
     busy1, total1 = cpu_jiffies()
     tick = os.sysconf("SC_CLK_TCK")
     others = (busy1 - busy0) / tick - (own_cpu_seconds() - own0)
@@ -243,7 +248,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
-    start = (cpu_jiffies(), own_cpu_seconds())
+    start = cpu_snapshot()
     load_before = os.getloadavg()
     data_dir = find_data_dir(args.data_dir)
     data = load_fashion_mnist(data_dir)

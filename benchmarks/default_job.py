@@ -1,0 +1,79 @@
+"""Wall time and peak memory of the whole default job: `fashion-cnn cv`, then `fashion-cnn train`.
+
+Each runs as a child process writing its run directory into a temporary folder; wait4 gives each child's
+own CPU time and peak resident memory. Issue 4's targets: under 3 minutes in all on 2 cores, peak memory
+under 1.5 GB. Saves default_job.json in --out.
+
+    make bench-job
+    .venv/bin/python benchmarks/default_job.py -- --limit 2000 --epochs 1   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from speed_vs_keras import cpu_snapshot, other_cpu_share
+
+HERE = Path(__file__).resolve().parent
+TARGET_SECONDS, TARGET_PEAK_BYTES = 180, 1.5e9
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run cmd to completion; its wall seconds, CPU seconds and peak RSS (this child alone, not the max
+    over all children as RUSAGE_CHILDREN would give)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return {"command": " ".join(cmd[2:]), "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where default_job.json goes")
+    parser.add_argument("job_args", nargs="*", help="after --: passed to both `cv` and `train`")
+    args = parser.parse_args()
+
+    start, load_before = cpu_snapshot(), os.getloadavg()
+    with tempfile.TemporaryDirectory() as runs:
+        cli = [sys.executable, "-m", "fashion_cnn.cli"]
+        steps = {job: run_measured(cli + [job, "--out", runs] + args.job_args) for job in ("cv", "train")}
+    total = sum(s["seconds"] for s in steps.values())
+    peak = max(s["peak_rss_bytes"] for s in steps.values())
+    result = {
+        "job_args": args.job_args,
+        "cpus": os.cpu_count(),
+        "steps": steps,
+        "total_seconds": total,
+        "peak_rss_bytes": peak,
+        "meets_targets": {"under_3_minutes": total < TARGET_SECONDS, "peak_under_1.5GB": peak < TARGET_PEAK_BYTES},
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "other_processes_cpu_share": other_cpu_share(start),
+    }
+
+    print(f"\n{'step':<8} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}")
+    for job, s in steps.items():
+        print(f"{job:<8} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['peak_rss_bytes'] / 1e6:>12.0f}")
+    print(f"{'total':<8} {total:>8.1f} {'':>8} {peak / 1e6:>12.0f}   targets: < {TARGET_SECONDS} s, "
+          f"< {TARGET_PEAK_BYTES / 1e6:.0f} MB: {'met' if all(result['meets_targets'].values()) else 'NOT met'}")
+    print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {os.cpu_count()} CPUs "
+          f"during the run (load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "default_job.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {args.out / 'default_job.json'}")
+
+
+if __name__ == "__main__":
+    main()
