@@ -109,6 +109,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(p.error for p in predictions) else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import run
+
+    run(args.model, host=args.host, port=args.port)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+    from .predict import resolve_model_path
+
+    report = export_onnx(resolve_model_path(args.model), args.out)
+    print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
+          "output probabilities (N, 10)")
+    print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
+          f"largest probability difference {report['max_abs_diff']:.1e} (tolerance {report['tolerance']:g})")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from .models import REGISTRY, count_parameters, create_model
 
@@ -167,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the whole picture instead of cropping to the object")
     p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="web demo and JSON API (page at /, API docs at /docs)")
+    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
+                   "else the packaged model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a model as ONNX, checked against PyTorch with onnxruntime")
+    p.add_argument("out", metavar="OUT", help="the file to write, e.g. model.onnx")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
+    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
+                   "else the packaged model)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
