@@ -61,3 +61,18 @@ def isolated_cache(tmp_path, monkeypatch):
     """Keep tests away from the user's cache and $FASHION_CNN_DATA."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FASHION_CNN_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """An untrained baseline saved as a model file: made in milliseconds, and deterministic."""
+    import torch
+
+    from fashion_cnn.data import CLASS_NAMES
+    from fashion_cnn.models import create_model
+    from fashion_cnn.runs import save_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_model(path, create_model("baseline"), {"architecture": "baseline", "class_names": list(CLASS_NAMES)})
+    return path
