@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from fashion_cnn import train
+from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.runs import load_model
+from fashion_cnn.train import TrainConfig, train_final
+
+
+def small_train(tmp_path) -> TrainConfig:
+    return TrainConfig(limit=1000, epochs=2, out=str(tmp_path / "runs"))
+
+
+def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
+    run_dir = train_final(small_train(tmp_path), data=real_data)
+    for name in ("config.json", "history.json", "metrics.json", "learning_curves.png", "log.txt",
+                 "model.safetensors", "confusion_matrix.png", "per_class.txt", "test_report.json"):
+        assert (run_dir / name).is_file(), name
+    report = json.loads((run_dir / "test_report.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == 10_000
+    assert len(report["per_class"]) == 10
+
+    model, meta = load_model(run_dir / "model.safetensors")
+    assert meta["architecture"] == "baseline" and meta["parameters"] == 542_230
+    assert meta["class_names"][9] == "Ankle boot"
+    assert meta["data"]["sha256"]["t10k-labels-idx1-ubyte.gz"].startswith("0402a96d")
+    logits = predict_logits(model, real_data.test_images)
+    assert (logits.argmax(1) == real_data.test_labels).float().mean().item() == pytest.approx(
+        meta["test_accuracy"], abs=1e-6)
+
+    # an identically seeded second run gives the very same weights
+    again, _ = load_model(train_final(small_train(tmp_path), data=real_data) / "model.safetensors")
+    assert torch.equal(predict_logits(again, real_data.test_images[:500]), logits[:500])
+
+
+def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
+    cfg = small_train(tmp_path)
+    reference, _ = load_model(train_final(cfg, data=real_data) / "model.safetensors")
+
+    real_save, calls = train.save_checkpoint, []
+
+    def killed_during_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_during_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_final(cfg, data=real_data)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    run_dir = max((tmp_path / "runs").iterdir())
+    assert not (run_dir / "model.safetensors").exists()
+
+    resumed, _ = load_model(train_final(cfg, resume=run_dir, data=real_data) / "model.safetensors")
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_device_choice():
+    assert train.resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            train.resolve_device("cuda")
