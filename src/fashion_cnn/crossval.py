@@ -15,7 +15,8 @@ from sklearn.model_selection import KFold
 
 from .data import FashionMNIST, load_fashion_mnist
 from .runs import load_tensors, new_run_dir, read_config, start_log, write_atomic, write_json
-from .train import TrainConfig, fit, opt, limited, load_checkpoint, make_model, make_optimizer, save_checkpoint, setup_threads
+from .train import (TrainConfig, fit, opt, limited, load_checkpoint, make_ema, make_model, make_optimizer,
+                    save_checkpoint, setup_threads)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -78,18 +79,19 @@ def cross_validate(cfg: CVConfig, resume: str | Path | None = None,
         if len(history) < cfg.epochs:
             model = make_model(cfg, fold)
             optimizer = make_optimizer(model, cfg)
+            ema = make_ema(model, cfg)
             if history:
-                load_checkpoint(ckpt, model, optimizer)
+                load_checkpoint(ckpt, model, optimizer, ema)
             train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
 
-            def on_epoch(hist, fold=fold, model=model, optimizer=optimizer):
+            def on_epoch(hist, fold=fold, model=model, optimizer=optimizer, ema=ema):
                 histories[str(fold)] = hist
-                save_checkpoint(ckpt, model, optimizer, {"job": "cv", "histories": histories})
+                save_checkpoint(ckpt, model, optimizer, {"job": "cv", "histories": histories}, ema)
                 write_atomic(run_dir / "metrics.csv", metrics_csv(histories))
 
             history = fit(model, optimizer, cfg, (images[train_idx], labels[train_idx]),
                           (images[val_idx], labels[val_idx]), history, keys=(fold,),
-                          desc=f"fold {fold + 1}/{cfg.folds} ", on_epoch=on_epoch)
+                          desc=f"fold {fold + 1}/{cfg.folds} ", on_epoch=on_epoch, ema=ema)
         accuracies.append(history[-1]["val_accuracy"])
         log.info(f"fold {fold + 1}/{cfg.folds}: accuracy {100 * accuracies[-1]:.3f}%")
 

@@ -150,4 +150,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not fit architecture {arch!r} ({str(e)[:200]})") from None
+    model.tta = bool(meta.get("tta", False))  # test-time augmentation, as the model was evaluated in training
     return model.to(device).eval(), meta
