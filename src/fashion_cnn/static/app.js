@@ -28,20 +28,20 @@ function bar(ranked) {
 
 function card(result) {
   const node = element("article", result.error ? "card error" : "card");
-  const body = element("div", "body");
-  body.append(element("div", "name", result.filename));
+  const head = element("div", "head");
+  head.append(element("div", "name", result.filename),
+              element("div", "class", result.error || result.class_name));
   if (result.error) {
-    body.append(element("div", "class", result.error));
-  } else {
-    const picture = element("img");
-    picture.src = result.image;
-    picture.alt = "the 28x28 image the model saw";
-    picture.title = picture.alt;
-    node.append(picture);
-    body.append(element("div", "class", result.class_name));
-    result.top_k.forEach((r) => body.append(bar(r)));
+    node.append(head);
+    return node;
   }
-  node.append(body);
+  const picture = element("img");
+  picture.src = result.image;
+  picture.alt = "the 28x28 image the model saw";
+  picture.title = picture.alt;
+  const bars = element("div", "bars");
+  bars.append(...result.top_k.map(bar));
+  node.append(picture, head, bars);
   return node;
 }
 
