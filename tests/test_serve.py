@@ -146,3 +146,12 @@ def test_samples_are_test_images_when_the_dataset_is_installed(client):
         assert Image.open(io.BytesIO(png.content)).size == (28, 28)
     assert len(samples) in (0, 10)  # one per class, or none without the data
     assert client.get(f"/samples/{len(samples)}.png").status_code == 404
+
+
+def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, monkeypatch):
+    with TestClient(create_app(model_file), raise_server_exceptions=False) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(Predictor, "predict", lambda *args: 1 / 0)
+            response = client.post("/predict", files=upload(("a.jpg", photo())))
+        assert response.status_code == 500 and response.json()["detail"] == "internal error (ZeroDivisionError)"
+        assert client.post("/predict", files=upload(("a.jpg", photo()))).status_code == 200

@@ -191,14 +191,13 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     return app
 
 
-def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        access_log: bool = True) -> None:
+def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network."""
     import uvicorn
 
     app = create_app(model)
     print(f"serving on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
