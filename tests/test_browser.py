@@ -3,13 +3,15 @@
 Needs Debian's chromium and Playwright for Python (`make setup` installs both as root); skipped otherwise.
 """
 
+import base64
+import io
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
+pytest.importorskip("fastapi_offline")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from conftest import tiny_arrays  # noqa: E402
@@ -83,6 +85,23 @@ def test_a_sample_click_and_a_bad_file(server, page, tmp_path):
     page.set_input_files("#file-input", bad)
     page.locator(".card.error").wait_for()
     assert page.locator("#status").text_content().startswith("error 422")
+    assert page.outside == []
+
+
+def test_dropped_files_are_classified(server, page):
+    png = io.BytesIO()
+    Image.fromarray(tiny_arrays(1)[0][0]).save(png, "PNG")
+    page.goto(server)
+    page.evaluate("""async (png) => {
+        const drop = new DataTransfer();
+        drop.items.add(new File(["not an image"], "notes.png", { type: "image/png" }));
+        drop.items.add(new File([await (await fetch(png)).blob()], "item.png", { type: "image/png" }));
+        document.querySelector("#drop-zone").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+    }""", "data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
+    page.locator(".card").nth(1).wait_for()
+    assert page.locator(".card .name").all_text_contents() == ["notes.png", "item.png"]
+    assert page.locator(".card.error .name").all_text_contents() == ["notes.png"]
     assert page.outside == []
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
+pytest.importorskip("fastapi_offline")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_arrays  # noqa: E402
