@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_vs_keras import cpu_snapshot, other_cpu_share
+from speed_vs_keras import cpu_snapshot, other_cpu_share, others_busy_now
 
 HERE = Path(__file__).resolve().parent
 TARGET_SECONDS, TARGET_PEAK_BYTES = 180, 1.5e9
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("job_args", nargs="*", help="after --: passed to both `cv` and `train`")
     args = parser.parse_args()
 
+    busy_before = others_busy_now()
     start, load_before = cpu_snapshot(), os.getloadavg()
     with tempfile.TemporaryDirectory() as runs:
         cli = [sys.executable, "-m", "fashion_cnn.cli"]
@@ -58,6 +59,7 @@ def main() -> None:
         "total_seconds": total,
         "peak_rss_bytes": peak,
         "meets_targets": {"under_3_minutes": total < TARGET_SECONDS, "peak_under_1.5GB": peak < TARGET_PEAK_BYTES},
+        "other_processes_cpu_share_before": busy_before,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "other_processes_cpu_share": other_cpu_share(start),
@@ -69,7 +71,8 @@ def main() -> None:
     print(f"{'total':<8} {total:>8.1f} {'':>8} {peak / 1e6:>12.0f}   targets: < {TARGET_SECONDS} s, "
           f"< {TARGET_PEAK_BYTES / 1e6:.0f} MB: {'met' if all(result['meets_targets'].values()) else 'NOT met'}")
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {os.cpu_count()} CPUs "
-          f"during the run (load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
+          f"during the run, {100 * busy_before:.0f}% just before "
+          f"(load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "default_job.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out / 'default_job.json'}")

@@ -63,6 +63,17 @@ def other_cpu_share(since: tuple[tuple[int, int], float]) -> float:
     return max(0.0, others / ((total1 - total0) / tick))
 
 
+def others_busy_now(seconds: float = 2.0) -> float:
+    """other_cpu_share over the next few seconds, with a warning when the machine is not quiet."""
+    since = cpu_snapshot()
+    time.sleep(seconds)
+    share = other_cpu_share(since)
+    if share > 0.1:
+        print(f"warning: other processes are using {100 * share:.0f}% of the CPUs; the times will be slower "
+              "than on a quiet machine, and threaded torch more so than TF", file=sys.stderr)
+    return share
+
+
 def gemm_gflops(sizes=(1024, 2048, 4096), repeats: int = 3) -> dict[int, float]:
     """fp32 square matrix-multiply speed through torch (MKL), all threads: best of `repeats` per size."""
     speeds = {}
@@ -206,8 +217,9 @@ def format_table(summary: dict, ratio: dict, gemm: dict, epochs: int) -> str:
         + ", ".join(f"n={n}: {v:.0f}" for n, v in gemm["gemm_gflops"].items()) + ")",
         f"training: {gemm['train_flop_per_image'] / 1e6:.2f} MFLOP/image, {gemm['epoch_gflop']:.0f} GFLOP/epoch "
         f"-> bound {gemm['epoch_bound_s']:.2f} s/epoch",
-        f"fashion-cnn reaches {gemm['fashion_cnn_gflops']:.0f} GFLOP/s = {100 * gemm['fashion_cnn_share_of_peak']:.0f}% "
-        f"of peak (Keras {gemm['keras_gflops']:.0f} GFLOP/s = {100 * gemm['keras_share_of_peak']:.0f}%)",
+        f"fashion-cnn reaches {gemm['fashion_cnn_gflops']:.0f} GFLOP/s = "
+        f"{100 * gemm['fashion_cnn_share_of_peak']:.0f}% of peak "
+        f"(Keras {gemm['keras_gflops']:.0f} GFLOP/s = {100 * gemm['keras_share_of_peak']:.0f}%)",
         "",
         f"targets: training >= 3x: {ratio['train_s_steady']:.2f}x; inference >= 2x: {ratio['predict_s']:.2f}x; "
         f"accuracy within 0.5 pts after 10 epochs: {ratio['val_accuracy_pct']:+.2f} pts"
@@ -248,8 +260,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
-    start = cpu_snapshot()
-    load_before = os.getloadavg()
+    busy_before = others_busy_now()
+    start, load_before = cpu_snapshot(), os.getloadavg()
     data_dir = find_data_dir(args.data_dir)
     data = load_fashion_mnist(data_dir)
     train_idx, val_idx = kfold_splits(len(data.train_images), 5, 1)[0]
@@ -274,6 +286,7 @@ def main() -> None:
         "cpu": next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")),
         "cpus": os.cpu_count(),
+        "other_processes_cpu_share_before": busy_before,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "other_processes_cpu_share": other_cpu_share(start),
@@ -283,12 +296,14 @@ def main() -> None:
           f"batch {args.batch_size}, {len(train_idx)} training / {len(val_idx)} validation images\n")
     print(table)
     print(f"\nmachine: {machine['cpu']}, {machine['cpus']} CPUs; other processes used "
-          f"{100 * machine['other_processes_cpu_share']:.0f}% of the CPUs during the run "
+          f"{100 * machine['other_processes_cpu_share']:.0f}% of the CPUs during the run, "
+          f"{100 * busy_before:.0f}% just before "
           f"(load average {load_before[0]:.2f} before, {machine['load_average_after'][0]:.2f} after)")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": TrainConfig().lr, "momentum": TrainConfig().momentum,
-                         "train_images": len(train_idx), "val_images": len(val_idx),
+    defaults = TrainConfig()
+    result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": defaults.lr,
+                         "momentum": defaults.momentum, "train_images": len(train_idx), "val_images": len(val_idx),
                          "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"},
               "machine": machine, "gemm": gemm, "summary": summary, "ratios": ratio, "raw": raw,
               "table": table}
