@@ -1,6 +1,19 @@
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
 import torch
 
-from fashion_cnn.models import count_parameters, create_model
+import fashion_cnn
+from fashion_cnn import train
+from fashion_cnn.models import REGISTRY, count_parameters, create_model
+from fashion_cnn.runs import load_model
+from fashion_cnn.train import TrainConfig, learning_rate, make_optimizer, make_step, train_final
+
+from conftest import tiny_arrays
+
+SHIPPED = Path(fashion_cnn.__file__).parent / "weights" / "default.safetensors"
 
 
 def test_baseline_shape_and_parameter_count():
@@ -16,3 +29,92 @@ def test_baseline_he_uniform_init():
         bound = (6 / fan_in) ** 0.5
         assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.95 * bound
         assert torch.all(layer.bias == 0)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_model_builds_with_documented_parameter_count(name):
+    model = create_model(name)
+    documented = re.search(r"\(([\d,]+) parameters\)", REGISTRY[name].description).group(1)
+    assert count_parameters(model) == int(documented.replace(",", ""))
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_recipe_names_config_fields_and_fills_unset_ones(name):
+    recipe = REGISTRY[name].recipe
+    assert set(recipe) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(model=name, epochs=3)
+    assert cfg.epochs == 3  # what the user sets wins
+    assert all(getattr(cfg, k) == v for k, v in recipe.items() if k != "epochs")
+
+
+def test_baseline_defaults_are_the_tutorials():
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.optimizer, cfg.nesterov) == (10, 32, 0.01, 0.9, "sgd", False)
+    assert (cfg.weight_decay, cfg.schedule, cfg.label_smoothing, cfg.crop, cfg.flip, cfg.erase, cfg.ema,
+            cfg.tta, cfg.amp) == (0.0, "constant", 0.0, 0, False, 0.0, 0.0, False, False)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_trains_a_few_steps_with_falling_loss(name):
+    cfg = TrainConfig(model=name)
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    optimizer = make_optimizer(model, dataclasses.replace(cfg, lr=min(cfg.lr, 0.05), weight_decay=0.0))
+    step = make_step(model, optimizer, cfg.label_smoothing, cfg.amp)
+    images, labels = tiny_arrays(64)
+    x, y = torch.from_numpy(images).unsqueeze(1).float() / 255, torch.from_numpy(labels).long()
+    losses = [step(x, y)[0].item() / len(y) for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_tta_averages_image_and_mirror_in_eval_only():
+    model = create_model("fast").eval()
+    x = torch.rand(4, 1, 28, 28)
+    plain, mirrored = model(x), model(x.flip(3))
+    model.tta = True
+    torch.testing.assert_close(model(x), (plain + mirrored) / 2)
+    model.train()  # batch statistics now, so compare with the plain logits in training mode
+    torch.testing.assert_close(model(x), model.logits(x))
+
+
+def test_schedules_warm_up_then_decay():
+    cfg = TrainConfig(model="fast", lr=0.2, warmup=0.25, schedule="onecycle")
+    assert learning_rate(cfg, 0.0) == 0.0
+    assert learning_rate(cfg, 0.125) == pytest.approx(0.1)
+    assert learning_rate(cfg, 0.25) == pytest.approx(0.2)
+    assert learning_rate(cfg, 1.0) == pytest.approx(0.0)
+    cosine = dataclasses.replace(cfg, schedule="cosine")
+    assert learning_rate(cosine, 0.625) == pytest.approx(0.1)
+
+
+def test_resume_with_ema_and_augmentation_is_exact(tiny_data_dir, tmp_path, monkeypatch):
+    cfg = TrainConfig(model="fast", epochs=2, batch_size=50, ema=0.9, erase=0.5, data_dir=str(tiny_data_dir),
+                      out=str(tmp_path / "runs"), device="cpu")
+    reference, meta = load_model(train_final(cfg) / "model.safetensors")
+    assert meta["tta"] and reference.tta  # the recipe's test-time augmentation travels with the file
+
+    real_save = train.save_checkpoint
+
+    def killed_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_final(cfg)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    resumed, _ = load_model(train_final(cfg, resume=max((tmp_path / "runs").iterdir())) / "model.safetensors")
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model yet")
+def test_shipped_model_loads_and_scores_as_reported(real_data):
+    model, meta = load_model(SHIPPED)
+    assert meta["architecture"] in REGISTRY and model.tta == meta["tta"]
+    logits = model(real_data.test_images[:2000].unsqueeze(1).float() / 255)
+    accuracy = (logits.argmax(1) == real_data.test_labels[:2000]).float().mean().item()
+    assert accuracy >= meta["test_accuracy"] - 0.015, (accuracy, meta["test_accuracy"])

@@ -103,10 +103,10 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 class FastNet(Classifier):
     """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3 pixels), then one linear layer.
 
-    Cheap on a CPU: about 7.5M multiply-adds per image, a third of them in the first two stages.
+    Cheap on a CPU: about 4.2M multiply-adds per image.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96)) -> None:
         super().__init__()
         chans = (1, *widths)
         self.stages = nn.ModuleList(conv_bn(c_in, c_out) for c_in, c_out in zip(chans, chans[1:]))
@@ -157,10 +157,10 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-@register("fast", "3-stage BN CNN (128,426 parameters), ~2 minutes on 2 CPU cores",
-          epochs=10, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+@register("fast", "3-stage BN CNN (61,042 parameters), for a CPU",
+          epochs=8, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
-          crop=2, flip=True, tta=True, amp=True)
+          crop=2, flip=True, tta=True)
 def fast() -> nn.Module:
     return channels_last(FastNet())
 
