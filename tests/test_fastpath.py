@@ -2,49 +2,74 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_cnn.fastpath import BaselineGrads
+from fashion_cnn import fastpath
 from fashion_cnn.models import create_model
 
 
-def autograd_reference(model, x, y):
-    model.zero_grad(set_to_none=True)
+def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # half the pixels black, as in Fashion-MNIST: max-pool windows then tie, and ties must route
+    # their gradient to the same element as PyTorch's max_pool2d does
+    x = torch.rand(n, 1, 28, 28, generator=g) * (torch.rand(n, 1, 28, 28, generator=g) > 0.5)
+    return x, torch.randint(0, 10, (n,), generator=g)
+
+
+def twin_models(lr=0.01, momentum=0.9):
+    torch.manual_seed(0)
+    reference, fast = create_model("baseline"), create_model("baseline")
+    fast.load_state_dict(reference.state_dict())
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=lr, momentum=momentum)
+    opt_fast = torch.optim.SGD(fast.parameters(), lr=lr, momentum=momentum)
+    return reference, opt_ref, fast, opt_fast
+
+
+def reference_step(model, optimizer, x, y):
+    """Plain PyTorch: autograd through the nn.Module, then torch.optim.SGD."""
+    optimizer.zero_grad()
     logits = model(x)
     loss = F.cross_entropy(logits, y, reduction="sum")
     (loss / len(y)).backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
 @pytest.mark.parametrize("n", [32, 7])
-def test_fast_gradients_match_autograd(n):
-    torch.manual_seed(0)
-    model = create_model("baseline")
-    # real-looking inputs: a dark background makes max-pool ties, which must route like PyTorch's
-    x = (torch.rand(n, 1, 28, 28) * (torch.rand(n, 1, 28, 28) > 0.5)).float()
-    y = torch.randint(0, 10, (n,))
-    ref_loss, ref_grads = autograd_reference(model, x, y)
-    fast = BaselineGrads(model)
-    for _ in range(2):  # the second call reuses the gradient buffers
-        loss, correct = fast(x, y)
-        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
-        assert correct == (model(x).argmax(1) == y).sum()
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+def test_first_step_gradients_match_autograd(n):
+    reference, opt_ref, fast, opt_fast = twin_models()
+    x, y = batch(n, seed=n)
+    ref_loss, ref_correct = reference_step(reference, opt_ref, x, y)
+    loss, correct = fastpath.BaselineSGDStep(fast, opt_fast)(x, y)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert correct == ref_correct
+    # from zero momentum, the buffer after one step is the gradient itself
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(opt_fast.state[q]["momentum_buffer"], p.grad, rtol=1e-4, atol=1e-6,
+                                   msg=name)
 
 
-def test_fast_training_matches_autograd_over_steps():
-    torch.manual_seed(1)
-    ref, fast_model = create_model("baseline"), create_model("baseline")
-    fast_model.load_state_dict(ref.state_dict())
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-    opt_fast = torch.optim.SGD(fast_model.parameters(), lr=0.01, momentum=0.9)
-    fast = BaselineGrads(fast_model)
-    for _ in range(5):
-        x = torch.rand(32, 1, 28, 28)
-        y = torch.randint(0, 10, (32,))
-        ref_loss, _ = autograd_reference(ref, x, y)
-        opt_ref.step()
-        loss, _ = fast(x, y)
-        opt_fast.step()
+def test_training_matches_autograd_and_sgd_over_steps():
+    reference, opt_ref, fast, opt_fast = twin_models()
+    step = fastpath.BaselineSGDStep(fast, opt_fast)
+    for i in range(6):
+        x, y = batch(32, seed=100 + i)
+        if i == 3:  # a schedule changes the learning rate between steps
+            for opt in (opt_ref, opt_fast):
+                opt.param_groups[0]["lr"] = 0.005
+        ref_loss, _ = reference_step(reference, opt_ref, x, y)
+        loss, _ = step(x, y)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
-    for p, q in zip(ref.parameters(), fast_model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(opt_fast.state[q]["momentum_buffer"],
+                                   opt_ref.state[p]["momentum_buffer"], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fast_step_only_where_it_computes_the_same_update():
+    model = create_model("baseline")
+    assert fastpath.supports(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    for other in (torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True),
+                  torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
+                  torch.optim.AdamW(model.parameters())):
+        assert not fastpath.supports(model, other)
+    strong = create_model("fast")
+    assert not fastpath.supports(strong, torch.optim.SGD(strong.parameters(), lr=0.01, momentum=0.9))

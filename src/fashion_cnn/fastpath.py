@@ -1,8 +1,10 @@
-"""Hand-derived forward and backward pass of the baseline CNN, for CPU training at batch 32.
+"""Hand-derived training step of the baseline CNN, for CPU training at batch 32.
 
-At batch 32 autograd's per-op bookkeeping and NCHW max-pooling cost more than the arithmetic. This
-computes the same loss and gradients as `Baseline` with autograd (tests/test_fastpath.py checks it),
-in channels-last layout, with the convolution as one matrix product over 3x3 patches.
+At batch 32, autograd's per-op bookkeeping, NCHW max-pooling and a separate optimizer pass cost more
+than the arithmetic. This step computes the same loss, gradients and SGD-momentum update as `Baseline`
+with autograd and `torch.optim.SGD` (tests/test_fastpath.py checks it), in channels-last layout, with
+the convolution as one matrix product over 3x3 patches, and each gradient accumulated straight into
+its momentum buffer by the matrix product that computes it (buf = momentum * buf + grad).
 """
 
 from __future__ import annotations
@@ -15,44 +17,63 @@ from .models import Baseline
 aten = torch.ops.aten
 
 
-class BaselineGrads:
-    """Callable (x, y) -> (summed loss, correct count) that fills each parameter's .grad."""
+def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    """True for the baseline on CPU under plain SGD with momentum: the update this step implements."""
+    if not isinstance(model, Baseline) or next(model.parameters()).device.type != "cpu":
+        return False
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    return (group["momentum"] > 0 and group["dampening"] == 0 and not group["nesterov"]
+            and group["weight_decay"] == 0 and not group["maximize"])
 
-    def __init__(self, model: Baseline) -> None:
-        self.model = model
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+
+class BaselineSGDStep:
+    """Callable (x, y) -> (summed loss, correct count) that also applies one SGD-momentum update.
+
+    The momentum buffers are the optimizer's own state, so checkpoints and resume see a normal
+    torch.optim.SGD; learning rate and momentum are read from it at every step.
+    """
+
+    def __init__(self, model: Baseline, optimizer: torch.optim.SGD) -> None:
+        assert supports(model, optimizer)
+        self.model, self.group = model, optimizer.param_groups[0]
+        self.params = self.group["params"]
+        for p in self.params:  # torch's SGD starts from buf = grad, which equals 0 * momentum + grad
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p)
+        self.buffers = [optimizer.state[p]["momentum_buffer"] for p in self.params]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        n = x.shape[0]
-        w1, b1 = m.conv.weight.view(32, 9), m.conv.bias
+        m, n, mu = self.model, x.shape[0], self.group["momentum"]
+        buf_w1, buf_b1, buf_w2, buf_b2, buf_w3, buf_b3 = self.buffers
+        buf_w1 = buf_w1.view(32, 9)
+
         patches = x.view(n, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1).reshape(n * 676, 9)
-        z = torch.addmm(b1, patches, w1.t())  # (n*26*26, 32): channels-last conv output
-        z_nchw = z.view(n, 26, 26, 32).permute(0, 3, 1, 2)
+        z = torch.addmm(m.conv.bias, patches, m.conv.weight.view(32, 9).t())  # (n*26*26, 32)
+        z_nchw = z.view(n, 26, 26, 32).permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
         pooled, where = aten.max_pool2d_with_indices(z_nchw, [2, 2], [2, 2])
         h = pooled.relu_().permute(0, 2, 3, 1).reshape(n, 5408)  # a view: pooled is channels-last
         a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()
         logits = torch.addmm(m.fc2.bias, a, m.fc2.weight.t())
-
         loss = F.cross_entropy(logits, y, reduction="sum")
         correct = (logits.argmax(1) == y).sum()
-        g = torch.softmax(logits, 1)
-        g[torch.arange(n), y] -= 1
-        g /= n  # gradient of the mean loss
 
-        torch.mm(g.t(), a, out=m.fc2.weight.grad)
-        torch.sum(g, 0, out=m.fc2.bias.grad)
+        g = torch.softmax(logits, 1)  # d(mean loss)/d(logits) = (softmax - onehot) / n
+        g[torch.arange(n), y] -= 1
+        g /= n
         ga = aten.threshold_backward(g @ m.fc2.weight, a, 0)
-        torch.mm(ga.t(), h, out=m.fc1.weight.grad)
-        torch.sum(ga, 0, out=m.fc1.bias.grad)
         gh = aten.threshold_backward(ga @ m.fc1.weight, h, 0)
-        gh_nchw = gh.view(n, 13, 13, 32).permute(0, 3, 1, 2)
-        gz = aten.max_pool2d_with_indices_backward(gh_nchw, z_nchw, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                   False, where)
+        gz = aten.max_pool2d_with_indices_backward(
+            gh.view(n, 13, 13, 32).permute(0, 3, 1, 2), z_nchw, [2, 2], [2, 2], [0, 0], [1, 1], False, where)
         gz = gz.permute(0, 2, 3, 1).reshape(n * 676, 32)
-        torch.mm(gz.t(), patches, out=m.conv.weight.grad.view(32, 9))
-        torch.sum(gz, 0, out=m.conv.bias.grad)
+
+        torch.addmm(buf_w3, g.t(), a, beta=mu, out=buf_w3)
+        torch.addmm(buf_w2, ga.t(), h, beta=mu, out=buf_w2)
+        torch.addmm(buf_w1, gz.t(), patches, beta=mu, out=buf_w1)
+        for buf, grad in ((buf_b3, g), (buf_b2, ga), (buf_b1, gz)):
+            buf.mul_(mu).add_(grad.sum(0))
+        torch._foreach_add_(self.params, self.buffers, alpha=-self.group["lr"])
         return loss, correct

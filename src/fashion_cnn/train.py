@@ -1,7 +1,7 @@
 """The training loop, and the job that trains the final model and evaluates it once on the test set.
 
 Data stays one uint8 tensor on the device; a batch is a slice of a per-epoch permutation, scaled to
-[0, 1] as it is used. The baseline on CPU trains through its hand-derived gradients (fastpath.py).
+[0, 1] as it is used. The baseline on CPU trains through its hand-derived step (fastpath.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from tqdm import tqdm
 from . import __version__
 from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
-from .fastpath import BaselineGrads
-from .models import Baseline, count_parameters, create_model, get_spec
+from . import fastpath
+from .models import count_parameters, create_model, get_spec
 from .runs import (load_tensors, new_run_dir, read_config, optimizer_tensors, restore_optimizer, save_model,
                    save_tensors, start_log, write_json)
 
@@ -167,14 +167,8 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_sm
               amp: bool = False) -> Callable:
     """(float images, labels) -> (summed loss, correct count), after one optimizer step."""
     device = next(model.parameters()).device
-    if isinstance(model, Baseline) and device.type == "cpu" and not label_smoothing and not amp:
-        grads = BaselineGrads(model)
-
-        def fast_step(x, y):
-            loss, correct = grads(x, y)
-            optimizer.step()
-            return loss, correct
-        return fast_step
+    if fastpath.supports(model, optimizer) and not label_smoothing and not amp:
+        return fastpath.BaselineSGDStep(model, optimizer)
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
