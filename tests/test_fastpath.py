@@ -73,3 +73,11 @@ def test_fast_step_only_where_it_computes_the_same_update():
         assert not fastpath.supports(model, other)
     strong = create_model("fast")
     assert not fastpath.supports(strong, torch.optim.SGD(strong.parameters(), lr=0.01, momentum=0.9))
+
+
+def test_fast_inference_matches_module():
+    torch.manual_seed(0)
+    model = create_model("baseline").eval()
+    x, _ = batch(50, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(fastpath.baseline_logits(model, x), model(x), rtol=1e-5, atol=1e-5)

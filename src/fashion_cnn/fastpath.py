@@ -17,9 +17,32 @@ from .models import Baseline
 aten = torch.ops.aten
 
 
+def conv_patches(x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, 28, 28) -> (n*26*26, 9): every 3x3 patch as a row, so the convolution is one GEMM."""
+    return x.view(-1, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1).reshape(-1, 9)
+
+
+def conv_channels_last(m: Baseline, patches: torch.Tensor) -> torch.Tensor:
+    """Convolution output in channels-last memory with NCHW shape (n, 32, 26, 26), as pooling wants."""
+    z = torch.addmm(m.conv.bias, patches, m.conv.weight.view(32, 9).t())
+    return z.view(-1, 26, 26, 32).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def baseline_logits(m: Baseline, x: torch.Tensor) -> torch.Tensor:
+    """Inference with the same layout: about twice as fast as the NCHW modules on CPU."""
+    h = F.max_pool2d(conv_channels_last(m, conv_patches(x)), 2).relu_()
+    h = h.permute(0, 2, 3, 1).reshape(len(x), 5408)
+    return torch.addmm(m.fc2.bias, torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_(), m.fc2.weight.t())
+
+
+def is_baseline_on_cpu(model: torch.nn.Module) -> bool:
+    return isinstance(model, Baseline) and next(model.parameters()).device.type == "cpu"
+
+
 def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """True for the baseline on CPU under plain SGD with momentum: the update this step implements."""
-    if not isinstance(model, Baseline) or next(model.parameters()).device.type != "cpu":
+    if not is_baseline_on_cpu(model):
         return False
     if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
         return False
@@ -51,9 +74,8 @@ class BaselineSGDStep:
         buf_w1, buf_b1, buf_w2, buf_b2, buf_w3, buf_b3 = self.buffers
         buf_w1 = buf_w1.view(32, 9)
 
-        patches = x.view(n, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1).reshape(n * 676, 9)
-        z = torch.addmm(m.conv.bias, patches, m.conv.weight.view(32, 9).t())  # (n*26*26, 32)
-        z_nchw = z.view(n, 26, 26, 32).permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
+        patches = conv_patches(x)
+        z_nchw = conv_channels_last(m, patches)
         pooled, where = aten.max_pool2d_with_indices(z_nchw, [2, 2], [2, 2])
         h = pooled.relu_().permute(0, 2, 3, 1).reshape(n, 5408)  # a view: pooled is channels-last
         a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()

@@ -19,6 +19,8 @@ from safetensors.torch import load_file, safe_open, save
 
 from . import __version__
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 FORMAT = "fashion-cnn-model/1"
 META_KEY = "fashion_cnn"
 
@@ -35,6 +37,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
