@@ -65,13 +65,3 @@ def test_device_choice():
         with pytest.raises(ValueError, match="no CUDA device"):
             train.resolve_device("cuda")
 
-
-def test_written_files_get_ordinary_permissions(tmp_path):
-    import os
-
-    from fashion_cnn.runs import write_atomic
-
-    write_atomic(tmp_path / "f.json", b"{}")
-    old = os.umask(0)
-    os.umask(old)
-    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o666 & ~old
