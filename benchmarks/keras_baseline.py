@@ -125,8 +125,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="TF's intra- and inter-op threads (default: TF's choice)")
     args = parser.parse_args()
 
+    if args.threads:  # before any op runs: TF fixes its thread pools at start-up
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(args.seed)
     data = load_split(args.data_dir, args.split)
     model = define_model()

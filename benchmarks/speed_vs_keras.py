@@ -75,7 +75,7 @@ def others_busy_now(seconds: float = 2.0) -> float:
 
 
 def gemm_gflops(sizes=(1024, 2048, 4096), repeats: int = 3) -> dict[int, float]:
-    """fp32 square matrix-multiply speed through torch (MKL), all threads: best of `repeats` per size."""
+    """fp32 square matrix-multiply speed through torch (MKL), torch's threads: best of `repeats` per size."""
     speeds = {}
     for n in sizes:
         a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
@@ -112,10 +112,12 @@ def median_seconds(fn, repeats: int) -> float:
 
 # --- the two sides --------------------------------------------------------------------------------
 
-def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int) -> dict:
+def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,
+              threads: int | None) -> dict:
     """The Keras side, in a fresh process of .venv-keras's python; its stderr (TF's logs) passes through."""
     cmd = [str(python), str(HERE / "keras_baseline.py"), "--data-dir", str(data_dir), "--split", str(split),
            "--epochs", str(epochs), "--batch-size", str(batch_size)]
+    cmd += ["--threads", str(threads)] if threads else []
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -255,12 +257,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="quick checks: train on the first N of the 48,000 images "
                         "and validate on the first N/4 of the 12,000")
+    parser.add_argument("--threads", type=int, help="threads for both sides and the GEMM measurement "
+                        "(default: each library's own choice, all cores); 1 is steadier on a busy machine")
     parser.add_argument("--keras-python", type=Path, default=HERE.parent / ".venv-keras/bin/python")
     parser.add_argument("--data-dir", type=Path, help="Fashion-MNIST directory (default: fashion-cnn's search)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
     busy_before = others_busy_now()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start, load_before = cpu_snapshot(), os.getloadavg()
     data_dir = find_data_dir(args.data_dir)
     data = load_fashion_mnist(data_dir)
@@ -275,7 +281,8 @@ def main() -> None:
         split = Path(tmp) / "split.npz"
         np.savez(split, train_idx=train_idx, val_idx=val_idx)
         print(f"Keras: {args.epochs} epochs on {len(train_idx)} images...", file=sys.stderr)
-        raw = {"keras": run_keras(args.keras_python, data_dir, split, args.epochs, args.batch_size)}
+        raw = {"keras": run_keras(args.keras_python, data_dir, split, args.epochs, args.batch_size,
+                                   args.threads)}
     print(f"fashion-cnn: {args.epochs} epochs on {len(train_idx)} images...", file=sys.stderr)
     raw["fashion_cnn"] = run_fashion_cnn(data, train_idx, val_idx, args.epochs, args.batch_size)
 
@@ -302,8 +309,9 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     defaults = TrainConfig()
-    result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": defaults.lr,
-                         "momentum": defaults.momentum, "train_images": len(train_idx), "val_images": len(val_idx),
+    result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
+                         "lr": defaults.lr, "momentum": defaults.momentum,
+                         "train_images": len(train_idx), "val_images": len(val_idx),
                          "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"},
               "machine": machine, "gemm": gemm, "summary": summary, "ratios": ratio, "raw": raw,
               "table": table}
