@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fashion_cnn
-from fashion_cnn import train
+from fashion_cnn import fastpath, train
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.models import REGISTRY, count_parameters, create_model
 from fashion_cnn.runs import load_model
@@ -56,6 +56,8 @@ def test_baseline_defaults_are_the_tutorials():
             cfg.tta, cfg.amp) == (0.0, "constant", 0.0, 0, False, 0.0, 0.0, False, False)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
+    baseline = create_model("baseline")
+    assert fastpath.supports(baseline, make_optimizer(baseline, cfg))  # the hand-derived CPU step still runs
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

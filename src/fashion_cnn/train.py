@@ -119,10 +119,13 @@ def make_model(cfg: TrainConfig, *keys: int) -> torch.nn.Module:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW. Weight decay applies to conv and linear weights: decaying biases and batch-norm
-    scales only shrinks what batch norm then scales back up."""
+    scales only shrinks what batch norm then scales back up. Without decay, one plain group: the
+    baseline's fast path (fastpath.supports) takes exactly that."""
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [{"params": params, "weight_decay": 0.0}]
+    if cfg.weight_decay:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
