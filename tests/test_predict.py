@@ -1,0 +1,429 @@
+"""Prediction on image files: decoding every format, preprocessing, consistency with the test set,
+bad inputs and bad models, model resolution, CLI output formats and the Python API.
+
+Images are generated here. Format and consistency tests use the untrained `model_file`; behaviour that
+needs a real classifier uses a model trained for a few seconds on the real data.
+"""
+
+import csv
+import importlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from fashion_cnn.cli import main
+from fashion_cnn.data import CLASS_NAMES
+from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.models import create_model
+from fashion_cnn.predict import (ImageError, Predictor, load_image, predict, preprocess,
+                                 resolve_model_path)
+from fashion_cnn.runs import ModelFileError, load_model, save_model
+
+predict_module = importlib.import_module("fashion_cnn.predict")  # the package's `predict` is the function
+
+
+def garment(width: int = 120, height: int = 160) -> Image.Image:
+    """A dark, asymmetric shape (a long sleeve on the left only) off-centre on white: any rotation,
+    mirroring or inversion changes its 28x28 rendering."""
+    pixels = np.full((height, width, 3), 255, np.uint8)
+    pixels[30:140, 40:90] = (40, 60, 90)
+    pixels[30:50, 10:40] = (40, 60, 90)
+    return Image.fromarray(pixels)
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def probabilities(model_path: Path, images_uint8: np.ndarray) -> np.ndarray:
+    """The model's probabilities computed straight from the arrays, as evaluation does."""
+    model, _ = load_model(model_path)
+    return torch.softmax(predict_logits(model, torch.from_numpy(images_uint8)), 1).numpy()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["predict", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return preprocess(encode(garment(), "PNG"))
+
+
+@pytest.fixture(scope="module")
+def trained_model(real_data, tmp_path_factory) -> Path:
+    """A baseline trained for a few seconds: good enough (~80% test accuracy) to check behaviour."""
+    from fashion_cnn.train import TrainConfig, train_final
+
+    out = tmp_path_factory.mktemp("runs")
+    run_dir = train_final(TrainConfig(limit=4000, epochs=2, out=str(out), device="cpu"), data=real_data)
+    return run_dir / "model.safetensors"
+
+
+# --- decoding every format -------------------------------------------------------------------------
+
+def as_16bit(image: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+
+
+def transparent(image: Image.Image) -> Image.Image:
+    """The garment on a transparent background whose hidden colour is black: only compositing onto
+    white gives back the white-background picture."""
+    rgba = image.convert("RGBA")
+    pixels = np.asarray(rgba).copy()
+    background = (pixels[..., :3] == 255).all(2)
+    pixels[background] = (0, 0, 0, 0)
+    return Image.fromarray(pixels)
+
+
+def gif_first_frame_is_used(image: Image.Image) -> bytes:
+    return encode(image, "GIF", save_all=True, append_images=[Image.new("RGB", image.size, "black")])
+
+
+def exif_rotated(image: Image.Image) -> bytes:
+    """Stored turned a quarter left, with EXIF orientation 6 ("rotate 90 clockwise to display")."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(image.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif)
+
+
+LOSSLESS = {
+    "png": lambda im: encode(im, "PNG"),
+    "bmp": lambda im: encode(im, "BMP"),
+    "tiff": lambda im: encode(im, "TIFF"),
+    "webp-lossless": lambda im: encode(im, "WEBP", lossless=True),
+    "gif-first-frame": gif_first_frame_is_used,
+    "png-16-bit": lambda im: encode(as_16bit(im), "PNG"),
+    "tiff-16-bit": lambda im: encode(as_16bit(im), "TIFF"),
+    "png-palette": lambda im: encode(im.quantize(4), "PNG"),
+    "tiff-cmyk": lambda im: encode(im.convert("CMYK"), "TIFF"),
+    "png-rgba-transparent": lambda im: encode(transparent(im), "PNG"),
+    "png-palette-transparent": lambda im: encode(transparent(im).quantize(4), "PNG"),
+    "png-gray-alpha": lambda im: encode(transparent(im).convert("LA"), "PNG"),
+    "png-exif-orientation": exif_rotated,
+}
+LOSSY = {
+    "jpeg": lambda im: encode(im, "JPEG", quality=90),
+    "jpeg-cmyk": lambda im: encode(im.convert("CMYK"), "JPEG", quality=90),
+    "webp": lambda im: encode(im, "WEBP", quality=90),
+}
+
+
+@pytest.mark.parametrize("fmt", LOSSLESS)
+def test_lossless_formats_give_the_same_28x28(fmt, reference, tmp_path):
+    path = write(tmp_path / f"garment.{fmt}", LOSSLESS[fmt](garment()))
+    assert np.abs(preprocess(path) - reference).max() <= 1 / 255
+
+
+@pytest.mark.parametrize("fmt", LOSSY)
+def test_lossy_formats_give_nearly_the_same_28x28(fmt, reference, tmp_path):
+    path = write(tmp_path / f"garment.{fmt}", LOSSY[fmt](garment()))
+    assert np.abs(preprocess(path) - reference).mean() < 0.03  # ringing at sharp edges
+
+
+def test_the_reference_is_a_light_garment_on_black(reference):
+    assert reference.shape == (28, 28) and reference.dtype == np.float32
+    assert reference[:, 0].max() == 0 and reference.max() == 1  # crop: the sleeve touches the left edge
+    assert reference[0].max() == 1 and reference[-1].max() == 1  # the long side spans all 28 pixels
+    assert not np.array_equal(reference, reference[:, ::-1])  # asymmetric: orientation tests mean something
+
+
+# --- preprocessing steps ---------------------------------------------------------------------------
+
+def bar(width: int, height: int, light_object: bool) -> np.ndarray:
+    """A 200x50 bar off-centre on a 400x300 canvas; light on black, or dark on white."""
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[40:90, 180:380] = 255
+    return pixels if light_object else 255 - pixels
+
+
+def bbox(x: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(x > 0.5)
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def test_dark_on_white_is_inverted_automatically_and_light_on_black_is_not():
+    dark_on_white = preprocess(bar(400, 300, light_object=False))
+    assert np.array_equal(dark_on_white, preprocess(bar(400, 300, light_object=True)))
+    assert dark_on_white.max() == 1 and dark_on_white[0].max() == dark_on_white[-1].max() == 0
+    assert preprocess(bar(400, 300, light_object=False), invert=False).max() == 0  # --no-invert: no object
+
+
+def test_crop_centres_the_object_on_a_square_keeping_its_aspect_ratio():
+    top, bottom, left, right = bbox(preprocess(bar(400, 300, light_object=True)))
+    assert (left, right) == (0, 27)  # the long side spans the image
+    assert 6 <= bottom - top + 1 <= 8  # 50/200 of 28 is 7
+    assert abs((top + bottom) / 2 - 13.5) <= 0.5
+
+
+def test_no_crop_keeps_the_whole_picture():
+    top, bottom, left, right = bbox(preprocess(bar(400, 300, light_object=True), crop=False))
+    assert 13 <= right - left + 1 <= 15  # 200/400 of 28 is 14
+    assert right >= 26  # still on the right, where it was
+
+
+def test_uneven_lighting_and_tint_do_not_leak_into_the_background():
+    x = np.linspace(180, 250, 400)[None, :, None] * np.ones((300, 1, 3))
+    x[40:200, 180:300] = (60, 30, 20)
+    result = preprocess(x.astype(np.uint8), crop=False)
+    assert result.max() == 1
+    assert max(result[0].max(), result[-1].max(), result[:, 0].max(), result[:, -1].max()) == 0
+
+
+def test_28x28_fashion_mnist_images_pass_through_unchanged():
+    rng = np.random.default_rng(0)
+    item = np.zeros((28, 28), np.uint8)
+    item[:, 6:22] = rng.integers(60, 256, (28, 16))  # spans the height: dark left and right borders
+    assert np.array_equal(preprocess(item), item.astype(np.float32) / np.float32(255))
+    floats = item.astype(np.float32) / 255
+    assert np.array_equal(preprocess(floats), floats)
+    assert np.allclose(preprocess(255 - item), item / 255, atol=1e-6)  # only inverted
+
+
+def test_preprocess_is_idempotent_on_its_own_output(reference):
+    assert np.array_equal(preprocess(reference), reference)
+
+
+# --- consistency with the test set -----------------------------------------------------------------
+
+def test_test_set_images_saved_as_png_predict_like_the_arrays(real_data, model_file, tmp_path):
+    items = real_data.test_images[:50].numpy()
+    paths = [write(tmp_path / f"{i}.png", encode(Image.fromarray(item), "PNG")) for i, item in enumerate(items)]
+    expected = probabilities(model_file, items)
+    got = Predictor(model_file).predict(paths)
+    assert np.abs(np.array([p.probabilities for p in got]) - expected).max() < 1e-5
+    assert [p.class_index for p in got] == expected.argmax(1).tolist()
+
+
+def test_a_test_item_photographed_dark_on_white_keeps_its_class(real_data, trained_model):
+    """The robustness benchmark in miniature: 40 items as 5x-enlarged, off-centre JPEG photos."""
+    items = real_data.test_images[:40].numpy()
+    photos = []
+    for item in items:
+        canvas = np.full((220, 180), 235, np.uint8)
+        canvas[60:200, 30:170] = 235 - np.asarray(Image.fromarray(item).resize((140, 140))) * 0.8
+        photos.append(encode(Image.fromarray(canvas).convert("RGB"), "JPEG", quality=85))
+    direct = probabilities(trained_model, items).argmax(1)
+    predictor = Predictor(trained_model)
+    agree = np.mean([p.class_index for p in predictor.predict(photos)] == direct)
+    assert agree >= 0.85
+    not_inverted = np.mean([p.class_index for p in predictor.predict(photos, invert=False)] == direct)
+    assert not_inverted < agree
+
+
+# --- the Python API --------------------------------------------------------------------------------
+
+def test_paths_pil_images_bytes_and_arrays_give_the_same_prediction(model_file, tmp_path):
+    image = garment()
+    path = write(tmp_path / "garment.png", encode(image, "PNG"))
+    results = predict([path, str(path), image, encode(image, "PNG"), np.asarray(image)], model=model_file,
+                      top_k=4)
+    assert [r.source for r in results[:2]] == [str(path)] * 2 and results[2].source == "<Image 2>"
+    for r in results:
+        assert r.error is None and r.class_name == CLASS_NAMES[r.class_index]
+        assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
+        assert len(r.top_k) == 4 and r.top_k[0] == (r.class_name, max(r.probabilities))
+        assert sum(r.probabilities) == pytest.approx(1, abs=1e-5) and r.image.shape == (28, 28)
+
+
+def test_predict_arrays_takes_a_batch(model_file):
+    x = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
+    probs = Predictor(model_file).predict_arrays(x)
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_bad_arrays_are_rejected_clearly():
+    for array, reason in ((np.zeros((5, 28, 28)), "shape"), (np.full((28, 28), 2.0), "[0, 1]"),
+                          (np.zeros((28, 28), np.int64), "int64")):
+        with pytest.raises(ImageError, match=reason):
+            load_image(array)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+BAD_FILES = {
+    "missing.png": (None, "no such file"),
+    "notes.png": (b"just some text, not an image\n", "not a PNG/JPEG"),
+    "truncated.png": (encode(garment(), "PNG")[:300], "truncated or corrupt"),
+    "empty.jpg": (b"", "empty file"),
+    "bomb.png": (png_claiming_size(10_000, 5_000), "10000x5000 pixels, over the 40,000,000-pixel limit"),
+    "huge-bomb.png": (png_claiming_size(60_000, 60_000), "over the 40,000,000-pixel limit"),
+}
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as predict.py sets; pytest resets it
+def test_each_bad_file_gets_one_error_line_and_the_others_are_still_predicted(model_file, tmp_path, capsys):
+    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
+    for name, (data, _) in BAD_FILES.items():
+        if data is not None:
+            write(tmp_path / name, data)
+    (tmp_path / "no-images").mkdir()
+    (tmp_path / "no-images" / "readme.txt").write_text("nothing to see")
+    inputs = [tmp_path / name for name in BAD_FILES] + [tmp_path / "no-images", good]
+    code, out, err = run_cli(capsys, *inputs, "--model", model_file)
+    assert code == 1
+    assert f"{good}: " in out and out.count("\n") == 2  # the model line and one prediction
+    lines = err.splitlines()
+    assert len(lines) == len(inputs) - 1
+    for line, (name, (_, reason)) in zip(lines, BAD_FILES.items()):
+        assert line.startswith(f"fashion-cnn: error: {tmp_path / name}: ") and reason in line
+    assert lines[-1].startswith(f"fashion-cnn: error: {tmp_path / 'no-images'}: a folder with no image files")
+
+
+def test_the_pixel_limit_is_an_error_not_a_warning(tmp_path):
+    bomb = write(tmp_path / "bomb.png", png_claiming_size(8_000, 6_000))  # 48 MP: Pillow would only warn
+    check = ("from fashion_cnn.predict import ImageError, load_image\n"
+             "try:\n    load_image(__import__('sys').argv[1])\nexcept ImageError as e:\n    print(e)")
+    # a fresh interpreter: pytest's own warning capture would mask what users see
+    done = subprocess.run([sys.executable, "-c", check, str(bomb)], capture_output=True, text=True)
+    assert done.stdout.strip() == f"{bomb}: over the 40,000,000-pixel limit (decompression bomb?)"
+    assert done.stderr == ""
+    with pytest.raises(ImageError, match="120x160 pixels, over the 1,000-pixel limit"):
+        load_image(encode(garment(), "PNG"), max_pixels=1000)
+
+
+def test_folders_expand_to_their_images_sorted(model_file, tmp_path, capsys):
+    for name in ("b.png", "a.jpg", "c.txt"):
+        write(tmp_path / name, encode(garment(), "JPEG" if name.endswith("jpg") else "PNG"))
+    code, out, _ = run_cli(capsys, tmp_path, "--model", model_file)
+    assert code == 0
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == [str(tmp_path / "a.jpg"),
+                                                                    str(tmp_path / "b.png")]
+
+
+# --- bad models ------------------------------------------------------------------------------------
+
+class WritesAFile:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["MARKER"]),))
+
+
+def bad_model_files(directory: Path) -> dict[str, tuple[Path, str]]:
+    corrupt = write(directory / "corrupt.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    not_ours = directory / "not-ours.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(not_ours))
+    unknown = directory / "unknown.safetensors"
+    save_model(unknown, create_model("baseline"), {"architecture": "resnet9000"})
+    pickled = write(directory / "pickled.safetensors", pickle.dumps(WritesAFile()))
+    return {"missing": (directory / "missing.safetensors", "no such file"),
+            "corrupt": (corrupt, "not a readable safetensors file"),
+            "not ours": (not_ours, "not a fashion-cnn model"),
+            "unknown architecture": (unknown, "unknown architecture 'resnet9000'"),
+            "a pickle": (pickled, "not a readable safetensors file")}
+
+
+def test_bad_model_files_are_refused_clearly_and_never_run_code(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MARKER", str(tmp_path / "code-ran"))
+    image = write(tmp_path / "garment.png", encode(garment(), "PNG"))
+    for path, reason in bad_model_files(tmp_path).values():
+        with pytest.raises(ModelFileError, match=reason):
+            Predictor(path)
+        code, out, err = run_cli(capsys, image, "--model", path)
+        assert code == 1 and out == ""
+        assert err.startswith(f"fashion-cnn: error: {path}: ") and reason in err and err.count("\n") == 1
+    assert not (tmp_path / "code-ran").exists()
+
+
+# --- which model -----------------------------------------------------------------------------------
+
+def test_the_newest_run_is_the_default_model_and_the_cli_says_so(model_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for age, run in ((100, "runs/old-train"), (0, "runs/new-train")):
+        Path(run).mkdir(parents=True)
+        Path(run, "model.safetensors").write_bytes(model_file.read_bytes())
+        os.utime(Path(run, "model.safetensors"), (1e9 - age, 1e9 - age))
+    assert resolve_model_path() == Path("runs/new-train/model.safetensors")
+    assert resolve_model_path("runs/old-train") == Path("runs/old-train/model.safetensors")
+    write(tmp_path / "garment.png", encode(garment(), "PNG"))
+    code, out, _ = run_cli(capsys, "garment.png")
+    assert code == 0 and out.startswith("model: runs/new-train/model.safetensors (baseline")
+
+
+def test_the_packaged_model_is_the_fallback_and_its_absence_is_explained(model_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    packaged = predict_module.packaged_model()
+    assert packaged is None or packaged.name == "default.safetensors"
+    monkeypatch.setattr(predict_module, "packaged_model", lambda: model_file)
+    assert resolve_model_path() == model_file
+    monkeypatch.setattr(predict_module, "packaged_model", lambda: None)
+    with pytest.raises(ModelFileError, match="none found under runs"):
+        resolve_model_path()
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+def test_json_output_is_one_document_with_errors_inline(model_file, tmp_path, capsys):
+    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
+    code, out, err = run_cli(capsys, good, tmp_path / "missing.png", "--model", model_file, "--json",
+                             "--top-k", "2")
+    doc = json.loads(out)
+    assert code == 1 and "missing.png: no such file" in err
+    assert doc["model"]["path"] == str(model_file) and doc["model"]["architecture"] == "baseline"
+    ok, bad = doc["predictions"]
+    assert ok["source"] == str(good) and ok["error"] is None and ok["class_name"] in CLASS_NAMES
+    assert [t["class_name"] for t in ok["top_k"]][0] == ok["class_name"] and len(ok["top_k"]) == 2
+    assert list(ok["probabilities"]) == list(CLASS_NAMES) and sum(ok["probabilities"].values()) == pytest.approx(1)
+    assert bad["error"] == "no such file" and bad["class_name"] is None
+
+
+def test_csv_output_has_a_row_per_image_and_a_column_per_class(model_file, tmp_path, capsys):
+    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
+    code, out, _ = run_cli(capsys, good, tmp_path / "missing.png", "--model", model_file, "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 1 and len(rows) == 2
+    assert rows[0]["source"] == str(good) and rows[0]["class_name"] in CLASS_NAMES and rows[0]["error"] == ""
+    assert sum(float(rows[0][name]) for name in CLASS_NAMES) == pytest.approx(1, abs=1e-4)
+    assert rows[1]["error"] == "no such file" and rows[1]["class_name"] == ""
+
+
+def test_text_output_and_save_preprocessed(model_file, tmp_path, capsys):
+    good = write(tmp_path / "shoe.jpg", encode(garment(), "JPEG"))
+    saved = tmp_path / "seen"
+    code, out, _ = run_cli(capsys, good, "--model", model_file, "--save-preprocessed", saved)
+    [result] = Predictor(model_file).predict(good)
+    assert code == 0
+    ranked = ", ".join(f"{name} {p:.2f}" for name, p in result.top_k)
+    assert out.splitlines()[1] == f"{good}: {result.class_name} ({result.top_k[0][1]:.2f})  [{ranked}]"
+    [png] = saved.iterdir()
+    assert png.name == "0000-shoe.png"
+    seen = np.asarray(Image.open(png))
+    assert seen.shape == (28, 28) and np.array_equal(seen, np.round(result.image * 255))
+    [again] = Predictor(model_file).predict(png)  # the saved image is exactly what the model saw
+    assert again.probabilities == pytest.approx(result.probabilities, abs=1e-6)
+
+
+def test_no_invert_and_no_crop_reach_the_preprocessing(model_file, tmp_path, capsys):
+    path = write(tmp_path / "bar.png", encode(Image.fromarray(bar(400, 300, light_object=False)), "PNG"))
+    for flags, expected in (((), preprocess(path)), (("--no-invert",), preprocess(path, invert=False)),
+                            (("--no-crop",), preprocess(path, crop=False))):
+        saved = tmp_path / "-".join(flags or ("default",))
+        run_cli(capsys, path, "--model", model_file, "--save-preprocessed", saved, *flags)
+        assert np.array_equal(np.asarray(Image.open(next(saved.iterdir()))), np.round(expected * 255))
