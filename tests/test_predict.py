@@ -274,7 +274,7 @@ BAD_FILES = {
     "notes.png": (b"just some text, not an image\n", "not a PNG/JPEG"),
     "truncated.png": (encode(garment(), "PNG")[:300], "truncated or corrupt"),
     "empty.jpg": (b"", "empty file"),
-    "bomb.png": (png_claiming_size(10_000, 5_000), "10000x5000 pixels, over the 40,000,000-pixel limit"),
+    "bomb.png": (png_claiming_size(10_000, 5_000), "over the 40,000,000-pixel limit"),
     "huge-bomb.png": (png_claiming_size(60_000, 60_000), "over the 40,000,000-pixel limit"),
 }
 
