@@ -243,7 +243,7 @@ def plot(summary: dict, ratio: dict, gemm: dict, path: Path) -> None:
         values = [summary[side][key] for side in SIDES]
         bars = ax.bar(["Keras/TF", "fashion-cnn"], values, color=["#999999", "#1f77b4"])
         ax.bar_label(bars, fmt="%.2f")
-        ax.set_title(f"{title}\nfashion-cnn {ratio[key]:.2f}x faster", fontsize=10)
+        ax.set_title(f"{title}\nfashion-cnn speed-up: {ratio[key]:.2f}x", fontsize=10)
         ax.set_ylim(0, 1.2 * max(values))
     axes[0].axhline(gemm["epoch_bound_s"], color="k", linestyle="--", linewidth=1)
     axes[0].text(1.45, gemm["epoch_bound_s"], "GEMM bound", ha="right", va="bottom", fontsize=8)
