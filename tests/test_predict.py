@@ -310,6 +310,14 @@ def test_the_pixel_limit_is_an_error_not_a_warning(tmp_path):
         load_image(encode(garment(), "PNG"), max_pixels=1000)
 
 
+def test_files_over_the_size_limit_are_refused_unread(monkeypatch, tmp_path):
+    monkeypatch.setattr(predict_module, "MAX_BYTES", 1000)
+    noise = np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8)
+    path = write(tmp_path / "big.png", encode(Image.fromarray(noise), "PNG"))
+    with pytest.raises(ImageError, match=f"^{path}: over the 1,000-byte limit$"):
+        load_image(path)
+
+
 def test_folders_expand_to_their_images_sorted(model_file, tmp_path, capsys):
     for name in ("b.png", "a.jpg", "c.txt"):
         write(tmp_path / name, encode(garment(), "JPEG" if name.endswith("jpg") else "PNG"))

@@ -23,7 +23,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from .data import CLASS_NAMES
-from .runs import ModelFileError, write_atomic
+from .evaluate import predict_logits
+from .runs import ModelFileError, load_model, write_atomic
 
 RUNS_DIR = Path("runs")
 DEFAULT_MODEL = "weights/default.safetensors"  # inside the package; a later release ships one
@@ -86,15 +87,14 @@ def over_limit(max_pixels: int, size: tuple[int, int] | None = None) -> ImageErr
 
 def read_limited(path: Path) -> bytes:
     if path.is_dir():
-        raise ImageError("a folder, not an image file", str(path))
+        raise ImageError("a folder, not an image file")
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+            return f.read(MAX_BYTES + 1)  # enough to tell it is over the limit
     except FileNotFoundError:
-        raise ImageError("no such file", str(path)) from None
+        raise ImageError("no such file") from None
     except OSError as e:
-        raise ImageError(f"cannot read ({e.strerror or e})", str(path)) from None
-    return data
+        raise ImageError(f"cannot read ({e.strerror or e})") from None
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:
@@ -120,7 +120,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
     if len(data) > MAX_BYTES:
-        raise ImageError(f"over the {MAX_BYTES / 1e6:.0f} MB limit")
+        raise ImageError(f"over the {MAX_BYTES:,}-byte limit")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
         if image.width * image.height > max_pixels:
@@ -139,18 +139,17 @@ def load_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
     Pillow's own bomb guard stays at MAX_PIXELS, so max_pixels can only tighten it.
     """
-    if isinstance(source, Image.Image):
-        if source.width * source.height > max_pixels:
-            raise over_limit(max_pixels, source.size)
-        return ImageOps.exif_transpose(source)
-    if isinstance(source, np.ndarray):
-        return image_from_array(source)
+    if isinstance(source, (str, Path)):
+        try:
+            return decode(read_limited(Path(source)), max_pixels)
+        except ImageError as e:
+            raise ImageError(e.reason, str(source)) from None
     if isinstance(source, bytes):
         return decode(source, max_pixels)
-    try:
-        return decode(read_limited(Path(source)), max_pixels)
-    except ImageError as e:
-        raise ImageError(e.reason, str(source)) from None
+    image = source if isinstance(source, Image.Image) else image_from_array(source)
+    if image.width * image.height > max_pixels:
+        raise over_limit(max_pixels, image.size)
+    return ImageOps.exif_transpose(image)
 
 
 # --- preprocessing -------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     """
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
-    if image.mode.startswith("I"):  # 16- or 32-bit integers: Pillow's convert("L") would clip, not scale
+    if image.mode.startswith("I"):  # 16-bit: Pillow's convert("L") would clip to 255, not scale
         image = Image.fromarray(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8))
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
@@ -296,16 +295,12 @@ class Predictor:
     """A loaded model and the class names it predicts."""
 
     def __init__(self, model: str | Path | None = None, device: str = "cpu") -> None:
-        from .runs import load_model
-
         self.path = resolve_model_path(model)
         self.model, self.meta = load_model(self.path, device)
         self.class_names = list(self.meta.get("class_names", CLASS_NAMES))
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
-        from .evaluate import predict_logits
-
         logits = predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
         return torch.softmax(logits, 1).numpy()
 
