@@ -42,9 +42,11 @@ def command(config: dict) -> str:
 def result(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    cpu_seconds = metrics.get("train_cpu_seconds")  # summed over threads; older runs lack it
     return {"model": config["model"], "parameters": count_parameters(create_model(config["model"])),
             "epochs": config["epochs"], "train_images": 60_000 - config.get("val_size", 0),
-            "train_minutes": metrics["train_seconds"] / 60, "machine": metrics["machine"],
+            "train_minutes": metrics["train_seconds"] / 60,
+            "train_cpu_minutes": None if cpu_seconds is None else cpu_seconds / 60, "machine": metrics["machine"],
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics["test_accuracy"],
             "command": command(config), "run_dir": str(run_dir)}
 
@@ -53,10 +55,14 @@ def markdown(results: list[dict]) -> str:
     def pct(x):
         return "–" if x is None else f"{100 * x:.2f}%"
 
+    def minutes(r):
+        cpu = "" if r["train_cpu_minutes"] is None else f" ({r['train_cpu_minutes']:.1f} min CPU)"
+        return f"{r['train_minutes']:.1f} min{cpu}"
+
     lines = ["| model | parameters | epochs | trained on | training time, machine | validation | test | command |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
     lines += [f"| {r['model']} | {r['parameters']:,} | {r['epochs']} | {r['train_images']:,} | "
-              f"{r['train_minutes']:.1f} min, {r['machine']} | {pct(r['val_accuracy'])} | "
+              f"{minutes(r)}, {r['machine']} | {pct(r['val_accuracy'])} | "
               f"{pct(r['test_accuracy'])} | `{r['command']}` |" for r in results]
     return "\n".join(lines) + "\n"
 
