@@ -80,4 +80,6 @@ def test_fast_inference_matches_module():
     model = create_model("baseline").eval()
     x, _ = batch(50, seed=3)
     with torch.no_grad():
-        torch.testing.assert_close(fastpath.baseline_logits(model, x), model(x), rtol=1e-5, atol=1e-5)
+        expected = model(x)
+    for chunk in (128, 16):  # one chunk, and several with a remainder
+        torch.testing.assert_close(fastpath.baseline_logits(model, x, chunk), expected, rtol=1e-5, atol=1e-5)

@@ -29,11 +29,15 @@ def conv_channels_last(m: Baseline, patches: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def baseline_logits(m: Baseline, x: torch.Tensor) -> torch.Tensor:
-    """Inference with the same layout: about twice as fast as the NCHW modules on CPU."""
-    h = F.max_pool2d(conv_channels_last(m, conv_patches(x)), 2).relu_()
-    h = h.permute(0, 2, 3, 1).reshape(len(x), 5408)
-    return torch.addmm(m.fc2.bias, torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_(), m.fc2.weight.t())
+def baseline_logits(m: Baseline, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """Inference in the same layout, 2-3x faster than the NCHW modules on CPU. Chunks of 128 images
+    keep the 26x26x32 activations (11 MB) near the cache instead of streaming 86 MB per 1000."""
+    out = []
+    for c in x.split(chunk):
+        h = F.max_pool2d(conv_channels_last(m, conv_patches(c)), 2).relu_().permute(0, 2, 3, 1)
+        a = torch.addmm(m.fc1.bias, h.reshape(len(c), 5408), m.fc1.weight.t()).relu_()
+        out.append(torch.addmm(m.fc2.bias, a, m.fc2.weight.t()))
+    return torch.cat(out) if out else x.new_empty(0, 10)
 
 
 def is_baseline_on_cpu(model: torch.nn.Module) -> bool:
