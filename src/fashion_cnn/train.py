@@ -190,18 +190,18 @@ def train_epoch(step: Callable, images: torch.Tensor, labels: torch.Tensor, batc
     reports them."""
     n = len(images)
     order = torch.randperm(n, generator=generator).to(images.device)
+    images, labels = images[order], labels[order]  # one gather per epoch; batches are then slices
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), dtype=torch.long, device=images.device)
     with tqdm(total=n, desc=desc, unit="img", leave=False, disable=None, mininterval=0.5) as bar:
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            x = images[idx].unsqueeze(1).float().div_(255.0)
+            x = images[start:start + batch_size].unsqueeze(1).float().div_(255.0)
             if augment is not None:
                 x = augment(x, generator)
-            loss, correct = step(x, labels[idx])
+            loss, correct = step(x, labels[start:start + batch_size])
             total_loss += loss
             total_correct += correct
-            bar.update(len(idx))
+            bar.update(len(x))
     return total_loss.item() / n, total_correct.item() / n
 
 
