@@ -17,25 +17,35 @@ from .models import Baseline
 aten = torch.ops.aten
 
 
-def conv_patches(x: torch.Tensor) -> torch.Tensor:
-    """(n, 1, 28, 28) -> (n*26*26, 9): every 3x3 patch as a row, so the convolution is one GEMM."""
-    return x.view(-1, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1).reshape(-1, 9)
+def fill_patches(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write every 3x3 patch of x (n, 1, 28, 28) as a row of out (n*26*26, 10), whose last column
+    holds ones: one GEMM then applies the conv bias in the forward pass and sums the bias gradient in
+    the backward pass, with no separate pass over the (n, 26, 26, 32) activations."""
+    n = x.shape[0]
+    out = out[:n * 676]
+    out[:, :9].view(n, 26, 26, 3, 3).copy_(x.view(n, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1))
+    return out
 
 
-def conv_channels_last(m: Baseline, patches: torch.Tensor) -> torch.Tensor:
-    """Convolution output in channels-last memory with NCHW shape (n, 32, 26, 26), as pooling wants."""
-    z = torch.addmm(m.conv.bias, patches, m.conv.weight.view(32, 9).t())
-    return z.view(-1, 26, 26, 32).permute(0, 3, 1, 2)
+def ones_column_buffer(n: int) -> torch.Tensor:
+    return torch.ones(n * 676, 10)
+
+
+def conv_matrix(m: Baseline) -> torch.Tensor:
+    """(32, 10): the conv weights with the bias as a tenth column, to multiply with patch rows."""
+    return torch.cat((m.conv.weight.view(32, 9), m.conv.bias[:, None]), 1)
 
 
 @torch.no_grad()
 def baseline_logits(m: Baseline, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """Inference in the same layout, 2-3x faster than the NCHW modules on CPU. Chunks of 128 images
     keep the 26x26x32 activations (11 MB) near the cache instead of streaming 86 MB per 1000."""
-    out = []
+    patches, conv, out = ones_column_buffer(min(chunk, len(x))), conv_matrix(m), []
     for c in x.split(chunk):
-        h = F.max_pool2d(conv_channels_last(m, conv_patches(c)), 2).relu_().permute(0, 2, 3, 1)
-        a = torch.addmm(m.fc1.bias, h.reshape(len(c), 5408), m.fc1.weight.t()).relu_()
+        z = (fill_patches(c, patches) @ conv.t()).view(len(c), 26, 26, 32).permute(0, 3, 1, 2)
+        h = aten.max_pool2d_with_indices(z, [2, 2], [2, 2])[0].relu_()  # channels-last, unlike max_pool2d
+        h = h.permute(0, 2, 3, 1).reshape(len(c), 5408)
+        a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()
         out.append(torch.addmm(m.fc2.bias, a, m.fc2.weight.t()))
     return torch.cat(out) if out else x.new_empty(0, 10)
 
@@ -74,24 +84,15 @@ class BaselineSGDStep:
         self.patch_buffers: dict[int, torch.Tensor] = {}
         self.eye = torch.eye(model.fc2.out_features)
 
-    def patches_with_ones(self, x: torch.Tensor) -> torch.Tensor:
-        """(n*26*26, 10): the 3x3 patches plus a column of ones, so one GEMM applies the conv bias
-        in the forward pass and sums the bias gradient in the backward pass."""
-        n = x.shape[0]
-        if n not in self.patch_buffers:
-            self.patch_buffers[n] = torch.ones(n * 676, 10)
-        buf = self.patch_buffers[n]
-        buf[:, :9].view(n, 26, 26, 3, 3).copy_(x.view(n, 28, 28).unfold(1, 3, 1).unfold(2, 3, 1))
-        return buf
-
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, n, mu = self.model, x.shape[0], self.group["momentum"]
         buf_w1, buf_b1, buf_w2, buf_b2, buf_w3, buf_b3 = self.buffers
 
-        patches = self.patches_with_ones(x)
-        conv = torch.cat((m.conv.weight.view(32, 9), m.conv.bias[:, None]), 1)
-        z_nchw = (patches @ conv.t()).view(n, 26, 26, 32).permute(0, 3, 1, 2)  # channels-last memory
+        if n not in self.patch_buffers:
+            self.patch_buffers[n] = ones_column_buffer(n)
+        patches = fill_patches(x, self.patch_buffers[n])
+        z_nchw = (patches @ conv_matrix(m).t()).view(n, 26, 26, 32).permute(0, 3, 1, 2)  # channels-last
         pooled, where = aten.max_pool2d_with_indices(z_nchw, [2, 2], [2, 2])
         h = pooled.relu_().permute(0, 2, 3, 1).reshape(n, 5408)  # a view: pooled is channels-last
         a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()
