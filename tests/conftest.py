@@ -41,6 +41,23 @@ def make_dataset_dir(directory: Path, n_train: int = 200, n_test: int = 100) -> 
     return directory
 
 
+def run_killed_at(monkeypatch, module, name: str, call: int, job) -> None:
+    """Run job() with module.name raising KeyboardInterrupt at its call-th call, as a kill there would:
+    for save_checkpoint, the epoch in progress is lost."""
+    real, calls = getattr(module, name), []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, killed)
+    with pytest.raises(KeyboardInterrupt):
+        job()
+    monkeypatch.setattr(module, name, real)
+
+
 @pytest.fixture
 def tiny_data_dir(tmp_path) -> Path:
     return make_dataset_dir(tmp_path / "tiny")

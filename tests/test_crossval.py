@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_killed_at
 from fashion_cnn import crossval
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
 
@@ -63,19 +64,8 @@ def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     cfg = small_cv(tmp_path)
     reference_dir, reference = cross_validate(cfg, data=real_data)
 
-    real_save = crossval.save_checkpoint
-    calls = []
-
-    def killed_during_fourth_epoch(*args, **kwargs):  # fold 2, epoch 2: its work is lost
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        real_save(*args, **kwargs)
-
-    monkeypatch.setattr(crossval, "save_checkpoint", killed_during_fourth_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        cross_validate(cfg, data=real_data)
-    monkeypatch.setattr(crossval, "save_checkpoint", real_save)
+    # killed during fold 2, epoch 2
+    run_killed_at(monkeypatch, crossval, "save_checkpoint", 4, lambda: cross_validate(cfg, data=real_data))
     run_dir = max((tmp_path / "runs").iterdir())
     assert not (run_dir / "cv_results.json").exists()
 

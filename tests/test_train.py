@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from conftest import run_killed_at
 from fashion_cnn import train
 from fashion_cnn.evaluate import predict_logits
 from fashion_cnn.runs import load_model
@@ -39,18 +40,8 @@ def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
     cfg = small_train(tmp_path)
     reference, _ = load_model(train_final(cfg, data=real_data) / "model.safetensors")
 
-    real_save, calls = train.save_checkpoint, []
-
-    def killed_during_second_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real_save(*args, **kwargs)
-
-    monkeypatch.setattr(train, "save_checkpoint", killed_during_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_final(cfg, data=real_data)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    # killed during the second epoch
+    run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: train_final(cfg, data=real_data))
     run_dir = max((tmp_path / "runs").iterdir())
     assert not (run_dir / "model.safetensors").exists()
 

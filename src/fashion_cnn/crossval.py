@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,9 @@ import torch
 from sklearn.model_selection import KFold
 
 from .data import FashionMNIST, load_fashion_mnist
-from .runs import load_tensors, new_run_dir, read_config, start_log, write_atomic, write_json
-from .train import (TrainConfig, fit, opt, limited, load_checkpoint, make_ema, make_model, make_optimizer,
-                    save_checkpoint, setup_threads)
+from .runs import load_tensors, write_atomic, write_json
+from .train import (TrainConfig, fit, limited, load_checkpoint, make_ema, make_model, make_optimizer, opt,
+                    save_checkpoint, start_run)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -54,13 +54,7 @@ def cross_validate(cfg: CVConfig, resume: str | Path | None = None,
     """Run (or resume) k-fold cross-validation; returns the run directory and the summary."""
     from .plots import plot_learning_curves
 
-    setup_threads()
-    run_dir = Path(resume) if resume else new_run_dir(cfg.out, "cv")
-    start_log(run_dir)
-    if resume:
-        cfg = CVConfig.from_dict(read_config(run_dir))
-    else:
-        write_json(run_dir / "config.json", {"job": "cv", **asdict(cfg)})
+    run_dir, cfg = start_run(cfg, "cv", resume)
     data = data or load_fashion_mnist(cfg.data_dir)
     images, labels = limited(data.train_images, data.train_labels, cfg.limit)
     log.info(f"run directory: {run_dir}\ndata: {data.source} ({len(images)} training images, "

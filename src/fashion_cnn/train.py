@@ -319,19 +319,24 @@ def machine_name(device: torch.device) -> str:
     return f"{names[0] if names else 'CPU'}, {torch.get_num_threads()} threads"
 
 
+def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
+    """A new run directory with the config and a log, or the interrupted run's, with its saved config."""
+    setup_threads()
+    run_dir = Path(resume) if resume else new_run_dir(cfg.out, job)
+    start_log(run_dir)
+    if resume:
+        return run_dir, type(cfg).from_dict(read_config(run_dir))
+    write_json(run_dir / "config.json", {"job": job, **asdict(cfg)})
+    return run_dir, cfg
+
+
 def train_final(cfg: TrainConfig, resume: str | Path | None = None,
                 data: FashionMNIST | None = None) -> Path:
     """Train on the whole training set, evaluate once on the test set, save the model; returns the run dir."""
     from .evaluate import evaluate_model, write_reports
     from .plots import plot_learning_curves
 
-    setup_threads()
-    run_dir = Path(resume) if resume else new_run_dir(cfg.out, "train")
-    start_log(run_dir)
-    if resume:
-        cfg = TrainConfig.from_dict(read_config(run_dir))
-    else:
-        write_json(run_dir / "config.json", {"job": "train", **asdict(cfg)})
+    run_dir, cfg = start_run(cfg, "train", resume)
     data = data or load_fashion_mnist(cfg.data_dir)
     train, val = limited(data.train_images, data.train_labels, cfg.limit), None
     if cfg.val_size:
