@@ -158,9 +158,9 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 
 @register("fast", "3-stage BN CNN (61,042 parameters), for a CPU",
-          epochs=8, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+          epochs=16, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
-          crop=2, flip=True, tta=True)
+          crop=2, flip=True, tta=True, amp=True)
 def fast() -> nn.Module:
     return channels_last(FastNet())
 
