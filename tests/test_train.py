@@ -16,7 +16,7 @@ def small_train(tmp_path) -> TrainConfig:
 
 def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
     run_dir = train_final(small_train(tmp_path), data=real_data)
-    for name in ("config.json", "history.json", "metrics.json", "learning_curves.png", "log.txt",
+    for name in ("config.json", "metrics.csv", "metrics.json", "learning_curves.png", "log.txt",
                  "model.safetensors", "confusion_matrix.png", "per_class.txt", "test_report.json"):
         assert (run_dir / name).is_file(), name
     report = json.loads((run_dir / "test_report.json").read_text())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +12,7 @@ import torch
 from sklearn.model_selection import KFold
 
 from .data import FashionMNIST, load_fashion_mnist
-from .runs import load_tensors, write_atomic, write_json
+from .runs import csv_bytes, load_tensors, write_atomic, write_json
 from .train import (TrainConfig, fit, limited, load_checkpoint, make_ema, make_model, make_optimizer, opt,
                     save_checkpoint, start_run)
 
@@ -32,16 +30,6 @@ def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
     if not 2 <= folds <= n:
         raise ValueError(f"--folds must be between 2 and the number of images ({n}), got {folds}")
     return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((n, 1))))
-
-
-def metrics_csv(histories: dict[str, list[dict]]) -> bytes:
-    rows = [{"fold": fold, **row} for fold, history in histories.items() for row in history]
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def summarize(fold_accuracies: list[float]) -> dict:
@@ -81,7 +69,8 @@ def cross_validate(cfg: CVConfig, resume: str | Path | None = None,
             def on_epoch(hist, fold=fold, model=model, optimizer=optimizer, ema=ema):
                 histories[str(fold)] = hist
                 save_checkpoint(ckpt, model, optimizer, {"job": "cv", "histories": histories}, ema)
-                write_atomic(run_dir / "metrics.csv", metrics_csv(histories))
+                write_atomic(run_dir / "metrics.csv",
+                             csv_bytes([{"fold": k, **row} for k, h in histories.items() for row in h]))
 
             history = fit(model, optimizer, cfg, (images[train_idx], labels[train_idx]),
                           (images[val_idx], labels[val_idx]), history, keys=(fold,),

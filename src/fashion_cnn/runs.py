@@ -6,6 +6,8 @@ ever unpickled, so loading a file cannot run code from it.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -46,6 +48,16 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def csv_bytes(rows: list[dict]) -> bytes:
+    """Rows of per-epoch metrics as CSV, the columns those of the first row."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue().encode()
 
 
 def read_config(run_dir: str | Path) -> dict:

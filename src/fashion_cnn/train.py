@@ -25,8 +25,8 @@ from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
 from . import fastpath
 from .models import count_parameters, create_model, get_spec
-from .runs import (load_tensors, new_run_dir, read_config, optimizer_tensors, restore_optimizer, save_model,
-                   save_tensors, start_log, write_json)
+from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
+                   save_model, save_tensors, start_log, write_atomic, write_json)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -354,7 +354,7 @@ def train_final(cfg: TrainConfig, resume: str | Path | None = None,
 
     def on_epoch(hist):
         save_checkpoint(ckpt, model, optimizer, {"job": "train", "history": hist}, ema)
-        write_json(run_dir / "history.json", hist)
+        write_atomic(run_dir / "metrics.csv", csv_bytes(hist))
 
     started = time.perf_counter()
     history = fit(model, optimizer, cfg, train, val, history=history, keys=(0,), on_epoch=on_epoch, ema=ema)
