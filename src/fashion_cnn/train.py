@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .augment import make_augment
@@ -223,35 +224,38 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConf
     augment = make_augment(cfg.crop, cfg.flip, cfg.erase)
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    for epoch in range(len(history), cfg.epochs):
-        model.train()
-        counter = itertools.count(epoch * steps_per_epoch)
+    epochs = tqdm(range(len(history), cfg.epochs), desc=f"{desc}epochs", unit="epoch", leave=False,
+                  disable=None, initial=len(history), total=cfg.epochs)
+    with epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
+        for epoch in epochs:
+            model.train()
+            counter = itertools.count(epoch * steps_per_epoch)
 
-        def step(x, y):
-            i = next(counter)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, i / total_steps)
-            out = train_step(x, y)
-            if ema is not None:
-                ema.update(i)
-            return out
+            def step(x, y):
+                i = next(counter)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg, i / total_steps)
+                out = train_step(x, y)
+                if ema is not None:
+                    ema.update(i)
+                return out
 
-        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, *keys, epoch))
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        loss, acc = train_epoch(step, images, labels, cfg.batch_size, generator,
-                                f"{desc}epoch {epoch + 1}/{cfg.epochs}", augment)
-        # CPU seconds (all threads) beside wall seconds: on a shared machine the wall clock measures the load
-        row = {"epoch": epoch + 1, "loss": loss, "accuracy": acc, "seconds": time.perf_counter() - t0,
-               "cpu_seconds": time.process_time() - cpu0}
-        if val is not None:
-            row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
-                ema.model if ema else model, *val, cfg.eval_batch_size)
-        history.append(row)
-        log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
-            + f" ({row['seconds']:.1f}s)")
-        if on_epoch is not None:
-            on_epoch(history)
+            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, *keys, epoch))
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            loss, acc = train_epoch(step, images, labels, cfg.batch_size, generator,
+                                    f"{desc}epoch {epoch + 1}/{cfg.epochs}", augment)
+            # CPU seconds (all threads) beside wall seconds: on a shared machine the wall clock measures the load
+            row = {"epoch": epoch + 1, "loss": loss, "accuracy": acc, "seconds": time.perf_counter() - t0,
+                   "cpu_seconds": time.process_time() - cpu0}
+            if val is not None:
+                row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
+                    ema.model if ema else model, *val, cfg.eval_batch_size)
+            history.append(row)
+            log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
+                + f" ({row['seconds']:.1f}s)")
+            if on_epoch is not None:
+                on_epoch(history)
     return history
 
 
