@@ -8,12 +8,13 @@ ARGS   ?=
 
 setup: system-deps $(VENV)/.installed
 
-# Debian packages: the dataset, and Chromium for the browser test. Without root, the loader downloads
-# the data instead and the browser test is skipped.
+# Debian packages: the dataset, and Chromium and Firefox ESR for the browser tests. Without root, the loader
+# downloads the data instead and the browser tests are skipped.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v chromium >/dev/null; }; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v chromium >/dev/null || \
+	     ! command -v firefox-esr >/dev/null; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium firefox-esr >/dev/null; \
 	fi
 
 # torch==2.13.0 first: it is the CPU build; a bare `torch` requirement would pull the CUDA one.

