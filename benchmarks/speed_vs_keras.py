@@ -28,7 +28,7 @@ import torch
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.evaluate import predict_logits
-from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, setup_threads
+from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, flush_denormals
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("keras", "fashion_cnn")
@@ -124,7 +124,7 @@ def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size
 
 def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int) -> dict:
     """The fashion-cnn side, in this process, through the public API: fold 1 of `fashion-cnn cv`, exactly."""
-    setup_threads()
+    flush_denormals()
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu")
     model = make_model(cfg, 0)
     optimizer = make_optimizer(model, cfg)

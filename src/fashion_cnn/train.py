@@ -279,9 +279,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return meta["progress"]
 
 
-def setup_threads() -> None:
-    # Denormal gradients late in training slow CPU arithmetic many times over; flushing them to
-    # zero changes nothing measurable in the result.
+def flush_denormals() -> None:
+    """Denormal numbers (tiny gradients late in training) slow CPU arithmetic many times over;
+    flushing them to zero changes nothing measurable in the result."""
     torch.set_flush_denormal(True)
 
 
@@ -325,7 +325,7 @@ def machine_name(device: torch.device) -> str:
 
 def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
     """A new run directory with the config and a log, or the interrupted run's, with its saved config."""
-    setup_threads()
+    flush_denormals()
     run_dir = Path(resume) if resume else new_run_dir(cfg.out, job)
     start_log(run_dir)
     if resume:
