@@ -123,3 +123,4 @@ def test_shipped_model_loads_and_scores_as_reported(real_data):
     logits = model(real_data.test_images[:2000].unsqueeze(1).float() / 255)
     accuracy = (logits.argmax(1) == real_data.test_labels[:2000]).float().mean().item()
     assert accuracy >= meta["test_accuracy"] - 0.015, (accuracy, meta["test_accuracy"])
+    assert accuracy > 0.95 and meta["architecture"] == "strong" and meta["parameters"] < 1_000_000
