@@ -166,7 +166,7 @@ def fast() -> nn.Module:
 
 
 @register("strong", "ResNet-14, widths 32/64/128 (696,042 parameters)",
-          epochs=100, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+          epochs=50, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="cosine", warmup=0.02, label_smoothing=0.1,
           crop=2, flip=True, erase=0.5, ema=0.999, tta=True, amp=True)
 def strong() -> nn.Module:
