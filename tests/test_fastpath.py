@@ -83,3 +83,17 @@ def test_fast_inference_matches_module():
         expected = model(x)
     for chunk in (128, 16):  # one chunk, and several with a remainder
         torch.testing.assert_close(fastpath.baseline_logits(model, x, chunk), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_logits_keeps_test_time_augmentation():
+    from fashion_cnn.evaluate import predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("baseline").eval()
+    x, _ = batch(20, seed=4)
+    plain = predict_logits(model, x)
+    model.tta = True
+    with torch.no_grad():
+        mirrored = (model.logits(x) + model.logits(x.flip(3))) / 2
+    torch.testing.assert_close(predict_logits(model, x), mirrored, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain, mirrored)

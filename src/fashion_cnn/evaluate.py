@@ -24,7 +24,10 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    forward = partial(fastpath.baseline_logits, model) if fastpath.is_baseline_on_cpu(model) else model
+    # the baseline's fast path computes plain logits, so a model set to average in mirror images (tta)
+    # goes through its own forward
+    fast = fastpath.is_baseline_on_cpu(model) and not model.tta
+    forward = partial(fastpath.baseline_logits, model) if fast else model
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
