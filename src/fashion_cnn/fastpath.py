@@ -1,4 +1,4 @@
-"""Hand-derived training step of the baseline CNN, for CPU training at batch 32.
+"""Hand-derived training step and inference of the baseline CNN on CPU, for training at batch 32.
 
 At batch 32, autograd's per-op bookkeeping, NCHW max-pooling and a separate optimizer pass cost more
 than the arithmetic. This step computes the same loss, gradients and SGD-momentum update as `Baseline`
