@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from . import fastpath
-from .data import CLASS_NAMES
+from .data import CLASS_NAMES, to_float
 from .runs import write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
@@ -32,7 +32,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device)
         if x.dtype == torch.uint8:
-            x = x.unsqueeze(1).float().div_(255.0)
+            x = to_float(x)
         out.append(forward(x).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, len(CLASS_NAMES))

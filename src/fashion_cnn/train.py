@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .augment import make_augment
-from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist
+from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
 from . import fastpath
 from .models import count_parameters, create_model, get_spec
 from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
@@ -196,7 +196,7 @@ def train_epoch(step: Callable, images: torch.Tensor, labels: torch.Tensor, batc
     total_correct = torch.zeros((), dtype=torch.long, device=images.device)
     with tqdm(total=n, desc=desc, unit="img", leave=False, disable=None, mininterval=0.5) as bar:
         for start in range(0, n, batch_size):
-            x = images[start:start + batch_size].unsqueeze(1).float().div_(255.0)
+            x = to_float(images[start:start + batch_size])
             if augment is not None:
                 x = augment(x, generator)
             loss, correct = step(x, labels[start:start + batch_size])
