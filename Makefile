@@ -8,13 +8,15 @@ ARGS   ?=
 
 setup: system-deps $(VENV)/.installed
 
-# Debian packages: the dataset, and Chromium and Firefox ESR for the browser tests. Without root, the loader
-# downloads the data instead and the browser tests are skipped.
+# Debian packages: the dataset, a C compiler for the baseline's CPU kernel (src/fashion_cnn/conv_pool.c), and
+# Chromium and Firefox ESR for the browser tests. Without root, the loader downloads the data instead, the
+# kernel's work falls back to slower torch ops, and the browser tests are skipped.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v chromium >/dev/null || \
-	     ! command -v firefox-esr >/dev/null; }; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium firefox-esr >/dev/null; \
+	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v cc >/dev/null || \
+	     ! command -v chromium >/dev/null || ! command -v firefox-esr >/dev/null; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist gcc libc6-dev \
+	    chromium firefox-esr >/dev/null; \
 	fi
 
 # torch==2.13.0 first: it is the CPU build; a bare `torch` requirement would pull the CUDA one.

@@ -1,9 +1,22 @@
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fashion_cnn import fastpath
 from fashion_cnn.models import create_model
+
+
+@pytest.fixture(params=["native", "torch"])
+def stage(request, monkeypatch) -> str:
+    """Run a test with the C kernel for the first stage (conv_pool.c), and again with the torch ops
+    that stand in for it where no C compiler is available."""
+    if request.param == "torch":
+        monkeypatch.setattr(fastpath, "native_library", lambda: None)
+    else:  # `make test` installs gcc: here the kernel must build, not silently fall back
+        assert fastpath.native_library() is not None, "conv_pool.c did not build: is a C compiler (cc) installed?"
+    return request.param
 
 
 def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +47,7 @@ def reference_step(model, optimizer, x, y):
 
 
 @pytest.mark.parametrize("n", [32, 7])
-def test_first_step_gradients_match_autograd(n):
+def test_first_step_gradients_match_autograd(n, stage):
     reference, opt_ref, fast, opt_fast = twin_models()
     x, y = batch(n, seed=n)
     ref_loss, ref_correct = reference_step(reference, opt_ref, x, y)
@@ -47,7 +60,7 @@ def test_first_step_gradients_match_autograd(n):
                                    msg=name)
 
 
-def test_training_matches_autograd_and_sgd_over_steps():
+def test_training_matches_autograd_and_sgd_over_steps(stage):
     reference, opt_ref, fast, opt_fast = twin_models()
     step = fastpath.BaselineSGDStep(fast, opt_fast)
     for i in range(6):
@@ -75,13 +88,13 @@ def test_fast_step_only_where_it_computes_the_same_update():
     assert not fastpath.supports(strong, torch.optim.SGD(strong.parameters(), lr=0.01, momentum=0.9))
 
 
-def test_fast_inference_matches_module():
+def test_fast_inference_matches_module(stage):
     torch.manual_seed(0)
     model = create_model("baseline").eval()
     x, _ = batch(50, seed=3)
     with torch.no_grad():
         expected = model(x)
-    for chunk in (128, 16):  # one chunk, and several with a remainder
+    for chunk in (256, 16):  # one chunk, and several with a remainder
         torch.testing.assert_close(fastpath.baseline_logits(model, x, chunk), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -97,3 +110,21 @@ def test_predict_logits_keeps_test_time_augmentation():
         mirrored = (model.logits(x) + model.logits(x.flip(3))) / 2
     torch.testing.assert_close(predict_logits(model, x), mirrored, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(plain, mirrored)
+
+
+def test_native_build_is_cached_and_falls_back_without_a_compiler(tmp_path, monkeypatch, caplog):
+    build = fastpath.native_library.__wrapped__  # uncached: the test controls the cache and the compiler
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    with caplog.at_level(logging.WARNING, logger="fashion_cnn"):
+        assert build() is None
+    assert "C kernel is unavailable" in caplog.text
+    assert not list((tmp_path / "cache").rglob("*.so")) and not list((tmp_path / "cache").rglob("*.tmp"))
+
+    monkeypatch.setenv("CC", "cc")
+    assert build() is not None
+    [built] = (tmp_path / "cache").rglob("*.so")
+    stamp = built.stat().st_mtime_ns
+    assert build() is not None and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    monkeypatch.setenv("FASHION_CNN_NATIVE", "0")
+    assert build() is None

@@ -1,0 +1,95 @@
+/* The baseline's first stage, fused: 3x3 convolution (1 -> 32 channels) plus bias, 2x2 max-pooling,
+ * ReLU, on 28x28 images, and its weight and bias gradients. Built and loaded by fastpath.py.
+ *
+ * Fusing skips the 26x26x32 convolution output (86 KB per image) that separate ops write and read
+ * back: each pooled value is the max of four 32-channel dot products over 9 pixels, computed in
+ * registers, and the backward pass needs only which of the four won (one byte per value).
+ * The 32 channels are the vector lanes.
+ * Images are independent: callers may split a batch between threads.
+ */
+#include <stdint.h>
+
+#define K 9   /* 3x3 taps */
+#define W 28  /* input width and height */
+#define P 13  /* pooled width and height */
+
+/* 32 channels as two vectors of 16 floats (GCC and Clang vector extensions: AVX-512 registers where
+ * the CPU has them, narrower instructions elsewhere). */
+typedef float f16v __attribute__((vector_size(64)));
+typedef int32_t i16v __attribute__((vector_size(64)));
+typedef uint8_t u16v __attribute__((vector_size(16)));
+
+static inline f16v load(const float *p) { f16v v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, f16v v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline f16v select(i16v mask, f16v a, f16v b) { return (f16v)(((i16v)a & mask) | ((i16v)b & ~mask)); }
+
+/* x: (n, 28, 28); weight: (32, 9) as torch stores it; bias: (32).
+ * h: (n, 13, 13, 32), relu(max-pool(conv(x) + bias)), channels last (Keras's flatten order).
+ * which: (n, 13, 13, 32), the winning pool position 0-3 (row-major in the 2x2 window), or NULL. */
+void conv_pool_forward(const float *restrict x, int64_t n, const float *restrict weight,
+                       const float *restrict bias, float *restrict h, uint8_t *restrict which) {
+    f16v w[K][2], b[2] = {load(bias), load(bias + 16)};
+    for (int k = 0; k < K; k++)
+        for (int half = 0; half < 2; half++)
+            for (int c = 0; c < 16; c++) w[k][half][c] = weight[(16 * half + c) * K + k];
+    const f16v zero = {0};
+    for (int64_t img = 0; img < n; img++) {
+        const float *xi = x + img * W * W;
+        for (int i = 0; i < P; i++)
+            for (int j = 0; j < P; j++) {
+                const int64_t at = ((img * P + i) * P + j) * 32;
+                for (int half = 0; half < 2; half++) {
+                    f16v best = zero;
+                    i16v arg = {0};
+                    for (int q = 0; q < 4; q++) {
+                        const float *patch = xi + (2 * i + q / 2) * W + 2 * j + q % 2;
+                        f16v acc = b[half];
+                        for (int k = 0; k < K; k++) acc += patch[(k / 3) * W + k % 3] * w[k][half];
+                        /* ties keep the first position, as torch's max-pooling does */
+                        const i16v better = q == 0 ? ~(i16v){0} : (i16v)(acc > best);
+                        best = select(better, acc, best);
+                        arg = (arg & ~better) | (q & better);
+                    }
+                    store(h + at + 16 * half, select((i16v)(best > zero), best, zero));
+                    if (which) {
+                        const u16v arg8 = __builtin_convertvector(arg, u16v);
+                        __builtin_memcpy(which + at + 16 * half, &arg8, sizeof arg8);
+                    }
+                }
+            }
+    }
+}
+
+/* Gradients of the loss with respect to weight (32, 9) and bias (32), written (not added) there,
+ * given gh = dloss/dh (n, 13, 13, 32) and the forward pass's x, h and which. */
+void conv_pool_backward(const float *restrict x, int64_t n, const float *restrict h,
+                        const uint8_t *restrict which, const float *restrict gh,
+                        float *restrict grad_weight, float *restrict grad_bias) {
+    const f16v zero = {0};
+    for (int half = 0; half < 2; half++) {  /* one half at a time: its 10 sums stay in registers */
+        f16v gw[K] = {zero}, gb = zero;
+        for (int64_t img = 0; img < n; img++) {
+            const float *xi = x + img * W * W;
+            for (int i = 0; i < P; i++)
+                for (int j = 0; j < P; j++) {
+                    const int64_t a = ((img * P + i) * P + j) * 32 + 16 * half;
+                    const f16v g = select((i16v)(load(h + a) > zero), load(gh + a), zero);  /* the ReLU */
+                    u16v arg8;
+                    __builtin_memcpy(&arg8, which + a, sizeof arg8);
+                    const i16v arg = __builtin_convertvector(arg8, i16v);
+                    gb += g;
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++) {  /* g flows to the pool position that won */
+                        const f16v gq = select((i16v)(arg == q), g, zero);
+                        const float *patch = xi + (2 * i + q / 2) * W + 2 * j + q % 2;
+#pragma GCC unroll 9
+                        for (int k = 0; k < K; k++) gw[k] += patch[(k / 3) * W + k % 3] * gq;
+                    }
+                }
+        }
+        for (int c = 0; c < 16; c++) {
+            for (int k = 0; k < K; k++) grad_weight[(16 * half + c) * K + k] = gw[k][c];
+            grad_bias[16 * half + c] = gb[c];
+        }
+    }
+}
