@@ -6,7 +6,7 @@ on the same 48,000 images (fold 1 of the 5-fold split), validate on the same 12,
 can be. Prints a table of ratios; saves speed_vs_keras.json and speed_vs_keras.png in --out.
 
     make bench-speed                 # 3 epochs
-    make bench-speed EPOCHS=10       # the tutorial's 10 epochs, for the accuracy comparison
+    make bench-speed EPOCHS=10 ARGS="--seeds 3"   # the tutorial's 10 epochs, 3 seeds a side: the accuracy comparison
     .venv/bin/python benchmarks/speed_vs_keras.py --epochs 1 --limit 4000   # a quick check
 """
 
@@ -113,19 +113,20 @@ def median_seconds(fn, repeats: int) -> float:
 # --- the two sides --------------------------------------------------------------------------------
 
 def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,
-              threads: int | None) -> dict:
+              threads: int | None, seed: int) -> dict:
     """The Keras side, in a fresh process of .venv-keras's python; its stderr (TF's logs) passes through."""
     cmd = [str(python), str(HERE / "keras_baseline.py"), "--data-dir", str(data_dir), "--split", str(split),
-           "--epochs", str(epochs), "--batch-size", str(batch_size)]
+           "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
     cmd += ["--threads", str(threads)] if threads else []
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int) -> dict:
+def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int,
+                    seed: int) -> dict:
     """The fashion-cnn side, in this process, through the public API: fold 1 of `fashion-cnn cv`, exactly."""
     flush_denormals()
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu", seed=seed)
     model = make_model(cfg, 0)
     optimizer = make_optimizer(model, cfg)
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
@@ -187,6 +188,15 @@ def summarize(side: dict, n_train: int, n_test: int) -> dict:
     }
 
 
+def summarize_runs(runs: list[dict], n_train: int, n_test: int) -> dict:
+    """Each row's mean over the runs (one per seed), and the spread of the validation accuracy."""
+    rows = [summarize(run, n_train, n_test) for run in runs]
+    accuracies = [row["val_accuracy_pct"] for row in rows]
+    return {**{key: statistics.mean(row[key] for row in rows) for key in rows[0]},
+            "val_accuracy_pct_runs": accuracies,
+            "val_accuracy_pct_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0}
+
+
 def ratios(keras: dict, ours: dict) -> dict:
     reads = {"time": lambda k, o: k / o, "rate": lambda k, o: o / k, "points": lambda k, o: o - k}
     return {key: reads[how](keras[key], ours[key]) for key, _, _, how in ROWS}
@@ -208,11 +218,18 @@ def bound(gflops: dict[int, float], n_train: int, achieved: dict[str, dict]) -> 
 
 
 def format_table(summary: dict, ratio: dict, gemm: dict, epochs: int) -> str:
-    lines = [f"{'':36} {'Keras/TF':>10} {'fashion-cnn':>12} {'ratio':>9}"]
+    runs = len(summary["keras"]["val_accuracy_pct_runs"])
+    lines = [f"{'mean of ' + str(runs) + ' runs (seeds)' if runs > 1 else '':36} "
+             f"{'Keras/TF':>10} {'fashion-cnn':>12} {'ratio':>9}"]
     for key, label, fmt, how in ROWS:
         r = f"{ratio[key]:+.2f} pts" if how == "points" else f"{ratio[key]:.2f}x"
         lines.append(f"{label:36} {fmt.format(summary['keras'][key]):>10} "
                      f"{fmt.format(summary['fashion_cnn'][key]):>12} {r:>9}")
+    if runs > 1:
+        lines.append("val accuracy per seed, %: " + "; ".join(
+            f"{name} " + ", ".join(f"{a:.2f}" for a in summary[side]["val_accuracy_pct_runs"])
+            + f" (std {summary[side]['val_accuracy_pct_std']:.2f})"
+            for side, name in zip(SIDES, ("Keras", "fashion-cnn"))))
     lines += [
         "",
         f"GEMM: fp32 sgemm peak {gemm['peak_gflops']:.0f} GFLOP/s ("
@@ -255,6 +272,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seeds", type=int, default=1, help="train each side this many times (seeds 1..N): "
+                        "the accuracy of one run after 10 epochs of constant-rate SGD varies by about a point")
     parser.add_argument("--limit", type=int, help="quick checks: train on the first N of the 48,000 images "
                         "and validate on the first N/4 of the 12,000")
     parser.add_argument("--threads", type=int, help="threads for both sides and the GEMM measurement "
@@ -280,13 +299,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.npz"
         np.savez(split, train_idx=train_idx, val_idx=val_idx)
-        print(f"Keras: {args.epochs} epochs on {len(train_idx)} images...", file=sys.stderr)
-        raw = {"keras": run_keras(args.keras_python, data_dir, split, args.epochs, args.batch_size,
-                                   args.threads)}
-    print(f"fashion-cnn: {args.epochs} epochs on {len(train_idx)} images...", file=sys.stderr)
-    raw["fashion_cnn"] = run_fashion_cnn(data, train_idx, val_idx, args.epochs, args.batch_size)
+        raw = {"keras": [], "fashion_cnn": []}
+        for seed in range(1, args.seeds + 1):
+            print(f"Keras: {args.epochs} epochs on {len(train_idx)} images, seed {seed}...", file=sys.stderr)
+            raw["keras"].append(run_keras(args.keras_python, data_dir, split, args.epochs, args.batch_size,
+                                          args.threads, seed))
+    for seed in range(1, args.seeds + 1):
+        print(f"fashion-cnn: {args.epochs} epochs on {len(train_idx)} images, seed {seed}...", file=sys.stderr)
+        raw["fashion_cnn"].append(run_fashion_cnn(data, train_idx, val_idx, args.epochs, args.batch_size, seed))
 
-    summary = {side: summarize(raw[side], len(train_idx), len(data.test_images)) for side in SIDES}
+    summary = {side: summarize_runs(raw[side], len(train_idx), len(data.test_images)) for side in SIDES}
     ratio = ratios(summary["keras"], summary["fashion_cnn"])
     gemm = bound(gflops, len(train_idx), summary)
     machine = {
@@ -299,7 +321,7 @@ def main() -> None:
         "other_processes_cpu_share": other_cpu_share(start),
     }
     table = format_table(summary, ratio, gemm, args.epochs)
-    print(f"\n{raw['keras']['framework']} vs {raw['fashion_cnn']['framework']}; {args.epochs} epochs, "
+    print(f"\n{raw['keras'][0]['framework']} vs {raw['fashion_cnn'][0]['framework']}; {args.epochs} epochs, "
           f"batch {args.batch_size}, {len(train_idx)} training / {len(val_idx)} validation images\n")
     print(table)
     print(f"\nmachine: {machine['cpu']}, {machine['cpus']} CPUs; other processes used "
@@ -310,6 +332,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     defaults = TrainConfig()
     result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
+                         "seeds": list(range(1, args.seeds + 1)),
                          "lr": defaults.lr, "momentum": defaults.momentum,
                          "train_images": len(train_idx), "val_images": len(val_idx),
                          "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"},
