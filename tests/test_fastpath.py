@@ -128,3 +128,25 @@ def test_native_build_is_cached_and_falls_back_without_a_compiler(tmp_path, monk
     assert build() is not None and built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     monkeypatch.setenv("FASHION_CNN_NATIVE", "0")
     assert build() is None
+
+
+def test_native_kernel_is_deterministic_for_any_thread_count():
+    lib = fastpath.native_library()
+    assert lib is not None
+    conv = create_model("baseline").conv
+    x, _ = batch(9, seed=5)
+    gh = torch.randn(9, 5408, generator=torch.Generator().manual_seed(6))
+    threads = torch.get_num_threads()
+
+    def run(n_threads):
+        torch.set_num_threads(n_threads)
+        try:
+            stage = fastpath.NativeConvPool(lib)
+            return (stage.forward(x, conv), *stage.backward(gh))
+        finally:
+            torch.set_num_threads(threads)
+
+    one, again, three = run(1), run(1), run(3)  # 3 threads: uneven shares of 9 images
+    for a, b, c in zip(one, again, three):
+        assert torch.equal(a, b)  # same threads, same bits
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)

@@ -4,8 +4,8 @@
  * Fusing skips the 26x26x32 convolution output (86 KB per image) that separate ops write and read
  * back: each pooled value is the max of four 32-channel dot products over 9 pixels, computed in
  * registers, and the backward pass needs only which of the four won (one byte per value).
- * The 32 channels are the vector lanes.
- * Images are independent: callers may split a batch between threads.
+ * The 32 channels are the vector lanes. With OpenMP, `threads` threads split the batch; built against
+ * the libgomp that torch loads, they are torch's own threads, so the two never compete for cores.
  */
 #include <stdint.h>
 
@@ -27,12 +27,13 @@ static inline f16v select(i16v mask, f16v a, f16v b) { return (f16v)(((i16v)a & 
  * h: (n, 13, 13, 32), relu(max-pool(conv(x) + bias)), channels last (Keras's flatten order).
  * which: (n, 13, 13, 32), the winning pool position 0-3 (row-major in the 2x2 window), or NULL. */
 void conv_pool_forward(const float *restrict x, int64_t n, const float *restrict weight,
-                       const float *restrict bias, float *restrict h, uint8_t *restrict which) {
+                       const float *restrict bias, float *restrict h, uint8_t *restrict which, int threads) {
     f16v w[K][2], b[2] = {load(bias), load(bias + 16)};
     for (int k = 0; k < K; k++)
         for (int half = 0; half < 2; half++)
             for (int c = 0; c < 16; c++) w[k][half][c] = weight[(16 * half + c) * K + k];
     const f16v zero = {0};
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t img = 0; img < n; img++) {
         const float *xi = x + img * W * W;
         for (int i = 0; i < P; i++)
@@ -60,15 +61,13 @@ void conv_pool_forward(const float *restrict x, int64_t n, const float *restrict
     }
 }
 
-/* Gradients of the loss with respect to weight (32, 9) and bias (32), written (not added) there,
- * given gh = dloss/dh (n, 13, 13, 32) and the forward pass's x, h and which. */
-void conv_pool_backward(const float *restrict x, int64_t n, const float *restrict h,
-                        const uint8_t *restrict which, const float *restrict gh,
-                        float *restrict grad_weight, float *restrict grad_bias) {
+/* Sums over images [begin, end) of the weight gradient, as (9, 32), then the bias gradient (32), into out. */
+static void backward_range(const float *restrict x, const float *restrict h, const uint8_t *restrict which,
+                           const float *restrict gh, int64_t begin, int64_t end, float *restrict out) {
     const f16v zero = {0};
     for (int half = 0; half < 2; half++) {  /* one half at a time: its 10 sums stay in registers */
         f16v gw[K] = {zero}, gb = zero;
-        for (int64_t img = 0; img < n; img++) {
+        for (int64_t img = begin; img < end; img++) {
             const float *xi = x + img * W * W;
             for (int i = 0; i < P; i++)
                 for (int j = 0; j < P; j++) {
@@ -87,9 +86,25 @@ void conv_pool_backward(const float *restrict x, int64_t n, const float *restric
                     }
                 }
         }
-        for (int c = 0; c < 16; c++) {
-            for (int k = 0; k < K; k++) grad_weight[(16 * half + c) * K + k] = gw[k][c];
-            grad_bias[16 * half + c] = gb[c];
-        }
+        for (int k = 0; k < K; k++) store(out + k * 32 + 16 * half, gw[k]);
+        store(out + K * 32 + 16 * half, gb);
+    }
+}
+
+/* Gradients of the loss with respect to weight (32, 9) and bias (32), written (not added) there,
+ * given gh = dloss/dh (n, 13, 13, 32) and the forward pass's x, h and which. Each thread sums a fixed
+ * share of the batch and the shares are added in order: the same threads give the same bits. */
+void conv_pool_backward(const float *restrict x, int64_t n, const float *restrict h,
+                        const uint8_t *restrict which, const float *restrict gh,
+                        float *restrict grad_weight, float *restrict grad_bias, int threads) {
+    float partial[threads][(K + 1) * 32];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; t++)
+        backward_range(x, h, which, gh, n * t / threads, n * (t + 1) / threads, partial[t]);
+    for (int t = 1; t < threads; t++)
+        for (int v = 0; v < (K + 1) * 32; v++) partial[0][v] += partial[t][v];
+    for (int c = 0; c < 32; c++) {
+        for (int k = 0; k < K; k++) grad_weight[c * K + k] = partial[0][k * 32 + c];
+        grad_bias[c] = partial[0][K * 32 + c];
     }
 }

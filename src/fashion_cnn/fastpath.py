@@ -30,7 +30,7 @@ from .models import Baseline
 aten = torch.ops.aten
 log = logging.getLogger("fashion_cnn")
 NATIVE_SOURCE = Path(__file__).with_name("conv_pool.c")
-NATIVE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
+NATIVE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
 def cpu_signature() -> bytes:
@@ -65,9 +65,9 @@ def native_library() -> ctypes.CDLL | None:
         detail = e.stderr.decode(errors="replace").strip()[:500] if isinstance(e, subprocess.CalledProcessError) else e
         log.warning(f"the baseline's C kernel is unavailable ({detail}); torch ops do its work, more slowly")
         return None
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.conv_pool_forward.argtypes = [pointer, size, pointer, pointer, pointer, pointer]
-    lib.conv_pool_backward.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer]
+    pointer, size, count = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.conv_pool_forward.argtypes = [pointer, size, pointer, pointer, pointer, pointer, count]
+    lib.conv_pool_backward.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, count]
     lib.conv_pool_forward.restype = lib.conv_pool_backward.restype = None
     return lib
 
@@ -85,7 +85,7 @@ class NativeConvPool:
         h = torch.empty(n, 5408)
         which = torch.empty(n, 5408, dtype=torch.uint8) if keep else None
         self.lib.conv_pool_forward(x.data_ptr(), n, conv.weight.data_ptr(), conv.bias.data_ptr(), h.data_ptr(),
-                                   which.data_ptr() if keep else None)
+                                   which.data_ptr() if keep else None, torch.get_num_threads())
         self.saved = (x, h, which) if keep else None
         return h
 
@@ -94,7 +94,7 @@ class NativeConvPool:
         x, h, which = self.saved
         grad_weight, grad_bias = torch.empty(32, 9), torch.empty(32)
         self.lib.conv_pool_backward(x.data_ptr(), len(x), h.data_ptr(), which.data_ptr(), gh.contiguous().data_ptr(),
-                                    grad_weight.data_ptr(), grad_bias.data_ptr())
+                                    grad_weight.data_ptr(), grad_bias.data_ptr(), torch.get_num_threads())
         return grad_weight, grad_bias
 
 
