@@ -101,20 +101,23 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class FastNet(Classifier):
-    """Three conv-BN-ReLU-maxpool stages (28 -> 14 -> 7 -> 3 pixels), then one linear layer.
+    """Four conv-BN-ReLU layers, max-pooling after the 1st, 3rd and 4th (28 -> 14 -> 7 -> 3 pixels),
+    then one linear layer: two convolutions at 14 pixels, where they are cheap, buy the accuracy.
 
-    Cheap on a CPU: about 4.2M multiply-adds per image.
+    Pooling runs before the ReLU: identical, on a quarter of the values.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96)) -> None:
+    def __init__(self, plan: tuple[tuple[int, bool], ...] = ((32, True), (64, False), (64, True), (128, True))):
         super().__init__()
-        chans = (1, *widths)
-        self.stages = nn.ModuleList(conv_bn(c_in, c_out) for c_in, c_out in zip(chans, chans[1:]))
-        self.fc = nn.Linear(widths[-1] * 3 * 3, 10)
+        chans = (1, *(width for width, _ in plan))
+        self.layers = nn.ModuleList(conv_bn(c_in, c_out) for c_in, c_out in zip(chans, chans[1:]))
+        self.pools = [pool for _, pool in plan]
+        self.fc = nn.Linear(chans[-1] * (28 >> sum(self.pools)) ** 2, 10)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = F.max_pool2d(F.relu(stage(x)), 2)
+        for layer, pool in zip(self.layers, self.pools):
+            x = layer(x)
+            x = F.relu(F.max_pool2d(x, 2) if pool else x)
         return self.fc(x.flatten(1))
 
 
@@ -157,8 +160,10 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-@register("fast", "3-stage BN CNN (61,042 parameters), for a CPU",
-          epochs=16, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+# Chosen on a 5,000-image validation split (fashion-cnn train --val-size 5000, one seed each): this net,
+# 18 epochs: 94.36%; widths 32/64/128 with no second conv at 14 pixels, 18 epochs: 93.94%; 24/48/96, 16: 93.64%.
+@register("fast", "4-layer BN CNN (141,418 parameters), under 5 minutes on 2 CPU cores",
+          epochs=18, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
           crop=2, flip=True, tta=True, amp=True)
 def fast() -> nn.Module:
