@@ -39,6 +39,17 @@ def run_measured(cmd: list[str]) -> dict:
             "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
 
 
+def job_results(runs: Path) -> dict:
+    """What the job reported: the cross-validation summary and the final model's test accuracy."""
+    found = {}
+    for run_dir in sorted(runs.iterdir()):
+        if (run_dir / "cv_results.json").exists():
+            found["cv"] = json.loads((run_dir / "cv_results.json").read_text())
+        if (run_dir / "metrics.json").exists():
+            found["test_accuracy"] = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where default_job.json goes")
@@ -50,6 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         cli = [sys.executable, "-m", "fashion_cnn.cli"]
         steps = {job: run_measured(cli + [job, "--out", runs] + args.job_args) for job in ("cv", "train")}
+        results = job_results(Path(runs))
     total = sum(s["seconds"] for s in steps.values())
     peak = max(s["peak_rss_bytes"] for s in steps.values())
     result = {
@@ -58,6 +70,7 @@ def main() -> None:
         "steps": steps,
         "total_seconds": total,
         "peak_rss_bytes": peak,
+        "results": results,
         "meets_targets": {"under_3_minutes": total < TARGET_SECONDS, "peak_under_1.5GB": peak < TARGET_PEAK_BYTES},
         "other_processes_cpu_share_before": busy_before,
         "load_average_before": load_before,
@@ -70,6 +83,10 @@ def main() -> None:
         print(f"{job:<8} {s['seconds']:>8.1f} {s['cpu_seconds']:>8.1f} {s['peak_rss_bytes'] / 1e6:>12.0f}")
     print(f"{'total':<8} {total:>8.1f} {'':>8} {peak / 1e6:>12.0f}   targets: < {TARGET_SECONDS} s, "
           f"< {TARGET_PEAK_BYTES / 1e6:.0f} MB: {'met' if all(result['meets_targets'].values()) else 'NOT met'}")
+    if "cv" in results:
+        print(f"cross-validation accuracy {100 * results['cv']['mean']:.2f}% +- {100 * results['cv']['std']:.2f}% "
+              f"(folds {', '.join(f'{100 * a:.2f}' for a in results['cv']['fold_accuracies'])}); "
+              f"final model, test set: {100 * results['test_accuracy']:.2f}%")
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {os.cpu_count()} CPUs "
           f"during the run, {100 * busy_before:.0f}% just before "
           f"(load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
