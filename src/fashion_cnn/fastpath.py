@@ -43,7 +43,7 @@ def cpu_signature() -> bytes:
 
 @functools.cache
 def native_library() -> ctypes.CDLL | None:
-    """conv_pool.c built for this CPU (about a second, once, then cached), or None where it cannot be."""
+    """conv_pool.c built for this CPU (a fraction of a second, once, then cached), or None where it cannot be."""
     if os.environ.get("FASHION_CNN_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC", "cc")
@@ -81,7 +81,7 @@ class NativeConvPool:
         self.saved: tuple | None = None
 
     def forward(self, x: torch.Tensor, conv: torch.nn.Conv2d, keep: bool = True) -> torch.Tensor:
-        x, n = x.contiguous(), x.shape[0]
+        x, n = x.to(torch.float32).contiguous(), x.shape[0]  # the kernel reads raw float32 memory
         h = torch.empty(n, 5408)
         which = torch.empty(n, 5408, dtype=torch.uint8) if keep else None
         self.lib.conv_pool_forward(x.data_ptr(), n, conv.weight.data_ptr(), conv.bias.data_ptr(), h.data_ptr(),
@@ -151,7 +151,9 @@ def baseline_logits(m: Baseline, x: torch.Tensor, chunk: int = 256) -> torch.Ten
 
 
 def is_baseline_on_cpu(model: torch.nn.Module) -> bool:
-    return isinstance(model, Baseline) and next(model.parameters()).device.type == "cpu"
+    """The model these functions handle: the baseline, in float32, on the CPU."""
+    p = next(model.parameters())
+    return isinstance(model, Baseline) and p.device.type == "cpu" and p.dtype == torch.float32
 
 
 def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
