@@ -47,7 +47,7 @@ $(KERAS_VENV)/.installed:
 	$(KERAS_VENV)/bin/python -m pip install -q tensorflow-cpu==2.21.0 keras==3.15.1
 	touch $@
 
-# fashion-cnn vs Keras, same split, batch and optimiser, one run: `make bench-speed EPOCHS=10` for accuracy.
+# fashion-cnn vs Keras, same split, batch and optimiser: `make bench-speed EPOCHS=10 ARGS="--seeds 5"` for the README.
 bench-speed: setup $(KERAS_VENV)/.installed
 	$(PY) benchmarks/speed_vs_keras.py --epochs $(EPOCHS) --keras-python $(KERAS_VENV)/bin/python $(ARGS)
 

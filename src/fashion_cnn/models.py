@@ -107,7 +107,7 @@ class FastNet(Classifier):
     Pooling runs before the ReLU: identical, on a quarter of the values.
     """
 
-    def __init__(self, plan: tuple[tuple[int, bool], ...] = ((32, True), (64, False), (64, True), (128, True))):
+    def __init__(self, plan: tuple[tuple[int, bool], ...] = ((32, True), (64, False), (64, True), (128, True))) -> None:
         super().__init__()
         chans = (1, *(width for width, _ in plan))
         self.layers = nn.ModuleList(conv_bn(c_in, c_out) for c_in, c_out in zip(chans, chans[1:]))
