@@ -272,8 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seeds", type=int, default=1, help="train each side this many times (seeds 1..N): "
+    parser.add_argument("--seeds", type=int, default=1, help="train each side this many times: "
                         "the accuracy of one run after 10 epochs of constant-rate SGD varies by about a point")
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds run from here: more seeds in a later run")
     parser.add_argument("--limit", type=int, help="quick checks: train on the first N of the 48,000 images "
                         "and validate on the first N/4 of the 12,000")
     parser.add_argument("--threads", type=int, help="threads for both sides and the GEMM measurement "
@@ -296,15 +297,16 @@ def main() -> None:
     print(f"measuring fp32 GEMM speed ({torch.get_num_threads()} threads)...", file=sys.stderr)
     gflops = gemm_gflops()
     # Keras first, in its own process, while this one waits: it gets the quieter machine, if anything.
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
         split = Path(tmp) / "split.npz"
         np.savez(split, train_idx=train_idx, val_idx=val_idx)
         raw = {"keras": [], "fashion_cnn": []}
-        for seed in range(1, args.seeds + 1):
+        for seed in seeds:
             print(f"Keras: {args.epochs} epochs on {len(train_idx)} images, seed {seed}...", file=sys.stderr)
             raw["keras"].append(run_keras(args.keras_python, data_dir, split, args.epochs, args.batch_size,
                                           args.threads, seed))
-    for seed in range(1, args.seeds + 1):
+    for seed in seeds:
         print(f"fashion-cnn: {args.epochs} epochs on {len(train_idx)} images, seed {seed}...", file=sys.stderr)
         raw["fashion_cnn"].append(run_fashion_cnn(data, train_idx, val_idx, args.epochs, args.batch_size, seed))
 
@@ -332,7 +334,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     defaults = TrainConfig()
     result = {"config": {"epochs": args.epochs, "batch_size": args.batch_size, "threads": args.threads,
-                         "seeds": list(range(1, args.seeds + 1)),
+                         "seeds": list(seeds),
                          "lr": defaults.lr, "momentum": defaults.momentum,
                          "train_images": len(train_idx), "val_images": len(val_idx),
                          "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"},
