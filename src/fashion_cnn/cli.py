@@ -136,6 +136,17 @@ def cmd_models(args: argparse.Namespace) -> None:
             print(f"{'':<10} recipe: " + ", ".join(f"{k}={v}" for k, v in spec.recipe.items()))
 
 
+def add_resume_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
+                        "(its saved config is used; other options are ignored)")
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """--model, as predict.resolve_model_path reads it."""
+    parser.add_argument("--model", help="model file or run directory (default: newest under runs/, "
+                        "else the packaged model)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .crossval import CVConfig
     from .train import TrainConfig
@@ -152,26 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv", help="k-fold cross-validation with learning curves")
     add_config_options(p, CVConfig)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
-                   "(its saved config is used; other options are ignored)")
+    add_resume_option(p)
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("train", help="train the final model on all training images, test it once, save it")
     add_config_options(p, TrainConfig)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
-                   "(its saved config is used; other options are ignored)")
+    add_resume_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a saved model on the 10,000 test images")
-    p.add_argument("--model", help="model file or run directory (default: newest under runs/)")
+    add_model_option(p)
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
-    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
-                   "else the packaged model)")
+    add_model_option(p)
     p.add_argument("--top-k", type=int, default=3,
                    help="how many classes to list per image (default: %(default)s)")
     output = p.add_mutually_exclusive_group()
@@ -186,8 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="web demo and JSON API (page at /, API docs at /docs)")
-    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
-                   "else the packaged model)")
+    add_model_option(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
@@ -196,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a model as ONNX, checked against PyTorch with onnxruntime")
     p.add_argument("out", metavar="OUT", help="the file to write, e.g. model.onnx")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
-    p.add_argument("--model", help="model file or run directory (default: newest under runs/, "
-                   "else the packaged model)")
+    add_model_option(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -27,7 +27,7 @@ from .evaluate import predict_logits
 from .runs import ModelFileError, load_model, write_atomic
 
 RUNS_DIR = Path("runs")
-DEFAULT_MODEL = "weights/default.safetensors"  # inside the package; a later release ships one
+DEFAULT_MODEL = "weights/default.safetensors"  # inside the package: the strong model (README)
 MAX_PIXELS = 40_000_000  # a 12-megapixel phone photo is far below; a decompression bomb far above
 MAX_BYTES = 20_000_000
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # no EPS (Ghostscript), PSD, ICO... from strangers
@@ -328,7 +328,7 @@ class Predictor:
 
 def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
             **options) -> list[Prediction]:
-    """Predict with a model file or run directory (default: newest under runs/); see Predictor.predict."""
+    """Predict with a model file or run directory (default: resolve_model_path's); see Predictor.predict."""
     return Predictor(model).predict(images, top_k=top_k, **options)
 
 
@@ -364,6 +364,15 @@ def write_csv(predictions: list[Prediction], class_names: list[str], out: IO[str
         writer.writerow([p.source, p.class_name or "", best, *probs, p.error or ""])
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """A grayscale image as 8-bit PNG: uint8 as it is, float in [0, 1] (as the model sees it) scaled."""
+    if image.dtype != np.uint8:
+        image = np.round(image * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
     """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order."""
     paths = []
@@ -372,8 +381,6 @@ def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> lis
             continue
         stem = re.sub(r"[^\w.-]+", "_", Path(p.source).stem).strip("_") or "image"
         path = Path(out_dir) / f"{i:04d}-{stem}.png"
-        buffer = io.BytesIO()
-        Image.fromarray(np.round(p.image * 255).astype(np.uint8)).save(buffer, "PNG")
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, png_bytes(p.image))
         paths.append(path)
     return paths

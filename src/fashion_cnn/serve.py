@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import socket
 import subprocess
 import sys
@@ -27,14 +26,13 @@ from fastapi import File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .data import FILES, DataError, find_data_dir, read_idx
-from .predict import MAX_BYTES, Prediction, Predictor
+from .predict import MAX_BYTES, Prediction, Predictor, png_bytes
 
 MAX_FILES = 16
 MAX_BODY = 64_000_000  # a whole request; each file is further held to MAX_BYTES
@@ -67,17 +65,9 @@ class Sample(BaseModel):
     url: str
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """A uint8 grayscale array as PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def png_data_url(image: np.ndarray) -> str:
     """A float image in [0, 1] as a data URL the page can show directly."""
-    png = png_bytes(np.round(image * 255).astype(np.uint8))
-    return "data:image/png;base64," + base64.b64encode(png).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
 
 
 def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
