@@ -113,10 +113,10 @@ def median_seconds(fn, repeats: int) -> float:
 # --- the two sides --------------------------------------------------------------------------------
 
 def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,
-              threads: int | None, seed: int) -> dict:
+              threads: int | None, seed: int, extra: tuple[str, ...] = ()) -> dict:
     """The Keras side, in a fresh process of .venv-keras's python; its stderr (TF's logs) passes through."""
     cmd = [str(python), str(HERE / "keras_baseline.py"), "--data-dir", str(data_dir), "--split", str(split),
-           "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
+           "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed), *extra]
     cmd += ["--threads", str(threads)] if threads else []
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
