@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
-.PHONY: setup system-deps cv test clean-venv bench-speed bench-job
+.PHONY: setup system-deps cv test clean-venv bench-speed bench-same-steps bench-job
 
 setup: system-deps $(VENV)/.installed
 
@@ -50,6 +50,10 @@ $(KERAS_VENV)/.installed:
 # fashion-cnn vs Keras, same split, batch and optimiser: `make bench-speed EPOCHS=10 ARGS="--seeds 5"` for the README.
 bench-speed: setup $(KERAS_VENV)/.installed
 	$(PY) benchmarks/speed_vs_keras.py --epochs $(EPOCHS) --keras-python $(KERAS_VENV)/bin/python $(ARGS)
+
+# fashion-cnn and Keras from the same initial weights through the same batches: the same mathematics?
+bench-same-steps: setup $(KERAS_VENV)/.installed
+	$(PY) benchmarks/same_steps_as_keras.py $(ARGS)
 
 # Wall time and peak memory of the whole default job (`make cv`).
 bench-job: setup
