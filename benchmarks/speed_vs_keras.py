@@ -28,6 +28,7 @@ import torch
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.fastpath import cpu_model
 from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, flush_denormals
 
 HERE = Path(__file__).resolve().parent
@@ -314,8 +315,7 @@ def main() -> None:
     ratio = ratios(summary["keras"], summary["fashion_cnn"])
     gemm = bound(gflops, len(train_idx), summary)
     machine = {
-        "cpu": next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "other_processes_cpu_share_before": busy_before,
         "load_average_before": load_before,

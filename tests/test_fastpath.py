@@ -150,3 +150,9 @@ def test_native_kernel_is_deterministic_for_any_thread_count():
     for a, b, c in zip(one, again, three):
         assert torch.equal(a, b)  # same threads, same bits
         torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_model_is_the_bare_name_and_missing_keys_give_empty_text():
+    assert fastpath.cpuinfo_line("no such key") == ""
+    name = fastpath.cpu_model()
+    assert name and ":" not in name and name == name.strip()

@@ -33,12 +33,20 @@ NATIVE_SOURCE = Path(__file__).with_name("conv_pool.c")
 NATIVE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
+def cpuinfo_line(*keys: str) -> str:
+    """The first /proc/cpuinfo line starting with one of keys ('' where there is none, as off Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line for line in lines if line.startswith(keys)), "")
+
+
+def cpu_model() -> str:
+    return cpuinfo_line("model name").partition(":")[2].strip() or "CPU"
+
+
 def cpu_signature() -> bytes:
     """What a -march=native build depends on: a cache shared between machines must not mix them."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = [line for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features"))][:1] \
-        if cpuinfo.exists() else []
-    return (platform.machine() + "".join(flags)).encode()
+    return (platform.machine() + cpuinfo_line("flags", "Features")).encode()
 
 
 @functools.cache

@@ -317,10 +317,7 @@ def machine_name(device: torch.device) -> str:
     """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return f"{names[0] if names else 'CPU'}, {torch.get_num_threads()} threads"
+    return f"{fastpath.cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
