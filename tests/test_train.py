@@ -56,3 +56,15 @@ def test_device_choice():
         with pytest.raises(ValueError, match="no CUDA device"):
             train.resolve_device("cuda")
 
+
+
+def test_threads_set_from_the_config_and_from_the_saved_one_on_resume(tmp_path):
+    default = torch.get_num_threads()
+    try:
+        run_dir, _ = train.start_run(TrainConfig(threads=1, out=str(tmp_path)), "train", None)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(default + 1)
+        _, cfg = train.start_run(TrainConfig(), "train", run_dir)
+        assert cfg.threads == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(default)

@@ -73,6 +73,8 @@ class TrainConfig:
     amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision; AMX on recent Xeons)")
     seed: int = opt(1, "same seed, same numbers on the same machine")
     device: str = opt("auto", "auto, cpu or cuda; auto takes cuda when there is one")
+    threads: int = opt(0, "CPU threads (0: torch's default, one per core); fewer is steadier when other work "
+                          "shares the cores")
     limit: int | None = opt(None, "use only the first N training images: quick looks and tests")
     data_dir: str | None = opt(None, "Fashion-MNIST directory; default: $FASHION_CNN_DATA, "
                                      "/usr/share/datasets/fashion-mnist, the cache, else download")
@@ -321,13 +323,17 @@ def machine_name(device: torch.device) -> str:
 
 
 def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
-    """A new run directory with the config and a log, or the interrupted run's, with its saved config."""
+    """A new run directory with the config and a log, or the interrupted run's, with its saved config;
+    sets the process's CPU threads from it."""
     flush_denormals()
     run_dir = Path(resume) if resume else new_run_dir(cfg.out, job)
     start_log(run_dir)
     if resume:
-        return run_dir, type(cfg).from_dict(read_config(run_dir))
-    write_json(run_dir / "config.json", {"job": job, **asdict(cfg)})
+        cfg = type(cfg).from_dict(read_config(run_dir))
+    else:
+        write_json(run_dir / "config.json", {"job": job, **asdict(cfg)})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     return run_dir, cfg
 
 
