@@ -44,6 +44,7 @@ def test_data_command(real_data, tmp_path, capsys):
     (["data", "--data-dir", "/nonexistent"], "lacks train-images"),
     (["evaluate", "--model", "/nonexistent/model.safetensors"], "no such file"),
     (["cv", "--model", "nope", "--limit", "100"], "unknown model 'nope'"),
+    (["cv", "--threads", "-2", "--limit", "100"], "--threads must be 0"),
 ])
 def test_errors_are_one_line_with_nonzero_exit(argv, message, tmp_path, capsys, real_data):
     assert main([*argv, "--out", str(tmp_path)] if argv[0] == "cv" else argv) == 1

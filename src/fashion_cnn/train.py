@@ -91,6 +91,8 @@ class TrainConfig:
                 setattr(self, f.name, model_recipe.get(f.name, f.metadata["fallback"]))
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.threads < 0:
+            raise ValueError(f"--threads must be 0 (torch's default) or more, got {self.threads}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
