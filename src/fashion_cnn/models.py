@@ -95,9 +95,9 @@ register("baseline", "the tutorial's CNN (542,230 parameters), SGD 0.01 momentum
          )(Baseline)
 
 
-def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    """3x3 convolution and batch norm; the convolution needs no bias, batch norm brings its own."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out))
+def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    """Convolution ("same" padding) and batch norm; the convolution needs no bias, batch norm brings its own."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out))
 
 
 class FastNet(Classifier):
@@ -129,8 +129,7 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn(c_in, c_out, stride)
         self.conv2 = conv_bn(c_out, c_out)
         nn.init.zeros_(self.conv2[1].weight)  # each block starts as the identity: deep nets train from step one
-        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
-                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else conv_bn(c_in, c_out, stride, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
