@@ -340,17 +340,19 @@ def format_line(p: Prediction) -> str:
     return f"{p.source}: {p.class_name} ({p.top_k[0][1]:.2f})  [{ranked}]"
 
 
+def as_record(p: Prediction, class_names: list[str]) -> dict:
+    """One prediction as JSON-ready fields (the CLI's --json and the web API's results)."""
+    return {"source": p.source, "class_name": p.class_name, "class_index": p.class_index,
+            "probability": p.top_k[0][1] if p.top_k else None,
+            "top_k": [{"class_name": name, "probability": prob} for name, prob in p.top_k],
+            "probabilities": dict(zip(class_names, p.probabilities)), "error": p.error}
+
+
 def as_json(predictions: list[Prediction], predictor: Predictor) -> dict:
     return {
         "model": {"path": str(predictor.path), "architecture": predictor.meta["architecture"],
                   "test_accuracy": predictor.meta.get("test_accuracy")},
-        "predictions": [
-            {"source": p.source, "class_name": p.class_name, "class_index": p.class_index,
-             "probability": p.top_k[0][1] if p.top_k else None,
-             "top_k": [{"class_name": name, "probability": prob} for name, prob in p.top_k],
-             "probabilities": dict(zip(predictor.class_names, p.probabilities)), "error": p.error}
-            for p in predictions
-        ],
+        "predictions": [as_record(p, predictor.class_names) for p in predictions],
     }
 
 

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .data import FILES, DataError, find_data_dir, read_idx
-from .predict import MAX_BYTES, Prediction, Predictor, png_bytes
+from .predict import MAX_BYTES, Prediction, Predictor, as_record, png_bytes
 
 MAX_FILES = 16
 MAX_BODY = 64_000_000  # a whole request; each file is further held to MAX_BYTES
@@ -83,13 +83,8 @@ def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
 
 
 def file_result(filename: str, p: Prediction, class_names: list[str]) -> FileResult:
-    if p.error is not None:
-        return FileResult(filename=filename, error=p.error)
-    return FileResult(
-        filename=filename, class_name=p.class_name, class_index=p.class_index,
-        probabilities=dict(zip(class_names, p.probabilities)),
-        top_k=[Ranked(class_name=name, probability=prob) for name, prob in p.top_k],
-        image=png_data_url(p.image))
+    record = as_record(p, class_names)  # its source and probability are not FileResult fields: ignored
+    return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image))
 
 
 class DeclaredSizeLimit:
