@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_vs_keras import cpu_snapshot, other_cpu_share, others_busy_now
+from common import cpu_snapshot, other_cpu_share, others_busy_now
 
 HERE = Path(__file__).resolve().parent
 TARGET_SECONDS, TARGET_PEAK_BYTES = 180, 1.5e9

@@ -13,38 +13,15 @@ Prints it and saves predict_robustness.json in --out.
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor
 from fashion_cnn.runs import write_atomic, write_json
-
-HERE = Path(__file__).resolve().parent
-CANVAS = (300, 400)  # width, height: a portrait phone photo, small enough to render quickly
-
-
-def render_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A 28x28 uint8 test item as a JPEG of a dark object on a light background, off-centre."""
-    width, height = CANVAS
-    side = int(28 * rng.uniform(5, 10))
-    alpha = np.asarray(Image.fromarray(item).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
-    mask = np.zeros((height, width), np.float32)
-    top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-    mask[top:top + side, left:left + side] = alpha
-    background = rng.uniform(200, 250, 3)  # off-white paper or wall, slightly tinted
-    light = 1 + rng.uniform(-0.06, 0.06) * np.linspace(-1, 1, width)  # uneven lighting, left to right
-    colour = rng.uniform(0, 70, 3)  # a dark garment, not pure black
-    photo = (background * light[None, :, None] * (1 - mask[..., None]) + colour * mask[..., None]
-             + rng.normal(0, 3, (height, width, 3)))
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
+from common import CANVAS, HERE, render_photo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -25,7 +25,7 @@ from PIL import Image
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor
 from fashion_cnn.runs import write_json
-from predict_robustness import render_photo
+from common import render_photo
 
 HERE = Path(__file__).resolve().parent
 

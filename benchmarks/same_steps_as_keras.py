@@ -26,7 +26,7 @@ from fashion_cnn.data import find_data_dir, load_fashion_mnist, to_float
 from fashion_cnn.evaluate import loss_and_accuracy
 from fashion_cnn.models import create_model
 from fashion_cnn.train import TrainConfig, make_optimizer, make_step
-from speed_vs_keras import HERE, run_keras
+from common import HERE, run_keras
 
 
 def baseline_from_keras(weights: np.lib.npyio.NpzFile) -> torch.nn.Module:

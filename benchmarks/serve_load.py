@@ -25,7 +25,7 @@ from PIL import Image
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor, resolve_model_path
-from fashion_cnn.serve import server_process
+from common import server_process
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 200  # distinct test images, cycled through

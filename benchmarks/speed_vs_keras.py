@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,53 +26,15 @@ import torch
 
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
-from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.inference import predict_logits
 from fashion_cnn.fastpath import cpu_model
 from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, flush_denormals
+from common import HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds
 
-HERE = Path(__file__).resolve().parent
 SIDES = ("keras", "fashion_cnn")
 
 
 # --- the machine: what else is running, and how fast it multiplies matrices -------------------------
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine so far, from /proc/stat, in clock ticks."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds used by this process and its finished children."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def cpu_snapshot() -> tuple[tuple[int, int], float]:
-    return cpu_jiffies(), own_cpu_seconds()
-
-
-def other_cpu_share(since: tuple[tuple[int, int], float]) -> float:
-    """Share of all CPUs that processes other than this one and its children used since the snapshot:
-    0 means the machine was otherwise quiet."""
-    (busy0, total0), own0 = since
-    busy1, total1 = cpu_jiffies()
-    tick = os.sysconf("SC_CLK_TCK")
-    others = (busy1 - busy0) / tick - (own_cpu_seconds() - own0)
-    return max(0.0, others / ((total1 - total0) / tick))
-
-
-def others_busy_now(seconds: float = 2.0) -> float:
-    """other_cpu_share over the next few seconds, with a warning when the machine is not quiet."""
-    since = cpu_snapshot()
-    time.sleep(seconds)
-    share = other_cpu_share(since)
-    if share > 0.1:
-        print(f"warning: other processes are using {100 * share:.0f}% of the CPUs; the times will be slower "
-              "than on a quiet machine, and threaded torch more so than TF", file=sys.stderr)
-    return share
-
 
 def gemm_gflops(sizes=(1024, 2048, 4096), repeats: int = 3) -> dict[int, float]:
     """fp32 square matrix-multiply speed through torch (MKL), torch's threads: best of `repeats` per size."""
@@ -99,29 +60,7 @@ def train_flop_per_image() -> int:
     return 2 * (forward + backward)
 
 
-# --- timing helpers; keras_baseline.py has its own copies, as it runs without torch in .venv-keras -----
-
-def seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def median_seconds(fn, repeats: int) -> float:
-    return statistics.median(seconds(fn) for _ in range(repeats))
-
-
 # --- the two sides --------------------------------------------------------------------------------
-
-def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,
-              threads: int | None, seed: int, extra: tuple[str, ...] = ()) -> dict:
-    """The Keras side, in a fresh process of .venv-keras's python; its stderr (TF's logs) passes through."""
-    cmd = [str(python), str(HERE / "keras_baseline.py"), "--data-dir", str(data_dir), "--split", str(split),
-           "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed), *extra]
-    cmd += ["--threads", str(threads)] if threads else []
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
 
 def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int,
                     seed: int) -> dict:
@@ -149,7 +88,7 @@ def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: in
         "history": history,
         "val_accuracy": history[-1]["val_accuracy"],
         "predict_seconds": median_seconds(predict, 5),
-        "predict_method": "fashion_cnn.evaluate.predict_logits(model, uint8 images, 1000)",
+        "predict_method": "fashion_cnn.inference.predict_logits(model, uint8 images, 1000)",
         "latency_ms": 1000 * median_seconds(one, 200),
         "latency_method": "predict_logits(model, one uint8 image, 1), the public API (scaling included)",
     }

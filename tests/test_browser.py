@@ -21,7 +21,7 @@ pytest.importorskip("fastapi_offline")
 
 from conftest import tiny_arrays  # noqa: E402
 from fashion_cnn.predict import Predictor  # noqa: E402
-from fashion_cnn.serve import server_process  # noqa: E402
+from server_harness import server_process  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium waits on services it cannot reach offline.

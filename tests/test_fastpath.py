@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fashion_cnn import fastpath
-from fashion_cnn.models import create_model
+from fashion_cnn.models import create_model, get_spec, list_models
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -84,8 +84,11 @@ def test_fast_step_only_where_it_computes_the_same_update():
                   torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
                   torch.optim.AdamW(model.parameters())):
         assert not fastpath.supports(model, other)
-    strong = create_model("fast")
-    assert not fastpath.supports(strong, torch.optim.SGD(strong.parameters(), lr=0.01, momentum=0.9))
+    assert fastpath.fast_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                              label_smoothing=0.1) is None
+    # the registry's specs choose the fast paths: only the baseline names them
+    assert [name for name in list_models() if get_spec(name).fast_step] == ["baseline"]
+    assert [name for name in list_models() if get_spec(name).fast_logits] == ["baseline"]
 
 
 def test_fast_inference_matches_module(stage):
@@ -99,7 +102,7 @@ def test_fast_inference_matches_module(stage):
 
 
 def test_predict_logits_keeps_test_time_augmentation():
-    from fashion_cnn.evaluate import predict_logits
+    from fashion_cnn.inference import predict_logits
 
     torch.manual_seed(0)
     model = create_model("baseline").eval()

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
-from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model
 from fashion_cnn.predict import (ImageError, Predictor, load_image, predict, preprocess,
                                  resolve_model_path)

@@ -5,7 +5,7 @@ import torch
 
 from conftest import run_killed_at
 from fashion_cnn import train
-from fashion_cnn.evaluate import predict_logits
+from fashion_cnn.inference import predict_logits
 from fashion_cnn.runs import load_model
 from fashion_cnn.train import TrainConfig, train_final
 

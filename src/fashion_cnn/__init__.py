@@ -1,18 +1,38 @@
-"""fashion-cnn: train, evaluate and use convolutional classifiers on Fashion-MNIST."""
+"""fashion-cnn: train, evaluate and use convolutional image classifiers on Fashion-MNIST.
 
-__version__ = "0.1.0"
+    from fashion_cnn import TrainConfig, train_final, Predictor
 
-from .crossval import CVConfig, cross_validate, kfold_splits  # noqa: E402
-from .data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
-from .evaluate import evaluate_model, predict_logits  # noqa: E402
-from .models import count_parameters, create_model  # noqa: E402
-from .predict import ImageError, Prediction, Predictor, predict  # noqa: E402
-from .runs import ModelFileError, load_model, save_model  # noqa: E402
-from .train import TrainConfig, fit, train_final  # noqa: E402
+The names below load their module on first use, so `import fashion_cnn` (and the command line's start)
+stays cheap: prediction never imports the training stack, nor serving the metrics library.
+"""
 
-__all__ = [
-    "CLASS_NAMES", "CVConfig", "DataError", "FashionMNIST", "ImageError", "ModelFileError", "Prediction",
-    "Predictor", "TrainConfig",
-    "count_parameters", "create_model", "cross_validate", "evaluate_model", "fit", "kfold_splits",
-    "load_fashion_mnist", "load_model", "predict", "predict_logits", "save_model", "train_final",
-]
+from __future__ import annotations
+
+import importlib
+
+from .version import __version__
+
+_EXPORTS = {
+    "crossval": ("CVConfig", "cross_validate", "kfold_splits"),
+    "data": ("CLASS_NAMES", "DataError", "FashionMNIST", "load_fashion_mnist"),
+    "evaluate": ("evaluate_model",),
+    "inference": ("predict_logits",),
+    "models": ("count_parameters", "create_model", "list_models"),
+    "predict": ("ImageError", "Prediction", "Predictor", "predict"),
+    "runs": ("ModelFileError", "load_model", "save_model"),
+    "train": ("TrainConfig", "fit", "train_final"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'fashion_cnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

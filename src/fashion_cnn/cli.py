@@ -12,7 +12,7 @@ import types
 import typing
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:

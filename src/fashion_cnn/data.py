@@ -226,5 +226,6 @@ def class_counts(labels: torch.Tensor) -> list[int]:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]."""
+    """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]: the one pixel scaling that training,
+    evaluation, prediction and export share, so a saved 8-bit image is exactly what a model saw."""
     return images.unsqueeze(1).float().div_(255.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,31 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from . import fastpath
-from .data import CLASS_NAMES, to_float
+from .data import CLASS_NAMES
+from .inference import predict_logits
 from .runs import write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits for uint8 images (N, 28, 28), or float images (N, 1, 28, 28) already in [0, 1]."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    # the baseline's fast path computes plain logits, so a model set to average in mirror images (tta)
-    # goes through its own forward
-    fast = fastpath.is_baseline_on_cpu(model) and not model.tta
-    forward = partial(fastpath.baseline_logits, model) if fast else model
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        if x.dtype == torch.uint8:
-            x = to_float(x)
-        out.append(forward(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, len(CLASS_NAMES))
 
 
 def loss_and_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

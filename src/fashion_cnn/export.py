@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DataError, load_fashion_mnist
+from .data import DataError, load_fashion_mnist, to_float
 from .runs import load_model, write_atomic
 
 INPUT_NAME = "images"
@@ -41,8 +41,8 @@ class Probabilities(nn.Module):
 def default_check_images(n: int = N_CHECK) -> tuple[np.ndarray, str]:
     """The first n test images of the installed dataset; random images where none is installed."""
     try:
-        images = load_fashion_mnist(download=False).test_images[:n].numpy()
-        return images.astype(np.float32) / 255.0, f"{len(images)} Fashion-MNIST test images"
+        images = load_fashion_mnist(download=False).test_images[:n]
+        return to_float(images)[:, 0].numpy(), f"{len(images)} Fashion-MNIST test images"
     except DataError:
         rng = np.random.default_rng(0)
         return rng.random((n, 28, 28), dtype=np.float32), f"{n} random images (dataset not installed)"

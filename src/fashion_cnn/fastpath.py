@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from .data import cache_dir
-from .models import Baseline
 
 aten = torch.ops.aten
 log = logging.getLogger("fashion_cnn")
@@ -147,7 +146,7 @@ def conv_pool_stage() -> NativeConvPool | TorchConvPool:
 
 
 @torch.no_grad()
-def baseline_logits(m: Baseline, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def baseline_logits(m: torch.nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Inference in the same layout, several times faster than the NCHW modules on CPU. Chunks of 256
     images keep each stage's output near the cache instead of streaming it through memory."""
     stage, out = conv_pool_stage(), []
@@ -158,21 +157,36 @@ def baseline_logits(m: Baseline, x: torch.Tensor, chunk: int = 256) -> torch.Ten
     return torch.cat(out) if out else x.new_empty(0, 10)
 
 
-def is_baseline_on_cpu(model: torch.nn.Module) -> bool:
-    """The model these functions handle: the baseline, in float32, on the CPU."""
+def on_cpu_in_float32(model: torch.nn.Module) -> bool:
     p = next(model.parameters())
-    return isinstance(model, Baseline) and p.device.type == "cpu" and p.dtype == torch.float32
+    return p.device.type == "cpu" and p.dtype == torch.float32
+
+
+def fast_logits(model: torch.nn.Module):
+    """The baseline's inference here, where it applies: on the CPU, in float32, and without test-time
+    augmentation (these functions compute plain logits; the model's own forward averages mirror images)."""
+    if on_cpu_in_float32(model) and not model.tta:
+        return functools.partial(baseline_logits, model)
+    return None
 
 
 def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """True for the baseline on CPU under plain SGD with momentum: the update this step implements."""
-    if not is_baseline_on_cpu(model):
+    if not on_cpu_in_float32(model):
         return False
     if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
     return (group["momentum"] > 0 and group["dampening"] == 0 and not group["nesterov"]
             and group["weight_decay"] == 0 and not group["maximize"])
+
+
+def fast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
+              amp: bool = False) -> "BaselineSGDStep | None":
+    """The hand-derived step where it computes what the recipe asks for: plain cross-entropy in float32."""
+    if supports(model, optimizer) and not label_smoothing and not amp:
+        return BaselineSGDStep(model, optimizer)
+    return None
 
 
 class BaselineSGDStep:
@@ -182,7 +196,7 @@ class BaselineSGDStep:
     torch.optim.SGD; learning rate and momentum are read from it at every step.
     """
 
-    def __init__(self, model: Baseline, optimizer: torch.optim.SGD) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.SGD) -> None:
         assert supports(model, optimizer)
         self.model, self.group = model, optimizer.param_groups[0]
         self.params = self.group["params"]

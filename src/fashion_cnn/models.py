@@ -1,46 +1,80 @@
-"""Model registry: `create_model(name)` builds a registered architecture with fresh weights.
+"""Model registry: `create_model(name, **options)` builds a registered architecture with fresh weights,
+`list_models()` names them, and each model's spec carries its training recipe and its fast paths.
 
-Every model maps float images (N, 1, 28, 28) in [0, 1] to logits (N, 10); softmax lives in the loss and
-in prediction, as usual in PyTorch.
+Every model maps float images (N, 1, 28, 28) in [0, 1] to logits (N, num_classes); softmax lives in the
+loss and in prediction, as usual in PyTorch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import fastpath
+
+
+# A fast path takes the model (and, for training, its optimizer and config) and returns a callable that
+# replaces the generic one, or None where it does not apply (another device, dtype or recipe).
+FastLogits = Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor] | None]
+FastStep = Callable[..., Callable | None]
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]  # (num_classes) -> model
     description: str
     recipe: dict = field(default_factory=dict)  # TrainConfig fields this model trains best with
+    fast_logits: FastLogits | None = None  # inference without autograd's modules (inference.predict_logits)
+    fast_step: FastStep | None = None  # (model, optimizer, cfg) -> training step (train.make_step)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, **recipe) -> Callable:
-    def decorator(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        REGISTRY[name] = ModelSpec(name, build, description, recipe)
+def register(name: str, description: str, fast_logits: FastLogits | None = None,
+             fast_step: FastStep | None = None, **recipe) -> Callable:
+    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        REGISTRY[name] = ModelSpec(name, build, description, recipe, fast_logits, fast_step)
         return build
     return decorator
 
 
+def unknown(what: str, name: object, known: Iterable[str]) -> ValueError:
+    """The one wording of "no such X" errors: what was asked for and what exists."""
+    return ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")
+
+
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise unknown("model", name, REGISTRY)
+    return REGISTRY[name]
 
 
-def create_model(name: str) -> nn.Module:
-    return get_spec(name).build()
+def list_models() -> list[str]:
+    """The registered architectures' names, as `create_model` takes them."""
+    return sorted(REGISTRY)
+
+
+def create_model(name: str, num_classes: int = 10, tta: bool = False) -> nn.Module:
+    """A registered architecture with fresh weights (seed torch first for reproducible ones).
+
+    tta: average each image's logits with its mirror image's when evaluating (see Classifier).
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes!r}")
+    model = get_spec(name).build(num_classes)
+    model.arch, model.tta = name, bool(tta)
+    return model
+
+
+def spec_of(model: nn.Module) -> ModelSpec:
+    """The spec a model was built from by create_model."""
+    return get_spec(getattr(model, "arch", None))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -56,6 +90,11 @@ class Classifier(nn.Module):
     """
 
     tta: bool = False
+    arch: str  # the registry name, set by create_model
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -74,11 +113,11 @@ class Baseline(Classifier):
     lets the fast CPU path (fastpath.py) read channels-last activations without a copy.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes)
         self.conv = nn.Conv2d(1, 32, 3)
         self.fc1 = nn.Linear(13 * 13 * 32, 100)
-        self.fc2 = nn.Linear(100, 10)
+        self.fc2 = nn.Linear(100, num_classes)
         for layer in (self.conv, self.fc1):  # the tutorial's he_uniform: U(+-sqrt(6 / fan_in))
             nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
         nn.init.xavier_uniform_(self.fc2.weight)  # Keras's default (glorot_uniform) for the output layer
@@ -92,7 +131,7 @@ class Baseline(Classifier):
 
 
 register("baseline", "the tutorial's CNN (542,230 parameters), SGD 0.01 momentum 0.9, batch 32",
-         )(Baseline)
+         fast_logits=fastpath.fast_logits, fast_step=fastpath.fast_step)(Baseline)
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -107,12 +146,13 @@ class FastNet(Classifier):
     Pooling runs before the ReLU: identical, on a quarter of the values.
     """
 
-    def __init__(self, plan: tuple[tuple[int, bool], ...] = ((32, True), (64, False), (64, True), (128, True))) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int = 10,
+                 plan: tuple[tuple[int, bool], ...] = ((32, True), (64, False), (64, True), (128, True))) -> None:
+        super().__init__(num_classes)
         chans = (1, *(width for width, _ in plan))
         self.layers = nn.ModuleList(conv_bn(c_in, c_out) for c_in, c_out in zip(chans, chans[1:]))
         self.pools = [pool for _, pool in plan]
-        self.fc = nn.Linear(chans[-1] * (28 >> sum(self.pools)) ** 2, 10)
+        self.fc = nn.Linear(chans[-1] * (28 >> sum(self.pools)) ** 2, num_classes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         for layer, pool in zip(self.layers, self.pools):
@@ -138,8 +178,8 @@ class BasicBlock(nn.Module):
 class ResNet(Classifier):
     """A ResNet for 28x28 images: a 3x3 stem, stages at 28, 14 and 7 pixels, global average pooling."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 2) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), blocks: int = 2) -> None:
+        super().__init__(num_classes)
         self.stem = conv_bn(1, widths[0])
         layers, c_in = [], widths[0]
         for i, c_out in enumerate(widths):
@@ -147,7 +187,7 @@ class ResNet(Classifier):
                 layers.append(BasicBlock(c_in, c_out, stride=2 if i > 0 and j == 0 else 1))
                 c_in = c_out
         self.blocks = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in, 10)
+        self.fc = nn.Linear(c_in, num_classes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(F.relu(self.stem(x)))
@@ -165,13 +205,13 @@ def channels_last(model: nn.Module) -> nn.Module:
           epochs=18, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
           crop=2, flip=True, tta=True, amp=True)
-def fast() -> nn.Module:
-    return channels_last(FastNet())
+def fast(num_classes: int) -> nn.Module:
+    return channels_last(FastNet(num_classes))
 
 
 @register("strong", "ResNet-14, widths 32/64/128 (696,042 parameters)",
           epochs=50, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="cosine", warmup=0.02, label_smoothing=0.1,
           crop=2, flip=True, erase=0.5, ema=0.999, tta=True, amp=True)
-def strong() -> nn.Module:
-    return channels_last(ResNet())
+def strong(num_classes: int) -> nn.Module:
+    return channels_last(ResNet(num_classes))

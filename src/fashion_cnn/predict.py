@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
-from .data import CLASS_NAMES
-from .evaluate import predict_logits
+from .data import CLASS_NAMES, to_float
+from .inference import predict_logits
 from .runs import ModelFileError, load_model, write_atomic
 
 RUNS_DIR = Path("runs")
@@ -173,8 +173,8 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
 
 def as_float(gray: Image.Image) -> np.ndarray:
-    """8-bit grayscale to float32 in [0, 1], computed exactly as training scales its uint8 tensors."""
-    return np.asarray(gray, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    """8-bit grayscale to float32 in [0, 1], by the conversion training uses (data.to_float)."""
+    return to_float(torch.from_numpy(np.array(gray, dtype=np.uint8))[None])[0, 0].numpy()
 
 
 def border(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from . import __version__
+from .version import __version__
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
@@ -152,18 +152,20 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict) -> None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model in eval mode; a file that is not ours fails with ModelFileError."""
-    from .models import REGISTRY, create_model
+    from .models import create_model
 
     tensors, meta = load_tensors(path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a fashion-cnn model file (format {meta.get('format')!r})")
     arch = meta.get("architecture")
-    if arch not in REGISTRY:
-        raise ModelFileError(f"{path}: unknown architecture {arch!r}; known: {', '.join(sorted(REGISTRY))}")
-    model = create_model(arch)
+    try:
+        # test-time augmentation as the model was evaluated in training
+        model = create_model(arch, num_classes=len(meta.get("class_names") or range(10)),
+                             tta=bool(meta.get("tta", False)))
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {str(e).replace('model', 'architecture', 1)}") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not fit architecture {arch!r} ({str(e)[:200]})") from None
-    model.tta = bool(meta.get("tta", False))  # test-time augmentation, as the model was evaluated in training
     return model.to(device).eval(), meta

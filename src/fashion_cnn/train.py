@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__
+from .version import __version__
 from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
 from . import fastpath
-from .models import count_parameters, create_model, get_spec
+from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
                    save_model, save_tensors, start_log, write_atomic, write_json)
 
@@ -117,9 +117,7 @@ def derived_seed(seed: int, *keys: int) -> int:
 
 def make_model(cfg: TrainConfig, *keys: int) -> torch.nn.Module:
     torch.manual_seed(derived_seed(cfg.seed, *keys))
-    model = create_model(cfg.model).to(resolve_device(cfg.device))
-    model.tta = cfg.tta
-    return model
+    return create_model(cfg.model, tta=cfg.tta).to(resolve_device(cfg.device))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -175,8 +173,9 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_sm
               amp: bool = False) -> Callable:
     """(float images, labels) -> (summed loss, correct count), after one optimizer step."""
     device = next(model.parameters()).device
-    if fastpath.supports(model, optimizer) and not label_smoothing and not amp:
-        return fastpath.BaselineSGDStep(model, optimizer)
+    spec = spec_of(model)
+    if spec.fast_step is not None and (fast := spec.fast_step(model, optimizer, label_smoothing, amp)):
+        return fast
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
