@@ -4,26 +4,45 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
-.PHONY: setup system-deps cv test clean-venv bench-speed bench-same-steps bench-job
+.PHONY: setup setup-test system-deps test-system-deps cv test clean-venv bench-speed bench-same-steps bench-job
 
+# What the jobs need: `make cv` installs this much and no more.
 setup: system-deps $(VENV)/.installed
 
-# Debian packages: the dataset, a C compiler for the baseline's CPU kernel (src/fashion_cnn/conv_pool.c), and
-# Chromium and Firefox ESR for the browser tests. Without root, the loader downloads the data instead, the
-# kernel's work falls back to slower torch ops, and the browser tests are skipped.
-system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	   { [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || ! command -v cc >/dev/null || \
-	     ! command -v chromium >/dev/null || ! command -v firefox-esr >/dev/null; }; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist gcc libc6-dev \
-	    chromium firefox-esr >/dev/null; \
+# ...and what the tests need besides: browsers, and the test libraries.
+setup-test: setup test-system-deps $(VENV)/.installed-test
+
+# Debian packages: python3-venv (a bare Debian's python3 cannot make a venv without it), the dataset, and a C
+# compiler for the baseline's CPU kernel (src/fashion_cnn/conv_pool.c). Without root, the loader downloads
+# the data instead and the kernel's work falls back to slower torch ops.
+SYSTEM_PACKAGES := python3-venv dataset-fashion-mnist gcc libc6-dev
+TEST_PACKAGES   := chromium firefox-esr
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || \
+	  missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt_install,$(SYSTEM_PACKAGES))
+
+# Chromium and Firefox ESR for the browser tests; without root they are skipped.
+test-system-deps:
+	$(call apt_install,$(TEST_PACKAGES))
 
 # torch==2.13.0 first: it is the CPU build; a bare `torch` requirement would pull the CUDA one.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[serve,export]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -33,7 +52,7 @@ cv: setup
 	$(CLI) cv $(ARGS)
 	$(CLI) train $(ARGS)
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q $(ARGS)
 
 # Keras 3 + TensorFlow (CPU build) in a virtualenv of their own: the reference the speed benchmark

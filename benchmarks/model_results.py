@@ -69,7 +69,7 @@ def markdown(results: list[dict]) -> str:
 
 def train_both(model: str, out: str, overrides: dict) -> list[Path]:
     """The validation run (5,000 images held out), then the final run on all the training images."""
-    return [train_final(TrainConfig(model=model, val_size=val_size, out=out, **overrides))
+    return [train_final(TrainConfig(model=model, val_size=val_size, out=out, **overrides)).run_dir
             for val_size in (VAL_SIZE, 0)]
 
 

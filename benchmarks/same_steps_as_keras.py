@@ -23,7 +23,7 @@ import torch
 
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist, to_float
-from fashion_cnn.evaluate import loss_and_accuracy
+from fashion_cnn.inference import loss_and_accuracy
 from fashion_cnn.models import create_model
 from fashion_cnn.train import TrainConfig, make_optimizer, make_step
 from common import HERE, run_keras

@@ -28,7 +28,7 @@ from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.fastpath import cpu_model
-from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, flush_denormals
+from fashion_cnn.train import TrainConfig, TrainState, fit
 from common import HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds
 
 SIDES = ("keras", "fashion_cnn")
@@ -65,15 +65,15 @@ def train_flop_per_image() -> int:
 def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int,
                     seed: int) -> dict:
     """The fashion-cnn side, in this process, through the public API: fold 1 of `fashion-cnn cv`, exactly."""
-    flush_denormals()
+    torch.set_flush_denormal(True)  # as the jobs do (train.start_job)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu", seed=seed)
-    model = make_model(cfg, 0)
-    optimizer = make_optimizer(model, cfg)
+    state = TrainState.create(cfg, 10, 0)
+    model = state.model
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     epoch_ends = [time.perf_counter()]
-    history = fit(model, optimizer, cfg, (data.train_images[train_idx], data.train_labels[train_idx]),
+    history = fit(state, cfg, (data.train_images[train_idx], data.train_labels[train_idx]),
                   (data.train_images[val_idx], data.train_labels[val_idx]), keys=(0,),
-                  on_epoch=lambda h: epoch_ends.append(time.perf_counter()))
+                  on_epoch=[lambda row: epoch_ends.append(time.perf_counter())])
 
     test = data.test_images
     predict = lambda: predict_logits(model, test, 1000)

@@ -1,37 +1,64 @@
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from fashion_cnn.cli import main
+from fashion_cnn import crossval, train
+from fashion_cnn.cli import build_parser, main
+from fashion_cnn.crossval import CVConfig
+from fashion_cnn.train import TrainConfig
 
 
-def test_help_lists_commands_and_options():
-    out = subprocess.run([sys.executable, "-m", "fashion_cnn.cli", "cv", "--help"],
+def test_help_lists_commands_options_choices_and_real_defaults():
+    out = subprocess.run([sys.executable, "-m", "fashion_cnn", "cv", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for option in ("--folds", "--epochs", "--batch-size", "--lr", "--seed", "--device", "--limit",
-                   "--out", "--resume", "--data-dir"):
+                   "--out", "--resume", "--data-dir", "--config", "--early-stopping"):
         assert option in out
     assert "the tutorial's 32" in out
+    assert "{sgd,adamw}" in out and "{constant,cosine,onecycle}" in out and "{auto,cpu,cuda}" in out
+    words = " ".join(out.split())  # help text wraps anywhere
+    assert "default: None" not in words and "(default: the model's recipe: baseline 10, fast 18, strong 50)" in words
 
 
-def test_short_cli_run_on_real_data(real_data, tmp_path, capsys):
-    out = str(tmp_path / "runs")
-    args = ["--limit", "1000", "--epochs", "1", "--out", out, "--data-dir", real_data.source]
+def test_abbreviated_options_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["cv", "--epoch", "2"])
+    assert exit.value.code == 2 and "unrecognized arguments: --epoch" in capsys.readouterr().err
+
+
+def tiny_args(data, out: Path) -> list[str]:
+    """A one-epoch job on 300 real training images (the jobs take Fashion-MNIST's checked files only)."""
+    return ["--data-dir", data.source, "--limit", "300", "--out", str(out), "--epochs", "1", "--device", "cpu"]
+
+
+def test_short_cli_run(real_data, tmp_path, capsys):
+    args = tiny_args(real_data, tmp_path / "runs")
     assert main(["cv", "--folds", "2", *args]) == 0
     assert main(["train", *args]) == 0
     cv_dir, train_dir = sorted((tmp_path / "runs").iterdir())
     assert cv_dir.name.endswith("-cv") and train_dir.name.endswith("-train")
-    assert (cv_dir / "learning_curves.png").stat().st_size > 10_000
+    for name in ("learning_curves.png", "fold_accuracies.png"):
+        assert (cv_dir / name).stat().st_size > 10_000
     assert len(json.loads((cv_dir / "cv_results.json").read_text())["fold_accuracies"]) == 2
     assert (train_dir / "model.safetensors").is_file()
-    captured = capsys.readouterr()
-    assert "fold 2/2: accuracy" in captured.err and "accuracy: mean" in captured.err
+    err = capsys.readouterr().err
+    assert "fold 2/2: accuracy" in err and "accuracy: mean" in err
+    assert f"results: {cv_dir / 'cv_results.json'}" in err
+    assert "test accuracy: " in err and "%" in err and str(train_dir / "confusion_matrix.png") in err
+    assert f"next: fashion-cnn predict IMAGE --model {train_dir}" in err
+    assert "next: fashion-cnn train --epochs 1 --device cpu --limit 300 --data-dir" in err
 
-    assert main(["evaluate", "--model", str(train_dir), "--data-dir", real_data.source]) == 0
+    assert main(["evaluate", "--model", str(train_dir), "--data-dir", real_data.source,
+                 "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
     accuracy = json.loads((train_dir / "metrics.json").read_text())["test_accuracy"]
-    assert f"test accuracy: {100 * accuracy:.2f}%" in capsys.readouterr().out
+    assert f"test accuracy: {100 * accuracy:.2f}%" in out and "confusion matrix" in out
+    assert f"written: {tmp_path / 'eval' / 'per_class.txt'}" in out
 
 
 def test_data_command(real_data, tmp_path, capsys):
@@ -40,13 +67,213 @@ def test_data_command(real_data, tmp_path, capsys):
     assert "Ankle boot" in out and "6000" in out and (tmp_path / "s.png").is_file()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["data", "--data-dir", "/nonexistent"], "lacks train-images"),
-    (["evaluate", "--model", "/nonexistent/model.safetensors"], "no such file"),
-    (["cv", "--model", "nope", "--limit", "100"], "unknown model 'nope'"),
-    (["cv", "--threads", "-2", "--limit", "100"], "--threads must be 0"),
-])
-def test_errors_are_one_line_with_nonzero_exit(argv, message, tmp_path, capsys, real_data):
-    assert main([*argv, "--out", str(tmp_path)] if argv[0] == "cv" else argv) == 1
+def a_file(tmp_path: Path) -> str:
+    (tmp_path / "file").write_text("x")
+    return str(tmp_path / "file")
+
+
+# Every job option with a value out of its range (or contradicting another): each is refused with one line
+# before any run directory exists. Flags that take any value (--flip, --tta, --amp) have no bad value.
+BAD_OPTIONS = [
+    (["--model", "nope"], "invalid choice: 'nope'"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "-1"], "--batch-size must be at least 1"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "-0.1"], "--lr must be a positive number"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["--nesterov", "--optimizer", "adamw"], "--nesterov needs --optimizer sgd"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number, 0 or more"),
+    (["--schedule", "linear"], "invalid choice: 'linear'"),
+    (["--warmup", "2"], "--warmup must be in [0, 1)"),
+    (["--label-smoothing", "5"], "--label-smoothing must be in [0, 1)"),
+    (["--crop", "-3"], "--crop must be from 0 to 14"),
+    (["--erase", "2"], "--erase must be in [0, 1]"),
+    (["--ema", "2"], "--ema must be in [0, 1)"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--threads", "-2"], "--threads must be 0 or more"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--limit", "-5"], "--limit must be at least 1"),
+    (["--data-dir", "/nonexistent"], "lacks train-images"),
+    (["--out", "FILE"], "is not a folder"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
+    (["--val-size", "-1"], "--val-size must be 0 or more"),
+    (["--early-stopping", "-1"], "--early-stopping must be 0 or more"),
+    (["--config", "/nonexistent.toml"], "no such file"),
+    (["--resume", "FILE"], "not a run directory"),
+]
+TRAIN_ONLY = [
+    (["--early-stopping", "2"], "--early-stopping watches the validation loss: give --val-size"),
+]
+CV_ONLY = [
+    (["--folds", "0"], "--folds must be at least 1"),
+    (["--split-seed", "-1"], "--split-seed must be 0 or more"),
+    (["--val-size", "50"], "--val-size makes one validation split, so it goes with --folds 1"),
+    (["--folds", "1"], "--folds 1 needs --val-size"),
+]
+
+
+# Out of range for the data: checked after it is loaded, still before the run directory exists
+BAD_FOR_THE_DATA = [
+    ("train", ["--val-size", "5000", "--limit", "100"], "--val-size must be between"),
+    ("cv", ["--folds", "500", "--limit", "100"], "--folds must be between 2 and the number of images"),
+]
+
+
+def refused(job: str, argv: list[str], message: str, data_dir: str, tmp_path: Path, capsys) -> None:
+    argv = [a_file(tmp_path) if a == "FILE" else a for a in argv]
+    out = tmp_path / "runs"
+    defaults = {"--data-dir": data_dir, "--out": str(out)}
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    try:
+        status = main([job, *argv])
+    except SystemExit as e:  # argparse's own checks: choices and types
+        status = e.code
+    assert status in (1, 2)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("fashion-cnn: error:") and message in err[-1]
+    assert "error:" in err[-1] and message in err[-1], err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists() or not any(out.iterdir())  # no orphan run directory
+
+
+@pytest.mark.parametrize("job, argv, message", [("train", a, m) for a, m in BAD_OPTIONS + TRAIN_ONLY]
+                         + [("cv", a, m) for a, m in BAD_OPTIONS + CV_ONLY])
+def test_bad_options_are_one_line_errors_that_leave_nothing_behind(job, argv, message, tmp_path, tiny_data_dir,
+                                                                   capsys):
+    refused(job, argv, message, str(tiny_data_dir), tmp_path, capsys)  # all refused before the data is read
+
+
+@pytest.mark.parametrize("job, argv, message", BAD_FOR_THE_DATA)
+def test_options_out_of_range_for_the_data_are_refused_before_the_run_starts(job, argv, message, tmp_path,
+                                                                             real_data, capsys):
+    refused(job, argv, message, real_data.source, tmp_path, capsys)
+
+
+def test_every_job_option_is_tested_with_a_bad_value():
+    tested = {a[0] for a, _ in BAD_OPTIONS + TRAIN_ONLY + CV_ONLY} | {a[0] for _, a, _ in BAD_FOR_THE_DATA}
+    anything_goes = {"--flip", "--tta", "--amp"}  # flags: both values are valid
+    options = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(CVConfig)} | {"--config", "--resume"}
+    assert options - anything_goes <= tested, options - anything_goes - tested
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The config fields that job code reads, as opposed to the config's own validation, copying and
+    printing: an option that no job code reads would be an option that does nothing."""
+    seen = set()
+    internal = {getattr(cls, name).__code__ for cls in (TrainConfig, CVConfig) for name in vars(cls)
+                if callable(getattr(cls, name)) and hasattr(getattr(cls, name), "__code__")}
+    internal |= {train.TrainConfig.from_dict.__func__.__code__, crossval.train_command.__code__,
+                 train.resumed_config.__code__}
+    names = {f.name for f in dataclasses.fields(CVConfig)}
+
+    def tracking(self, name):
+        caller = sys._getframe(1).f_code
+        if name in names and caller not in internal and not caller.co_filename.endswith(("dataclasses.py", "<string>")):
+            seen.add(name)
+        return object.__getattribute__(self, name)
+
+    monkeypatch.setattr(TrainConfig, "__getattribute__", tracking)
+    return seen
+
+
+def test_every_job_option_acts(reads, real_data, tmp_path):
+    """Each option of `cv` and `train` is read by the job itself (fields a job cannot use, like `cv
+    --val-size` with several folds, are refused instead: test_bad_options_...)."""
+    common = tiny_args(real_data, tmp_path)
+    assert main(["cv", "--folds", "2", *common]) == 0
+    cv_reads = set(reads)
+    assert main(["cv", "--folds", "1", "--val-size", "50", *common]) == 0
+    assert main(["train", "--val-size", "50", "--early-stopping", "1", *common]) == 0
+    fields = {f.name for f in dataclasses.fields(CVConfig)}
+    assert reads == fields, fields - reads
+    assert {"folds", "split_seed"} <= cv_reads
+
+
+# Options of the other commands, each with a check that it reached the code that acts on it
+def test_every_option_of_every_command_is_covered():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
+               if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")}
+    covered = {("data", "--data-dir"), ("data", "--samples"),
+               ("evaluate", "--model"), ("evaluate", "--data-dir"), ("evaluate", "--out"),
+               ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
+               ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
+               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model")}
+    # data and evaluate: test_short_cli_run and test_data_command; predict: tests/test_predict.py;
+    # export: tests/test_export.py; serve: test_serve_passes_its_options_on below
+    assert options <= covered, options - covered
+
+
+def test_serve_passes_its_options_on(monkeypatch, tmp_path):
+    from fashion_cnn import serve
+
+    called = {}
+    monkeypatch.setattr(serve, "run", lambda model, host, port: called.update(model=model, host=host, port=port))
+    assert main(["serve", "--model", "m.safetensors", "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert called == {"model": "m.safetensors", "host": "0.0.0.0", "port": 8123}
+    with pytest.raises(SystemExit):
+        main(["serve", "--port", "70000"])
+
+
+def test_config_files_toml_and_a_runs_own_config_json(real_data, tmp_path, capsys):
+    toml = tmp_path / "recipe.toml"
+    toml.write_text(f'epochs = 1\nlr = 0.02\nlimit = 120\ndata_dir = "{real_data.source}"\nout = "{tmp_path / "a"}"\n')
+    assert main(["train", "--config", str(toml), "--lr", "0.03"]) == 0  # the command line wins
+    [first] = (tmp_path / "a").iterdir()
+    saved = json.loads((first / "config.json").read_text())
+    assert (saved["epochs"], saved["lr"], saved["limit"]) == (1, 0.03, 120)
+    # the saved config.json is itself a valid --config
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(tmp_path / "b")]) == 0
+    [second] = (tmp_path / "b").iterdir()
+    again = json.loads((second / "config.json").read_text())
+    assert {**again, "out": None} == {**saved, "out": None}
+    for text, message in (("epochs = 'ten'", "epochs must be a whole number"), ("epochs = [", "not valid TOML"),
+                          ("folds = 3", "folds: not options of this job")):
+        toml.write_text(text)
+        assert main(["train", "--config", str(toml), "--out", str(tmp_path / "c")]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_keeps_the_saved_options_and_says_what_it_does_with_new_ones(real_data, tmp_path, capsys):
+    args = tiny_args(real_data, tmp_path / "runs")
+    assert main(["train", *args]) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 1
+    assert "--lr 0.01 -> 0.5" in capsys.readouterr().err
+    assert main(["cv", "--resume", str(run)]) == 1
+    assert "a 'train' run, not a 'cv' run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # a constant learning rate: may grow
+    assert "continuing to 2 epochs" in capsys.readouterr().err
+    assert len(json.loads((run / "metrics.json").read_text())["history"]) == 2
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
+def test_interruption_names_the_run_to_resume(real_data, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.TrainState, "save", interrupted)
+    assert main(["train", *tiny_args(real_data, tmp_path / "runs")]) == 130
+    [run] = (tmp_path / "runs").iterdir()
+    assert f"`fashion-cnn train --resume {run}` continues" in capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_model(real_data, tmp_path, capsys):
+    assert main(["train", *tiny_args(real_data, tmp_path / "runs"), "--lr", "1e30"]) == 1
+    assert "training diverged in epoch 1" in capsys.readouterr().err
+    [run] = (tmp_path / "runs").iterdir()
+    assert not (run / "model.safetensors").exists()
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "fashion_cnn", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("fashion-cnn ")
+

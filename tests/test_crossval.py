@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_killed_at
-from fashion_cnn import crossval
+from fashion_cnn import train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
 
 
@@ -14,9 +14,9 @@ def test_kfold_splits_disjoint_covering_reproducible():
     assert len(splits) == 5
     all_val = np.concatenate([val for _, val in splits])
     assert sorted(all_val) == list(range(103))  # every image validated exactly once
-    for train, val in splits:
-        assert not set(train) & set(val)
-        assert len(train) + len(val) == 103
+    for fold_train, val in splits:
+        assert not set(fold_train) & set(val)
+        assert len(fold_train) + len(val) == 103
         assert abs(len(val) - 103 / 5) < 1
     again = kfold_splits(103, 5, seed=1)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
@@ -39,12 +39,14 @@ def metrics_without_timings(run_dir) -> list[dict]:
 
 
 def test_cross_validation_writes_results(real_data, tmp_path):
-    run_dir, summary = cross_validate(small_cv(tmp_path), data=real_data)
-    assert len(summary["fold_accuracies"]) == 3
+    result = cross_validate(small_cv(tmp_path), data=real_data)
+    run_dir, summary = result.run_dir, result.summary
+    assert len(summary["fold_accuracies"]) == 3 and list(result.histories) == [1, 2, 3]
+    assert [len(h) for h in result.histories.values()] == [2, 2, 2]
     assert summary["mean"] == pytest.approx(np.mean(summary["fold_accuracies"]))
     assert summary["mean"] > 0.6  # 800 images, 2 epochs: well above chance (0.1)
-    for name in ("config.json", "metrics.csv", "cv_results.json", "learning_curves.png",
-                 "log.txt", "checkpoint.safetensors"):
+    for name in ("config.json", "metrics.csv", "cv_results.json", "learning_curves.png", "fold_accuracies.png",
+                 "log.txt", "checkpoint-fold1.safetensors", "checkpoint-fold3.safetensors"):
         assert (run_dir / name).is_file(), name
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3 * 2
     assert json.loads((run_dir / "config.json").read_text())["folds"] == 3
@@ -54,23 +56,22 @@ def test_cross_validation_writes_results(real_data, tmp_path):
 def test_same_seed_same_numbers_and_new_dirs(real_data, tmp_path):
     cfg = small_cv(tmp_path)
     cfg.folds, cfg.epochs = 2, 1
-    first, a = cross_validate(cfg, data=real_data)
-    second, b = cross_validate(cfg, data=real_data)
-    assert first != second  # never overwrites another run
-    assert a["fold_accuracies"] == b["fold_accuracies"]
+    a, b = cross_validate(cfg, data=real_data), cross_validate(cfg, data=real_data)
+    assert a.run_dir != b.run_dir  # never overwrites another run
+    assert a.fold_accuracies == b.fold_accuracies
 
 
 def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     cfg = small_cv(tmp_path)
-    reference_dir, reference = cross_validate(cfg, data=real_data)
+    reference = cross_validate(cfg, data=real_data)
 
     # killed during fold 2, epoch 2
-    run_killed_at(monkeypatch, crossval, "save_checkpoint", 4, lambda: cross_validate(cfg, data=real_data))
+    run_killed_at(monkeypatch, train, "save_checkpoint", 4, lambda: cross_validate(cfg, data=real_data))
     run_dir = max((tmp_path / "runs").iterdir())
     assert not (run_dir / "cv_results.json").exists()
 
-    resumed_dir, resumed = cross_validate(cfg, resume=run_dir, data=real_data)
-    assert resumed_dir == run_dir
-    assert resumed["fold_accuracies"] == reference["fold_accuracies"]
+    resumed = cross_validate(resume=run_dir, data=real_data)
+    assert resumed.run_dir == run_dir
+    assert resumed.fold_accuracies == reference.fold_accuracies
     # every epoch's losses and accuracies, identical to the uninterrupted run
-    assert metrics_without_timings(run_dir) == metrics_without_timings(reference_dir)
+    assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)

@@ -21,7 +21,7 @@ def exported(model_file, tmp_path_factory):
     """(ONNX file, CLI output): one export for the whole module, tracing takes seconds."""
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert main(["export", "--format", "onnx", "--model", str(model_file), str(path)]) == 0
+        assert main(["export", "--model", str(model_file), str(path)]) == 0
     return path, out.getvalue()
 
 

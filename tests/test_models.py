@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import fashion_cnn
-from fashion_cnn import fastpath, train
-from fashion_cnn.data import load_fashion_mnist
+from fashion_cnn import fastpath
 from fashion_cnn.models import REGISTRY, count_parameters, create_model
 from fashion_cnn.runs import load_model
-from fashion_cnn.train import TrainConfig, learning_rate, make_optimizer, make_step, train_final
+from fashion_cnn.train import TrainConfig, make_optimizer, make_step
 
 from conftest import tiny_arrays
 
@@ -81,39 +80,6 @@ def test_tta_averages_image_and_mirror_in_eval_only():
     torch.testing.assert_close(model(x), (plain + mirrored) / 2)
     model.train()  # batch statistics now, so compare with the plain logits in training mode
     torch.testing.assert_close(model(x), model.logits(x))
-
-
-def test_schedules_warm_up_then_decay():
-    cfg = TrainConfig(model="fast", lr=0.2, warmup=0.25, schedule="onecycle")
-    assert learning_rate(cfg, 0.0) == 0.0
-    assert learning_rate(cfg, 0.125) == pytest.approx(0.1)
-    assert learning_rate(cfg, 0.25) == pytest.approx(0.2)
-    assert learning_rate(cfg, 1.0) == pytest.approx(0.0)
-    cosine = dataclasses.replace(cfg, schedule="cosine")
-    assert learning_rate(cosine, 0.625) == pytest.approx(0.1)
-
-
-def test_resume_with_ema_and_augmentation_is_exact(tiny_data_dir, tmp_path, monkeypatch):
-    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
-    cfg = TrainConfig(model="fast", epochs=2, batch_size=50, ema=0.9, erase=0.5, out=str(tmp_path / "runs"),
-                      device="cpu")
-    reference, meta = load_model(train_final(cfg, data=data) / "model.safetensors")
-    assert meta["tta"] and reference.tta  # the recipe's test-time augmentation travels with the file
-
-    real_save = train.save_checkpoint
-
-    def killed_after_first_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "save_checkpoint", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_final(cfg, data=data)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
-    run_dir = max((tmp_path / "runs").iterdir())
-    resumed, _ = load_model(train_final(cfg, resume=run_dir, data=data) / "model.safetensors")
-    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(p, q), name
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model yet")

@@ -76,8 +76,7 @@ def trained_model(real_data, tmp_path_factory) -> Path:
     from fashion_cnn.train import TrainConfig, train_final
 
     out = tmp_path_factory.mktemp("runs")
-    run_dir = train_final(TrainConfig(limit=4000, epochs=2, out=str(out), device="cpu"), data=real_data)
-    return run_dir / "model.safetensors"
+    return train_final(TrainConfig(limit=4000, epochs=2, out=str(out), device="cpu"), data=real_data).model_path
 
 
 # --- decoding every format -------------------------------------------------------------------------
@@ -339,11 +338,11 @@ def bad_model_files(directory: Path) -> dict[str, tuple[Path, str]]:
     not_ours = directory / "not-ours.safetensors"
     save_file({"weight": torch.zeros(3)}, str(not_ours))
     unknown = directory / "unknown.safetensors"
-    save_model(unknown, create_model("baseline"), {"architecture": "resnet9000"})
+    save_model(unknown, create_model("baseline"), {"architecture": "resnet9000", "class_names": list(CLASS_NAMES)})
     pickled = write(directory / "pickled.safetensors", pickle.dumps(WritesAFile()))
     return {"missing": (directory / "missing.safetensors", "no such file"),
             "corrupt": (corrupt, "not a readable safetensors file"),
-            "not ours": (not_ours, "not a fashion-cnn model"),
+            "not ours": (not_ours, "not a fashion-cnn file"),
             "unknown architecture": (unknown, "unknown architecture 'resnet9000'"),
             "a pickle": (pickled, "not a readable safetensors file")}
 

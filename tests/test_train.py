@@ -1,13 +1,15 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from conftest import run_killed_at
+from conftest import run_killed_at, tiny_arrays
 from fashion_cnn import train
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.runs import load_model
-from fashion_cnn.train import TrainConfig, train_final
+from fashion_cnn.data import load_fashion_mnist
+from fashion_cnn.train import TrainConfig, lr_scale, train_final
 
 
 def small_train(tmp_path) -> TrainConfig:
@@ -15,7 +17,8 @@ def small_train(tmp_path) -> TrainConfig:
 
 
 def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
-    run_dir = train_final(small_train(tmp_path), data=real_data)
+    result = train_final(small_train(tmp_path), data=real_data)
+    run_dir = result.run_dir
     for name in ("config.json", "metrics.csv", "metrics.json", "learning_curves.png", "log.txt",
                  "model.safetensors", "confusion_matrix.png", "per_class.txt", "test_report.json"):
         assert (run_dir / name).is_file(), name
@@ -32,20 +35,20 @@ def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
         meta["test_accuracy"], abs=1e-6)
 
     # an identically seeded second run gives the very same weights
-    again, _ = load_model(train_final(small_train(tmp_path), data=real_data) / "model.safetensors")
+    again, _ = load_model(train_final(small_train(tmp_path), data=real_data).model_path)
     assert torch.equal(predict_logits(again, real_data.test_images[:500]), logits[:500])
 
 
 def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
     cfg = small_train(tmp_path)
-    reference, _ = load_model(train_final(cfg, data=real_data) / "model.safetensors")
+    reference, _ = load_model(train_final(cfg, data=real_data).model_path)
 
     # killed during the second epoch
     run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: train_final(cfg, data=real_data))
     run_dir = max((tmp_path / "runs").iterdir())
     assert not (run_dir / "model.safetensors").exists()
 
-    resumed, _ = load_model(train_final(cfg, resume=run_dir, data=real_data) / "model.safetensors")
+    resumed, _ = load_model(train_final(resume=run_dir, data=real_data).model_path)
     for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
 
@@ -54,17 +57,106 @@ def test_device_choice():
     assert train.resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
-            train.resolve_device("cuda")
+            TrainConfig(device="cuda")
 
 
 
 def test_threads_set_from_the_config_and_from_the_saved_one_on_resume(tmp_path):
     default = torch.get_num_threads()
-    try:
-        run_dir, _ = train.start_run(TrainConfig(threads=1, out=str(tmp_path)), "train", None)
+    with train.start_job(TrainConfig(threads=1, out=str(tmp_path)), "train", None) as run:
         assert torch.get_num_threads() == 1
-        torch.set_num_threads(default + 1)
-        _, cfg = train.start_run(TrainConfig(), "train", run_dir)
+    assert torch.get_num_threads() == default  # the caller's count is back
+    cfg = train.job_config(TrainConfig, None, run.dir)
+    with train.start_job(cfg, "train", run.dir):
         assert cfg.threads == 1 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(default)
+
+
+def test_schedules_warm_up_then_decay():
+    cfg = TrainConfig(model="fast", lr=0.2, warmup=0.25, schedule="onecycle")
+    assert lr_scale(cfg, 0.0) == 0.0
+    assert lr_scale(cfg, 0.125) == pytest.approx(0.5)
+    assert lr_scale(cfg, 0.25) == pytest.approx(1.0)
+    assert lr_scale(cfg, 1.0) == pytest.approx(0.0)
+    cosine = dataclasses.replace(cfg, schedule="cosine")
+    assert lr_scale(cosine, 0.625) == pytest.approx(0.5)
+
+
+def test_resume_with_ema_and_augmentation_is_exact(tiny_data_dir, tmp_path, monkeypatch):
+    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
+    cfg = TrainConfig(model="fast", epochs=2, batch_size=50, ema=0.9, erase=0.5, out=str(tmp_path / "runs"),
+                      device="cpu")
+    reference, meta = load_model(train_final(cfg, data=data).model_path)
+    assert meta["tta"] and reference.tta  # the recipe's test-time augmentation travels with the file
+
+    # killed during the second epoch
+    run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: train_final(cfg, data=data))
+    run_dir = max((tmp_path / "runs").iterdir())
+    resumed, _ = load_model(train_final(resume=run_dir, data=data).model_path)
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def tiny_split(n: int = 256, seed: int = 0):
+    images, labels = tiny_arrays(n, seed)
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
+
+
+def test_fit_keeps_the_optimizers_own_learning_rate_unless_a_schedule_is_asked_for(capsys):
+    cfg = TrainConfig(epochs=1, batch_size=64, device="cpu")  # lr 0.01, constant
+    state = train.TrainState.create(cfg, 10, 0)
+    for group in state.optimizer.param_groups:
+        group["lr"] = 0.05
+    history = train.fit(state, cfg, tiny_split())
+    assert [g["lr"] for g in state.optimizer.param_groups] == [0.05]
+    assert "epoch 1/1: loss" in capsys.readouterr().err  # logged outside a run too
+    assert history.history["epoch"] == [1] and len(history.history["loss"]) == 1  # Keras's columns
+
+    cosine = dataclasses.replace(cfg, schedule="cosine", epochs=2)
+    state = train.TrainState.create(cosine, 10, 0)
+    state.optimizer.param_groups[0]["lr"] = 0.05
+    train.fit(state, cosine, tiny_split())
+    last_step = 2 * 4 - 1
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * lr_scale(cosine, last_step / 8))
+
+
+def scripted_validation(monkeypatch, losses):
+    """Validation losses in a fixed order, whatever the weights: early stopping's decisions become known."""
+    calls = []
+
+    def fake(model, images, labels, batch_size):
+        calls.append(1)
+        return losses[len(calls) - 1], 0.5
+    monkeypatch.setattr(train, "loss_and_accuracy", fake)
+    return calls
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(monkeypatch):
+    cfg = TrainConfig(epochs=6, batch_size=64, device="cpu", val_size=10, early_stopping=2)
+    scripted_validation(monkeypatch, [1.0, 0.7, 0.8, 0.9, 0.5, 0.4])
+    state = train.TrainState.create(cfg, 10, 0)
+    snapshots = []
+    train.fit(state, cfg, tiny_split(), tiny_split(20, 1),
+              on_epoch=[lambda row: snapshots.append({k: v.clone() for k, v in state.model.state_dict().items()})])
+    assert len(state.history) == 4 and state.stopped and state.best_epoch == 2  # epochs 3, 4 did not improve
+    assert state.result == state.history[1]
+    for name, value in state.final.state_dict().items():
+        assert torch.equal(value, snapshots[1][name]), name
+
+
+def test_early_stopping_resumes_exactly(monkeypatch, tmp_path, tiny_data_dir):
+    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
+    cfg = TrainConfig(epochs=6, batch_size=50, device="cpu", val_size=20, early_stopping=2, out=str(tmp_path / "runs"))
+    losses = [1.0, 0.7, 0.8, 0.9, 0.5, 0.4]
+    scripted_validation(monkeypatch, losses)
+    reference = train_final(cfg, data=data)
+    assert reference.best_epoch == 2 and len(reference.history) == 4
+
+    scripted_validation(monkeypatch, losses)
+    run_killed_at(monkeypatch, train, "save_checkpoint", 3, lambda: train_final(cfg, data=data))
+    run_dir = max((tmp_path / "runs").iterdir())
+    calls = scripted_validation(monkeypatch, losses[2:])  # epochs 1 and 2 were checkpointed
+    resumed = train_final(resume=run_dir, data=data)
+    assert len(calls) == 2 and resumed.best_epoch == 2
+    for (name, p), q in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert json.loads((run_dir / "metrics.json").read_text())["best_epoch"] == 2

@@ -1,93 +1,161 @@
 """Command line: parses arguments and calls the Python API; no logic of its own.
 
-Job options are generated from the config dataclasses, so --help shows each default and its reason.
+Job options are generated from the config dataclasses, so --help shows each default and its reason,
+and an option given on the command line is told apart from a default (what --resume and --config need).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import tomllib
 import types
 import typing
 from pathlib import Path
 
 from .version import __version__
 
+MAX_CONFIG_BYTES = 1_000_000  # a config file is a few hundred bytes; anything near this is not one
 
-def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+
+def parser_for(*args, **kwargs) -> argparse.ArgumentParser:
+    """argparse without abbreviations: `--epoch 2` is an error, not `--epochs 2`."""
+    return argparse.ArgumentParser(*args, allow_abbrev=False, **kwargs)
+
+
+def option_help(field: dataclasses.Field) -> str:
+    """The field's reason, its default (a model's recipe where it has one), and its valid range."""
+    from .models import REGISTRY
+
+    meta = field.metadata
+    text = meta.get("help", "")
+    if "fallback" in meta:
+        per_model = {name: spec.recipe.get(field.name, meta["fallback"]) for name, spec in REGISTRY.items()}
+        if len(set(map(repr, per_model.values()))) == 1:
+            text += f" (default: {meta['fallback']})"
+        else:
+            text += " (default: the model's recipe: " + ", ".join(f"{k} {v}" for k, v in per_model.items()) + ")"
+    elif field.default is not None:  # an unset option's meaning is in its help text
+        text += f" (default: {field.default})"
+    if meta.get("valid"):
+        text += f"; {meta['valid']['rule']}"
+    return text.replace("%", "%%")
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: tuple[str, ...] = ()) -> None:
+    """One option per config field (or the fields named in `only`); unset options stay out of the
+    parsed namespace, so the job can tell what was given."""
+    from .models import list_models
+
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
+        if only and f.name not in only:
+            continue
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # "int | None": the non-None member parses the value
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
+        choices = list_models() if f.name == "model" else f.metadata.get("choices")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f.metadata.get("help", "") + " (default: %(default)s)")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=option_help(f))
         else:
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(),
-                                help=f.metadata.get("help", "") + " (default: %(default)s)")
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices,
+                                metavar=None if choices else f.name.upper(), help=option_help(f))
 
 
-def config_from_args(config_cls: type, args: argparse.Namespace):
-    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+def read_config_file(path: str) -> dict:
+    """--config: options from a TOML file, or a run's config.json."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    raw = file.read_bytes()[:MAX_CONFIG_BYTES + 1]
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"--config {path}: over {MAX_CONFIG_BYTES:,} bytes, not a config file")
+    try:
+        text = raw.decode()
+        return json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ValueError(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'} ({e})") from None
+
+
+def job_config_from_args(config_cls: type, args: argparse.Namespace):
+    """The config the options ask for: --config's values, then the options given on the command line.
+    With --resume, they are laid over the run's saved config, so only real changes show as differences."""
+    from .runs import read_config
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    values = read_config_file(args.config) if args.config else {}
+    if args.resume is not None:
+        if not values and not given:
+            return None  # the saved config as it is
+        values = {**read_config(args.resume), **values}
+    return config_cls.from_dict({**values, **given}, f"--config {args.config}" if args.config else None)
+
+
+def add_job_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    add_config_options(parser, config_cls)
+    parser.add_argument("--config", metavar="FILE", help="take options from a TOML file or a run's config.json; "
+                        "options given here override it")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its "
+                        "saved options (only --epochs may grow, with a constant learning rate)")
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from .data import CLASS_NAMES, class_counts, load_fashion_mnist
+    from .data import class_counts, load_fashion_mnist
 
     data = load_fashion_mnist(args.data_dir)
     print(f"source: {data.source}")
     print(f"train: {len(data.train_images)} images, test: {len(data.test_images)} images, 28x28 uint8")
-    print(f"{'class':<12} {'train':>6} {'test':>6}")
-    for name, n_train, n_test in zip(CLASS_NAMES, class_counts(data.train_labels),
-                                     class_counts(data.test_labels)):
-        print(f"{name:<12} {n_train:>6} {n_test:>6}")
+    width = max(12, *(len(name) for name in data.class_names))
+    print(f"{'class':<{width}} {'train':>6} {'test':>6}")
+    for name, n_train, n_test in zip(data.class_names, class_counts(data.train_labels, len(data.class_names)),
+                                     class_counts(data.test_labels, len(data.class_names))):
+        print(f"{name:<{width}} {n_train:>6} {n_test:>6}")
     if args.samples:
-        from .plots import plot_samples
+        from .plots import samples_figure, save_figure
 
-        plot_samples(data.train_images, data.train_labels, Path(args.samples))
+        save_figure(samples_figure(data.train_images, data.train_labels, data.class_names), args.samples)
         print(f"sample grid saved to {args.samples}")
 
 
 def cmd_cv(args: argparse.Namespace) -> None:
     from .crossval import CVConfig, cross_validate
 
-    cross_validate(config_from_args(CVConfig, args), resume=args.resume)
+    cross_validate(job_config_from_args(CVConfig, args), resume=args.resume)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train_final
 
-    train_final(config_from_args(TrainConfig, args), resume=args.resume)
+    train_final(job_config_from_args(TrainConfig, args), resume=args.resume)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import load_fashion_mnist
-    from .evaluate import evaluate_model, write_reports
+    from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
     from .predict import resolve_model_path
     from .runs import load_model
 
     path = resolve_model_path(args.model)
     model, meta = load_model(path)
     data = load_fashion_mnist(args.data_dir)
-    report = evaluate_model(model, data.test_images, data.test_labels)
+    if len(meta["class_names"]) != len(data.class_names):
+        raise ValueError(f"{path} predicts {len(meta['class_names'])} classes; {data.source} has "
+                         f"{len(data.class_names)}")
     print(f"model: {path} ({meta['architecture']})")
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_reports(report, out)
-    else:
-        from .evaluate import format_per_class
-
-        print(format_per_class(report))
-    print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images)} images")
+    report = evaluate_model(model, data.test_images, data.test_labels, meta["class_names"])
+    print(format_per_class(report) + "\n\n" + format_confusion_matrix(report))
+    print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} images")
+    if args.out:
+        paths = write_reports(report, Path(args.out))
+        print("written: " + ", ".join(map(str, paths)))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
 
     predictor = Predictor(args.model)
@@ -121,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     report = export_onnx(resolve_model_path(args.model), args.out)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
-          "output probabilities (N, 10)")
+          "output probabilities (N, classes)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
           f"largest probability difference {report['max_abs_diff']:.1e} (tolerance {report['tolerance']:g})")
 
@@ -136,11 +204,6 @@ def cmd_models(args: argparse.Namespace) -> None:
             print(f"{'':<10} recipe: " + ", ".join(f"{k}={v}" for k, v in spec.recipe.items()))
 
 
-def add_resume_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR "
-                        "(its saved config is used; other options are ignored)")
-
-
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """--model, as predict.resolve_model_path reads it."""
     parser.add_argument("--model", help="model file or run directory (default: newest under runs/, "
@@ -151,33 +214,33 @@ def build_parser() -> argparse.ArgumentParser:
     from .crossval import CVConfig
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(
-        prog="fashion-cnn", description="Train, evaluate and use CNN image classifiers on Fashion-MNIST.")
+    parser = parser_for(prog="fashion-cnn",
+                        description="Train, evaluate and use CNN image classifiers on Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"fashion-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data", help="show where the data came from and its class counts")
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("data", "show where the data came from and its class counts", cmd_data)
+    add_config_options(p, TrainConfig, only=("data_dir",))
+    p.set_defaults(data_dir=None)
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
-    p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("cv", help="k-fold cross-validation with learning curves")
-    add_config_options(p, CVConfig)
-    add_resume_option(p)
-    p.set_defaults(func=cmd_cv)
+    add_job_options(command("cv", "k-fold cross-validation with learning curves", cmd_cv), CVConfig)
+    add_job_options(command("train", "train the final model on all training images, test it once, save it",
+                            cmd_train), TrainConfig)
 
-    p = sub.add_parser("train", help="train the final model on all training images, test it once, save it")
-    add_config_options(p, TrainConfig)
-    add_resume_option(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="score a saved model on the 10,000 test images")
+    p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
+                cmd_evaluate)
     add_model_option(p)
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
+    add_config_options(p, TrainConfig, only=("data_dir",))
+    p.set_defaults(data_dir=None)
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    p = command("predict", "predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)", cmd_predict)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     add_model_option(p)
     p.add_argument("--top-k", type=int, default=3,
@@ -191,24 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-crop", action="store_true",
                    help="keep the whole picture instead of cropping to the object")
     p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="web demo and JSON API (page at /, API docs at /docs)")
+    p = command("serve", "web demo and JSON API (page at /, API docs at /docs)", cmd_serve)
     add_model_option(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    p.set_defaults(func=cmd_serve)
+    p.add_argument("--port", type=port_number, default=8000, help="(default: %(default)s)")
 
-    p = sub.add_parser("export", help="write a model as ONNX, checked against PyTorch with onnxruntime")
-    p.add_argument("out", metavar="OUT", help="the file to write, e.g. model.onnx")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
+    p = command("export", "write a model as ONNX, checked against PyTorch with onnxruntime", cmd_export)
+    p.add_argument("out", metavar="OUT", help="the ONNX file to write, e.g. model.onnx")
     add_model_option(p)
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("models", help="list the registered models")
-    p.set_defaults(func=cmd_models)
+    command("models", "list the registered models and their recipes", cmd_models)
     return parser
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (DataError, ModelFileError, FileNotFoundError, ValueError) as e:
+    except (DataError, ModelFileError, OSError, ValueError) as e:
         print(f"fashion-cnn: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("fashion-cnn: interrupted; `--resume RUN_DIR` continues from the last finished epoch",
-              file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
+                                           "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130
     return status or 0
 

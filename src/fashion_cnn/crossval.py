@@ -1,10 +1,15 @@
-"""K-fold cross-validation: a fresh model per fold, validated on the held-out fold after every epoch."""
+"""K-fold cross-validation: a fresh model per fold, validated on the held-out fold after every epoch.
+
+Each fold has its own checkpoint, so a resumed run skips finished folds and continues the others from
+their last finished epoch.
+"""
 
 from __future__ import annotations
 
 import logging
+import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +17,29 @@ import torch
 from sklearn.model_selection import KFold
 
 from .data import FashionMNIST, load_fashion_mnist
-from .runs import csv_bytes, load_tensors, write_atomic, write_json
-from .train import (TrainConfig, fit, limited, load_checkpoint, make_ema, make_model, make_optimizer, opt,
-                    save_checkpoint, start_run)
+from .runs import csv_bytes, write_atomic, write_json
+from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, limited, opt,
+                    start_job)
 
 log = logging.getLogger("fashion_cnn")
 
 
 @dataclass
 class CVConfig(TrainConfig):
-    folds: int = opt(5, "number of folds (the tutorial's 5)")
-    split_seed: int = opt(1, "shuffle seed of the split (the tutorial's KFold random_state=1)")
+    """A `cv` run's options: TrainConfig's, the folds, and the split's seed."""
+
+    folds: int = opt(5, "number of folds (the tutorial's 5); 1 validates once on a --val-size holdout",
+                     {"rule": "at least 1", "test": lambda v: v >= 1})
+    split_seed: int = opt(1, "shuffle seed of the split (the tutorial's KFold random_state=1)", AT_LEAST_0)
+
+    def validates(self) -> bool:
+        return True  # on the held-out fold
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.folds == 1) != bool(self.val_size):
+            raise ValueError("--val-size makes one validation split, so it goes with --folds 1 (and --folds 1 "
+                             "needs --val-size); k-fold cross-validation validates on each fold in turn")
 
 
 def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -37,50 +54,87 @@ def summarize(fold_accuracies: list[float]) -> dict:
     return {"fold_accuracies": fold_accuracies, "mean": float(acc.mean()), "std": float(acc.std())}
 
 
-def cross_validate(cfg: CVConfig, resume: str | Path | None = None,
-                   data: FashionMNIST | None = None) -> tuple[Path, dict]:
-    """Run (or resume) k-fold cross-validation; returns the run directory and the summary."""
-    from .plots import plot_learning_curves
+@dataclass
+class CVResult:
+    """What `cross_validate` measured: per-fold histories and accuracies, their mean and spread."""
 
-    run_dir, cfg = start_run(cfg, "cv", resume)
+    run_dir: Path
+    histories: dict[int, History]  # fold number (from 1) -> one row per epoch
+    summary: dict  # fold_accuracies, mean, std, best_epochs, seconds_this_session (cv_results.json)
+
+    @property
+    def fold_accuracies(self) -> list[float]:
+        return self.summary["fold_accuracies"]
+
+    @property
+    def mean(self) -> float:
+        return self.summary["mean"]
+
+    @property
+    def std(self) -> float:
+        return self.summary["std"]
+
+
+def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None,
+                   data: FashionMNIST | None = None) -> CVResult:
+    """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size."""
+    from .plots import fold_boxplot, learning_curves, save_figure
+
+    cfg = job_config(CVConfig, cfg, resume)
     data = data or load_fashion_mnist(cfg.data_dir)
     images, labels = limited(data.train_images, data.train_labels, cfg.limit)
-    log.info(f"run directory: {run_dir}\ndata: {data.source} ({len(images)} training images, "
-             f"{cfg.folds} folds, model {cfg.model})")
+    if cfg.folds == 1:
+        (train_idx, _), (val_idx, _) = holdout_split(torch.arange(len(labels)), labels, cfg.val_size)
+        splits = [(train_idx.numpy(), val_idx.numpy())]
+    else:
+        splits = kfold_splits(len(images), cfg.folds, cfg.split_seed)
+    with start_job(cfg, "cv", resume) as run:
+        log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
+                 + (f"{cfg.folds} folds" if cfg.folds > 1 else f"{cfg.val_size} held out") + f", model {cfg.model})")
+        started = time.perf_counter()
+        histories: dict[int, History] = {}
+        states: dict[int, TrainState] = {}
 
-    ckpt = run_dir / "checkpoint.safetensors"
-    histories: dict[str, list[dict]] = {}
-    if resume and ckpt.exists():
-        histories = load_tensors(ckpt)[1]["progress"]["histories"]
-        log.info(f"resuming: {sum(len(h) for h in histories.values())} epochs already done")
+        def write_metrics(row: dict) -> None:
+            rows = [{"fold": k, **r} for k, h in histories.items() for r in h]
+            write_atomic(run.dir / "metrics.csv", csv_bytes(rows))
 
-    started = time.perf_counter()
-    accuracies = []
-    for fold, (train_idx, val_idx) in enumerate(kfold_splits(len(images), cfg.folds, cfg.split_seed)):
-        history = histories.get(str(fold), [])
-        if len(history) < cfg.epochs:
-            model = make_model(cfg, fold)
-            optimizer = make_optimizer(model, cfg)
-            ema = make_ema(model, cfg)
-            if history:
-                load_checkpoint(ckpt, model, optimizer, ema)
-            train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        for fold, (train_idx, val_idx) in enumerate(splits, start=1):
+            ckpt = run.dir / f"checkpoint-fold{fold}.safetensors"
+            state = states[fold] = TrainState.create(cfg, len(data.class_names), fold - 1)
+            if ckpt.exists():
+                state.load(ckpt)
+            histories[fold] = state.history  # fit appends to it: metrics.csv shows the epochs so far
+            if not state.done(cfg):
+                train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+                fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
+                    keys=(fold - 1,), checkpoint=ckpt, on_epoch=[write_metrics],
+                    desc=f"fold {fold}/{len(splits)} ")
+            log.info(f"fold {fold}/{len(splits)}: accuracy {100 * state.result['val_accuracy']:.3f}%"
+                     + (f" (best epoch {state.best_epoch})" if state.best_epoch else ""))
 
-            def on_epoch(hist, fold=fold, model=model, optimizer=optimizer, ema=ema):
-                histories[str(fold)] = hist
-                save_checkpoint(ckpt, model, optimizer, {"job": "cv", "histories": histories}, ema)
-                write_atomic(run_dir / "metrics.csv",
-                             csv_bytes([{"fold": k, **row} for k, h in histories.items() for row in h]))
+        summary = summarize([s.result["val_accuracy"] for s in states.values()])
+        summary |= {"best_epochs": [s.best_epoch for s in states.values()],
+                    "seconds_this_session": time.perf_counter() - started}
+        write_json(run.dir / "cv_results.json", summary)
+        curves = learning_curves({f"fold {k}": h for k, h in histories.items()},
+                                 best_epochs={f"fold {k}": s.best_epoch for k, s in states.items()})
+        save_figure(curves, run.dir / "learning_curves.png")
+        save_figure(fold_boxplot(summary["fold_accuracies"]), run.dir / "fold_accuracies.png")
+        log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)})\n"
+                 f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
+                 f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
+                 f"next: {train_command(cfg)}  (the final model on all training images)")
+    return CVResult(run.dir, histories, summary)
 
-            history = fit(model, optimizer, cfg, (images[train_idx], labels[train_idx]),
-                          (images[val_idx], labels[val_idx]), history, keys=(fold,),
-                          desc=f"fold {fold + 1}/{cfg.folds} ", on_epoch=on_epoch, ema=ema)
-        accuracies.append(history[-1]["val_accuracy"])
-        log.info(f"fold {fold + 1}/{cfg.folds}: accuracy {100 * accuracies[-1]:.3f}%")
 
-    summary = summarize(accuracies) | {"seconds_this_session": time.perf_counter() - started}
-    write_json(run_dir / "cv_results.json", summary)
-    plot_learning_curves(histories, run_dir / "learning_curves.png")
-    log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% "
-             f"(n={cfg.folds}); curves in {run_dir / 'learning_curves.png'}")
-    return run_dir, summary
+def train_command(cfg: CVConfig) -> str:
+    """The `fashion-cnn train` command with this run's recipe: the options that differ from the defaults
+    (a model's recipe counts as its defaults), less those that only mean something in cross-validation."""
+    defaults = asdict(TrainConfig(model=cfg.model))
+    words = ["fashion-cnn", "train"] + (["--model", cfg.model] if cfg.model != "baseline" else [])
+    for name, value in asdict(cfg).items():
+        if name in defaults and value != defaults[name] and name not in ("val_size", "early_stopping"):
+            flag = "--" + name.replace("_", "-")
+            words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    return shlex.join(words)

@@ -5,12 +5,12 @@ Images stay uint8 tensors of shape (N, 28, 28); batches are slices scaled to [0,
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .runs import write_atomic
+from .runs import atomic_path, write_json
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -63,6 +63,7 @@ class FashionMNIST:
     test_labels: torch.Tensor  # int64 (10000,)
     source: str  # where the files were found, for logs and model metadata
     checksums: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
+    class_names: tuple[str, ...] = CLASS_NAMES  # label i is class_names[i]
 
 
 def decompress(path: Path) -> bytes:
@@ -144,9 +145,8 @@ def download_all(dest: Path, url: str = MIRROR_URL) -> None:
 
 def download_file(url: str, target: Path, spec: IdxFile) -> None:
     """Fetch into a temp file beside the target, verify it, then rename: never a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        with atomic_path(target) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
                 while chunk := resp.read(1 << 16):
@@ -154,13 +154,10 @@ def download_file(url: str, target: Path, spec: IdxFile) -> None:
                     bar.update(len(chunk))
             if total is not None and out.tell() != total:
                 raise DataError(f"{url}: transfer interrupted ({out.tell()} of {total} bytes)")
-        verify(Path(tmp), spec, label=url)
-        os.replace(tmp, target)
+            out.close()
+            verify(tmp, spec, label=url)
     except (OSError, ValueError) as e:  # urllib's errors are OSErrors; http.client's IncompleteRead too
         raise DataError(f"{url}: download failed ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def verify(path: Path, spec: IdxFile, label: str | None = None) -> bytes:
@@ -200,7 +197,8 @@ def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True
             raw = decompress(path)
         arrays[key] = parse_idx(raw, str(path), spec.magic, spec.count if check else None)
     if newly_verified:
-        _write_json_atomic(verified_log, sorted(verified | newly_verified))
+        with contextlib.suppress(OSError):  # the log only saves time; a read-only cache must not stop training
+            write_json(verified_log, sorted(verified | newly_verified))
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"{directory}: {split} images and labels differ in count")
@@ -214,15 +212,8 @@ def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True
     )
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    try:
-        write_atomic(path, json.dumps(obj, indent=1).encode())
-    except OSError:
-        pass  # the log only saves time; a read-only cache must not stop training
-
-
-def class_counts(labels: torch.Tensor) -> list[int]:
-    return torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
+def class_counts(labels: torch.Tensor, num_classes: int = len(CLASS_NAMES)) -> list[int]:
+    return torch.bincount(labels, minlength=num_classes).tolist()
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -4,63 +4,71 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from .data import CLASS_NAMES
 from .inference import predict_logits
 from .runs import write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
 
 
-def loss_and_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      batch_size: int = 1000) -> tuple[float, float]:
-    logits = predict_logits(model, images, batch_size)
-    labels = labels.cpu()
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
-
-
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int = 1000) -> dict:
-    """Accuracy, loss, confusion matrix and per-class scores, as plain JSON-able values."""
-    logits = predict_logits(model, images, batch_size)
+                   class_names: Sequence[str], batch_size: int = 1000) -> dict:
+    """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values."""
+    logits = predict_logits(model, images, batch_size, desc="evaluating")
     labels = labels.cpu()
     pred = logits.argmax(1).numpy()
     truth = labels.numpy()
-    classes = list(range(len(CLASS_NAMES)))
+    classes = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, pred, labels=classes, zero_division=0)
     return {
         "accuracy": float((pred == truth).mean()),
+        "macro_f1": float(np.mean(f1)),
         "loss": F.cross_entropy(logits, labels).item(),
         "confusion_matrix": confusion_matrix(truth, pred, labels=classes).tolist(),
         "per_class": [
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(CLASS_NAMES, precision, recall, f1, support)
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
         ],
     }
 
 
 def format_per_class(report: dict) -> str:
-    lines = [f"{'class':<12} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    width = max(12, *(len(row["class"]) for row in report["per_class"]))
+    lines = [f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for row in report["per_class"]:
-        lines.append(f"{row['class']:<12} {row['precision']:>9.4f} {row['recall']:>7.4f} "
+        lines.append(f"{row['class']:<{width}} {row['precision']:>9.4f} {row['recall']:>7.4f} "
                      f"{row['f1']:>7.4f} {row['support']:>8d}")
-    f1 = np.mean([row["f1"] for row in report["per_class"]])
-    lines.append(f"{'accuracy':<12} {report['accuracy']:>9.4f}   macro F1 {f1:.4f}")
+    lines.append(f"{'accuracy':<{width}} {report['accuracy']:>9.4f}   macro F1 {report['macro_f1']:.4f}")
     return "\n".join(lines)
 
 
-def write_reports(report: dict, out_dir: Path) -> None:
-    """Print the per-class table; save it, the full report and a confusion-matrix plot in out_dir."""
-    from .plots import plot_confusion_matrix
+def format_confusion_matrix(report: dict) -> str:
+    """The confusion matrix as text: rows are the true classes, columns the predicted ones (numbered)."""
+    names = [row["class"] for row in report["per_class"]]
+    matrix = report["confusion_matrix"]
+    width = max(5, len(str(max(max(r) for r in matrix))) + 1)
+    label = max(12, *(len(n) for n in names)) + 4
+    lines = ["confusion matrix (rows: true class, columns: predicted class)",
+             " " * label + "".join(f"{j:>{width}}" for j in range(len(names)))]
+    for i, (name, row) in enumerate(zip(names, matrix)):
+        lines.append(f"{i:>2}  {name:<{label - 4}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
 
-    table = format_per_class(report)
-    log.info(table)
-    write_atomic(out_dir / "per_class.txt", (table + "\n").encode())
-    write_json(out_dir / "test_report.json", report)
-    plot_confusion_matrix(report["confusion_matrix"], out_dir / "confusion_matrix.png")
+
+def write_reports(report: dict, out_dir: Path) -> list[Path]:
+    """Save the per-class table, the full report and a confusion-matrix plot in out_dir; returns their paths."""
+    from .plots import confusion_matrix_figure, save_figure
+
+    paths = [out_dir / "per_class.txt", out_dir / "test_report.json", out_dir / "confusion_matrix.png"]
+    write_atomic(paths[0], (format_per_class(report) + "\n\n" + format_confusion_matrix(report) + "\n").encode())
+    write_json(paths[1], report)
+    save_figure(confusion_matrix_figure(report["confusion_matrix"], [row["class"] for row in report["per_class"]]),
+                paths[2])
+    return paths

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import cache_dir
+from .runs import atomic_path
 
 aten = torch.ops.aten
 log = logging.getLogger("fashion_cnn")
@@ -59,14 +60,9 @@ def native_library() -> ctypes.CDLL | None:
     path = cache_dir() / "native" / f"conv_pool-{key}.so"
     try:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
+            with atomic_path(path) as tmp:  # concurrent first runs never load half a library
                 subprocess.run([compiler, *NATIVE_FLAGS, "-o", str(tmp), str(NATIVE_SOURCE)],
                                check=True, capture_output=True, timeout=300)
-                os.replace(tmp, path)  # atomic: concurrent first runs never load half a library
-            finally:
-                tmp.unlink(missing_ok=True)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         detail = e.stderr.decode(errors="replace").strip()[:500] if isinstance(e, subprocess.CalledProcessError) else e

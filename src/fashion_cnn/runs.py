@@ -1,19 +1,25 @@
-"""Files on disk: run directories, atomic writes, checkpoints and model files.
+"""Files on disk: atomic writes, run directories, checkpoints and model files.
 
 Everything tensor-shaped is stored as safetensors, with JSON in the header for the rest; nothing is
-ever unpickled, so loading a file cannot run code from it.
+ever unpickled, so loading a file cannot run code from it. Every file is written under a temporary
+name and renamed into place, and a run directory appears only once its config.json is in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -23,31 +29,59 @@ from .version import __version__
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
-FORMAT = "fashion-cnn-model/1"
+RUNS_ROOT = "runs"  # where jobs write by default, and where `--model latest` looks
+MODEL_FORMAT = "fashion-cnn-model/1"
+CHECKPOINT_FORMAT = "fashion-cnn-checkpoint/1"
 META_KEY = "fashion_cnn"
+TEMP_SUFFIX = ".tmp"
+
+log = logging.getLogger("fashion_cnn")
 
 
 class ModelFileError(Exception):
     """A model or checkpoint file is missing, corrupt, not ours, or of an unknown architecture."""
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename over the target: never half a file."""
+class RunError(ValueError):
+    """A run directory that cannot be used: not a run, another job's run, or in use by another process."""
+
+
+# --- atomic files -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block ends without an
+    error, removed when it fails or is interrupted. Readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual permissions of a new file
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes to path through atomic_path: never half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete the temporary files that a killed writer left in directory (only safe where no other
+    process writes: a run directory whose lock we hold)."""
+    stale = [p for p in directory.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def csv_bytes(rows: list[dict]) -> bytes:
@@ -60,42 +94,130 @@ def csv_bytes(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+# --- run directories ----------------------------------------------------------------------------------
+
 def read_config(run_dir: str | Path) -> dict:
+    """A run directory's config.json, or RunError saying why it is not a run directory."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: not a run directory (no such folder)")
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
-    return json.loads(path.read_text())
+        raise RunError(f"{run_dir}: not a run directory (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: unreadable ({e})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: not a run's config (a JSON object is expected)")
+    return config
 
 
-def new_run_dir(root: str | Path, job: str) -> Path:
-    """runs/<timestamp>-<job>[-k]/, created here and never reused."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 1000):
-        path = Path(root) / (f"{stamp}-{job}" + (f"-{k}" if k > 1 else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new run directory under {root}")
+def check_output_dir(root: str | Path) -> Path:
+    """--out: a folder we can create run directories in (checked before any work starts)."""
+    root = Path(root)
+    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"--out {root}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {root}: {existing} is not writable")
+    return root
 
 
-def start_log(run_dir: Path) -> logging.Logger:
-    """Log to the terminal and to run_dir/log.txt."""
-    log = logging.getLogger("fashion_cnn")
+def create_run_dir(root: str | Path, job: str, config: dict) -> Path:
+    """root/<timestamp>-<job>[-k]/ with config.json already inside: built under a temporary name and
+    renamed into place, so a run directory never exists without its config, and none is reused."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=root, prefix=f".{job}.", suffix=TEMP_SUFFIX))
+    try:
+        write_json(building / "config.json", {"job": job, **config})
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for k in range(1, 1000):
+            path = root / (f"{stamp}-{job}" + (f"-{k}" if k > 1 else ""))
+            if path.exists():
+                continue
+            try:
+                os.rename(building, path)  # fails if another process took the name meanwhile
+                return path
+            except OSError:
+                continue
+        raise RunError(f"could not create a new run directory under {root}")
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def lock_run_dir(run_dir: Path) -> IO:
+    """An exclusive lock on the run directory for as long as the returned file stays open: two
+    processes never train the same run."""
+    handle = open(run_dir / ".lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RunError(f"{run_dir}: in use by another fashion-cnn process") from None
+    return handle
+
+
+def start_log(run_dir: Path | None) -> None:
+    """Log to the terminal, and to run_dir/log.txt when there is a run."""
     log.setLevel(logging.INFO)
+    stop_log()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if run_dir is not None:
+        logfile = logging.FileHandler(run_dir / "log.txt")
+        logfile.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(logfile)
+    log.propagate = False
+
+
+def stop_log() -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logfile = logging.FileHandler(run_dir / "log.txt")
-    logfile.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(console)
-    log.addHandler(logfile)
-    log.propagate = False
-    return log
 
+
+@dataclass
+class Run:
+    """An open run directory: its saved config, and the lock that keeps other processes out."""
+
+    dir: Path
+    config: dict
+    resumed: bool
+    lock: IO = field(repr=False)
+
+
+@contextlib.contextmanager
+def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None = None) -> Iterator[Run]:
+    """A new run directory holding `config`, or the interrupted run `resume` with its saved config;
+    locked and logged to for the length of the block. An interruption inside the block carries the
+    run directory (`run_dir` on the KeyboardInterrupt), so the message can name it."""
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = read_config(run_dir)
+        if saved.get("job") != job:
+            raise RunError(f"{run_dir}: a {saved.get('job', 'unknown')!r} run, not a {job!r} run; "
+                           f"resume it with `fashion-cnn {saved.get('job')} --resume`")
+        lock = lock_run_dir(run_dir)
+        remove_stale_temps(run_dir)
+        run = Run(run_dir, {k: v for k, v in saved.items() if k != "job"}, True, lock)
+    else:
+        run_dir = create_run_dir(root, job, config)
+        run = Run(run_dir, config, False, lock_run_dir(run_dir))
+    start_log(run.dir)
+    try:
+        yield run
+    except KeyboardInterrupt as e:
+        e.run_dir = run.dir
+        raise
+    finally:
+        stop_log()
+        run.lock.close()
+
+
+# --- tensors, checkpoints and model files ----------------------------------------------------------------
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -113,11 +235,14 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
     if META_KEY not in header:
-        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn model (no metadata)")
+        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
     try:
-        return tensors, json.loads(header[META_KEY])
+        meta = json.loads(header[META_KEY])
     except ValueError:
         raise ModelFileError(f"{path}: corrupt metadata") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
+    return tensors, meta
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -127,7 +252,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     for idx, state in sd["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = value
+                tensors[f"{idx}.{key}"] = value
             else:
                 scalars[f"{idx}.{key}"] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -136,36 +261,80 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+Saveable = torch.nn.Module | torch.optim.Optimizer
+
+
+def save_checkpoint(path: str | Path, parts: dict[str, Saveable | None], progress: dict, config: dict) -> None:
+    """Named modules and optimizers (model, EMA, optimizer, ...), the job's progress and its config in
+    one file, replaced atomically: a kill loses one epoch at most."""
+    tensors, meta = {}, {"format": CHECKPOINT_FORMAT, "version": __version__, "config": config,
+                         "progress": progress, "optimizers": {}}
+    for name, part in parts.items():
+        if isinstance(part, torch.optim.Optimizer):
+            part_tensors, meta["optimizers"][name] = optimizer_tensors(part)
+        elif part is not None:
+            part_tensors = part.state_dict()
+        else:
+            continue
+        tensors.update({f"{name}.{k}": v for k, v in part_tensors.items()})
+    save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: str | Path, parts: dict[str, Saveable | None]) -> dict:
+    """Restore the named parts saved by save_checkpoint; returns the saved progress."""
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not a fashion-cnn checkpoint (format {meta.get('format')!r})")
+    for name, part in parts.items():
+        if part is None:
+            continue
+        prefix = name + "."
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            if isinstance(part, torch.optim.Optimizer):
+                restore_optimizer(part, own, meta["optimizers"][name])
+            else:
+                part.load_state_dict(own)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ModelFileError(f"{path}: its {name!r} does not fit this run ({str(e)[:200]})") from None
+    return meta["progress"]
+
+
 def save_model(path: str | Path, model: torch.nn.Module, meta: dict) -> None:
     """Weights plus a JSON description (architecture, classes, preprocessing, results)."""
-    save_tensors(path, model.state_dict(), {"format": FORMAT, "version": __version__, **meta})
+    save_tensors(path, model.state_dict(), {"format": MODEL_FORMAT, "version": __version__, **meta})
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a saved model in eval mode; a file that is not ours fails with ModelFileError."""
+    """Rebuild a saved model in eval mode; a file that is not a usable model fails with ModelFileError."""
     from .models import create_model
 
     tensors, meta = load_tensors(path)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: not a fashion-cnn model file (format {meta.get('format')!r})")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) and n for n in names)):
+        raise ModelFileError(f"{path}: corrupt metadata (class_names must list at least 2 names)")
     arch = meta.get("architecture")
     try:
         # test-time augmentation as the model was evaluated in training
-        model = create_model(arch, num_classes=len(meta.get("class_names") or range(10)),
-                             tta=bool(meta.get("tta", False)))
+        model = create_model(arch, num_classes=len(names), tta=meta.get("tta") is True)
     except ValueError as e:
         raise ModelFileError(f"{path}: {str(e).replace('model', 'architecture', 1)}") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not fit architecture {arch!r} ({str(e)[:200]})") from None
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelFileError(f"{path}: weights are not finite (NaN or infinity in {', '.join(bad[:3])}): "
+                             "the training that wrote it diverged")
     return model.to(device).eval(), meta

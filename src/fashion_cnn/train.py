@@ -1,19 +1,19 @@
-"""The training loop, and the job that trains the final model and evaluates it once on the test set.
+"""Training: the job config, the loop (`fit`), and the job that trains the final model and tests it once.
 
 Data stays one uint8 tensor on the device; a batch is a slice of a per-epoch permutation, scaled to
-[0, 1] as it is used. The baseline on CPU trains through its hand-derived step (fastpath.py).
+[0, 1] as it is used. Each model's spec may name a faster training step (the baseline's, on CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import itertools
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,26 +21,40 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .version import __version__
 from .augment import make_augment
-from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
-from . import fastpath
+from .data import FashionMNIST, load_fashion_mnist, to_float
+from .inference import loss_and_accuracy
 from .models import count_parameters, create_model, get_spec, spec_of
-from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
-                   save_model, save_tensors, start_log, write_atomic, write_json)
+from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
+                   save_checkpoint, save_model, write_atomic, write_json)
+from .version import __version__
 
 log = logging.getLogger("fashion_cnn")
+Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 28, 28), int64 labels (N,)
 
 
-def opt(default, help: str):
+# --- the config: every option with its default, the reason for it, and its valid range -----------------
+
+def check(rule: str, test: Callable[[Any], bool]) -> dict:
+    return {"rule": rule, "test": test}
+
+
+AT_LEAST_0 = check("0 or more", lambda v: v >= 0)
+AT_LEAST_1 = check("at least 1", lambda v: v >= 1)
+POSITIVE = check("a positive number", lambda v: math.isfinite(v) and v > 0)
+NON_NEGATIVE = check("a finite number, 0 or more", lambda v: math.isfinite(v) and v >= 0)
+FRACTION = check("in [0, 1)", lambda v: 0 <= v < 1)
+PROBABILITY = check("in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def opt(default, help: str, valid: dict | None = None, choices: tuple | None = None):
     """A config field whose help text is shown by --help: the why beside every default."""
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "valid": valid, "choices": choices})
 
 
-def recipe(default, help: str):
+def recipe(default, help: str, valid: dict | None = None, choices: tuple | None = None):
     """A training-recipe field: left unset, it takes the model's recipe (models.py), else `default`."""
-    return field(default=None, metadata={"help": f"{help}; unset: the model's recipe, else {default}",
-                                         "fallback": default})
+    return field(default=None, metadata={"help": help, "fallback": default, "valid": valid, "choices": choices})
 
 
 # Learning-rate multiplier after the warm-up, as a function of the fraction t of it done
@@ -49,64 +63,119 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t)),
     "onecycle": lambda t: 1.0 - t,  # linear to zero (airbench's triangle, with the warm-up)
 }
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class TrainConfig:
+    """Everything a `train` run depends on; saved as the run's config.json. Unset recipe fields take the
+    model's recipe (`fashion-cnn models`)."""
+
     model: str = opt("baseline", "architecture from the registry (`fashion-cnn models` lists them)")
-    epochs: int | None = recipe(10, "passes over the training data (the tutorial's 10)")
-    batch_size: int | None = recipe(32, "images per step (the tutorial's 32)")
-    lr: float | None = recipe(0.01, "peak learning rate (the tutorial's 0.01)")
-    momentum: float | None = recipe(0.9, "SGD momentum, AdamW's beta1 (the tutorial's 0.9)")
-    optimizer: str | None = recipe("sgd", "sgd or adamw")
+    epochs: int | None = recipe(10, "passes over the training data (the tutorial's 10)", AT_LEAST_1)
+    batch_size: int | None = recipe(32, "images per step (the tutorial's 32)", AT_LEAST_1)
+    lr: float | None = recipe(0.01, "peak learning rate (the tutorial's 0.01)", POSITIVE)
+    momentum: float | None = recipe(0.9, "SGD momentum, AdamW's beta1 (the tutorial's 0.9)", FRACTION)
+    optimizer: str | None = recipe("sgd", "the tutorial's SGD, or AdamW", choices=("sgd", "adamw"))
     nesterov: bool | None = recipe(False, "Nesterov momentum (sgd)")
-    weight_decay: float | None = recipe(0.0, "weight decay of conv and linear weights (decoupled for adamw)")
-    schedule: str | None = recipe("constant", "learning rate after the warm-up: " + ", ".join(SCHEDULES))
-    warmup: float | None = recipe(0.0, "fraction of the steps that ramp the learning rate up from 0")
-    label_smoothing: float | None = recipe(0.0, "weight of the uniform distribution mixed into the targets")
-    crop: int | None = recipe(0, "random crops after padding by this many pixels (0: off)")
+    weight_decay: float | None = recipe(0.0, "weight decay of conv and linear weights (decoupled for adamw)",
+                                        NON_NEGATIVE)
+    schedule: str | None = recipe("constant", "learning rate after the warm-up", choices=tuple(SCHEDULES))
+    warmup: float | None = recipe(0.0, "fraction of the steps that ramp the learning rate up from 0", FRACTION)
+    label_smoothing: float | None = recipe(0.0, "weight of the uniform distribution mixed into the targets",
+                                           FRACTION)
+    crop: int | None = recipe(0, "random crops after padding by this many pixels (0: off)",
+                              check("from 0 to 14", lambda v: 0 <= v <= 14))
     flip: bool | None = recipe(False, "random horizontal flips")
-    erase: float | None = recipe(0.0, "probability of random erasing, per image")
+    erase: float | None = recipe(0.0, "probability of random erasing, per image", PROBABILITY)
     ema: float | None = recipe(0.0, "decay of a moving average of the weights, which is what gets evaluated "
-                                    "and saved (0: off)")
+                                    "and saved (0: off)", FRACTION)
     tta: bool | None = recipe(False, "evaluate on each image and its mirror image, averaging the logits")
     amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision; AMX on recent Xeons)")
-    seed: int = opt(1, "same seed, same numbers on the same machine")
-    device: str = opt("auto", "auto, cpu or cuda; auto takes cuda when there is one")
+    seed: int = opt(1, "same seed, same numbers on the same machine", AT_LEAST_0)
+    device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
     threads: int = opt(0, "CPU threads (0: torch's default, one per core); fewer is steadier when other work "
-                          "shares the cores")
-    limit: int | None = opt(None, "use only the first N training images: quick looks and tests")
+                          "shares the cores", AT_LEAST_0)
+    limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
+                                        "(default: all)", AT_LEAST_1)
     data_dir: str | None = opt(None, "Fashion-MNIST directory; default: $FASHION_CNN_DATA, "
                                      "/usr/share/datasets/fashion-mnist, the cache, else download")
-    out: str = opt("runs", "each run writes into a new directory under this one")
-    eval_batch_size: int = opt(1000, "evaluation needs no gradients, so large batches are cheap")
-    val_size: int = opt(0, "`train` only: hold out this many training images (stratified) to validate on "
-                           "after every epoch, for choosing recipes without the test set")
+    out: str = opt(RUNS_ROOT, "each run writes into a new directory under this one")
+    eval_batch_size: int = opt(1000, "evaluation needs no gradients, so large batches are cheap", AT_LEAST_1)
+    val_size: int = opt(0, "hold out this many training images (stratified) to validate on after every "
+                           "epoch, for choosing recipes without the test set", AT_LEAST_0)
+    early_stopping: int = opt(0, "stop when the validation loss has not improved for this many epochs, and "
+                                 "keep the best epoch's weights (0: off)", AT_LEAST_0)
 
     def __post_init__(self) -> None:
-        """Fill the unset recipe fields, so a config is complete (and saved complete) once built."""
-        model_recipe = get_spec(self.model).recipe
+        """Fill the unset recipe fields, so a config is complete (and saved complete) once built; then
+        check every value, before any work starts."""
+        spec = get_spec(self.model)
+        unset = {f.name: f.metadata["fallback"] for f in fields(self)
+                 if "fallback" in f.metadata and getattr(self, f.name) is None}
+        for name, fallback in unset.items():
+            setattr(self, name, spec.recipe.get(name, fallback))
+        if self.optimizer == "adamw" and "nesterov" in unset:
+            self.nesterov = False  # a recipe's Nesterov momentum is SGD's: it has no meaning for AdamW
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError naming the option for any value out of its range, or options that contradict."""
         for f in fields(self):
-            if "fallback" in f.metadata and getattr(self, f.name) is None:
-                setattr(self, f.name, model_recipe.get(f.name, f.metadata["fallback"]))
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"--optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.threads < 0:
-            raise ValueError(f"--threads must be 0 (torch's default) or more, got {self.threads}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            value, meta = getattr(self, f.name), f.metadata
+            flag = "--" + f.name.replace("_", "-")
+            if not fits_type(value, f.type):
+                raise ValueError(f"{flag} must be {type_words(f.type)}, got {value!r}")
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ValueError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            if meta.get("valid") and value is not None and not meta["valid"]["test"](value):
+                raise ValueError(f"{flag} must be {meta['valid']['rule']}, got {value!r}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("--nesterov needs --optimizer sgd with --momentum above 0")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        if self.early_stopping and not self.validates():
+            raise ValueError("--early-stopping watches the validation loss: give --val-size too")
+
+    def validates(self) -> bool:
+        """Whether the job scores held-out data after every epoch."""
+        return self.val_size > 0
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, source: str | None = "config") -> "TrainConfig":
+        """A config from JSON or TOML values (a run's config.json, --config): every key must be an option
+        of this job, with a value of the option's type."""
+        prefix = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise ValueError(f"{prefix}options must be a table of names and values")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)} - {"job"})
+        if unknown:
+            raise ValueError(f"{prefix}{', '.join(map(str, unknown))}: not options of this job")
+        try:
+            return cls(**{k: v for k, v in d.items() if k != "job"})
+        except ValueError as e:
+            raise ValueError(f"{prefix}{e}") from None
+
+
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text",
+              "None": "unset"}
+
+
+def fits_type(value, annotation: str) -> bool:
+    """Whether a value (from the command line, JSON or TOML) fits a field annotated as e.g. "int | None";
+    True and False are not numbers here."""
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+    return any(isinstance(value, kinds[a]) and (a == "bool" or not isinstance(value, bool))
+               for a in map(str.strip, annotation.split("|")))
+
+
+def type_words(annotation: str) -> str:
+    return " or ".join(TYPE_WORDS[a.strip()] for a in annotation.split("|"))
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
     return torch.device(name)
 
 
@@ -115,9 +184,11 @@ def derived_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
 
 
-def make_model(cfg: TrainConfig, *keys: int) -> torch.nn.Module:
+# --- the pieces a run trains: model, optimizer, EMA, best weights ------------------------------------------
+
+def make_model(cfg: TrainConfig, num_classes: int, *keys: int) -> torch.nn.Module:
     torch.manual_seed(derived_seed(cfg.seed, *keys))
-    return create_model(cfg.model, tta=cfg.tta).to(resolve_device(cfg.device))
+    return create_model(cfg.model, num_classes=num_classes, tta=cfg.tta).to(resolve_device(cfg.device))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -134,11 +205,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def learning_rate(cfg: TrainConfig, progress: float) -> float:
-    """The learning rate `progress` (0 to 1) of the way through training: linear warm-up, then the schedule."""
+def lr_scale(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate's multiplier `progress` (0 to 1) of the way through training: linear warm-up,
+    then the schedule."""
     if progress < cfg.warmup:
-        return cfg.lr * progress / cfg.warmup
-    return cfg.lr * SCHEDULES[cfg.schedule]((progress - cfg.warmup) / (1 - cfg.warmup))
+        return progress / cfg.warmup
+    return SCHEDULES[cfg.schedule]((progress - cfg.warmup) / (1 - cfg.warmup))
 
 
 class EMA:
@@ -165,17 +237,90 @@ class EMA:
             a.copy_(b)
 
 
-def make_ema(model: torch.nn.Module, cfg: TrainConfig) -> EMA | None:
-    return EMA(model, cfg.ema) if cfg.ema else None
+class History(list):
+    """One dict per epoch (loss, accuracy, val_loss, val_accuracy, seconds, ...), as the loop appends
+    them; `.history` gives the same as columns, like Keras's History."""
+
+    @property
+    def history(self) -> dict[str, list]:
+        return {key: [row.get(key) for row in self] for key in (self[0] if self else {})}
+
+
+@dataclass
+class TrainState:
+    """Everything training changes, which is what a checkpoint holds: resuming restores all of it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None = None
+    best: torch.nn.Module | None = None  # early stopping: the evaluated weights of the best epoch so far
+    history: History = field(default_factory=History)
+    best_epoch: int | None = None
+    best_loss: float | None = None
+    stopped: bool = False  # early stopping ended the run
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, num_classes: int, *keys: int) -> "TrainState":
+        """Fresh model (seeded by cfg.seed and keys), optimizer, EMA and early-stopping copy for cfg."""
+        model = make_model(cfg, num_classes, *keys)
+        ema = EMA(model, cfg.ema) if cfg.ema else None
+        best = copy.deepcopy(model).requires_grad_(False) if cfg.early_stopping else None
+        return cls(model, make_optimizer(model, cfg), ema, best)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """What validation scores: the moving average where there is one."""
+        return self.ema.model if self.ema else self.model
+
+    @property
+    def final(self) -> torch.nn.Module:
+        """What the run ends with: the best epoch's weights under early stopping."""
+        return self.best if self.best_epoch is not None else self.evaluated
+
+    @property
+    def result(self) -> dict:
+        """The metrics of the epoch whose weights the run ends with."""
+        return self.history[(self.best_epoch or len(self.history)) - 1]
+
+    def done(self, cfg: TrainConfig) -> bool:
+        return self.stopped or len(self.history) >= cfg.epochs
+
+    def parts(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "ema": self.ema and self.ema.model,
+                "best": self.best}
+
+    def save(self, path: Path, cfg: TrainConfig) -> None:
+        progress = {"history": self.history, "best_epoch": self.best_epoch, "best_loss": self.best_loss,
+                    "stopped": self.stopped}
+        save_checkpoint(path, self.parts(), progress, asdict(cfg))
+
+    def load(self, path: Path) -> None:
+        progress = load_checkpoint(path, self.parts())
+        self.history = History(progress["history"])
+        self.best_epoch, self.best_loss, self.stopped = (progress[k] for k in ("best_epoch", "best_loss", "stopped"))
+
+    def track_best(self, val_loss: float, patience: int) -> None:
+        """Early stopping: remember the best epoch's weights; stop after `patience` epochs without a better one."""
+        epoch = len(self.history)
+        if self.best_loss is None or val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            self.best.load_state_dict(self.evaluated.state_dict())
+        elif epoch - self.best_epoch >= patience:
+            self.stopped = True
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: nothing from that epoch on is saved."""
 
 
 def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
               amp: bool = False) -> Callable:
-    """(float images, labels) -> (summed loss, correct count), after one optimizer step."""
-    device = next(model.parameters()).device
+    """(float images, labels) -> (summed loss, correct count), after one optimizer step: the model
+    spec's fast step where it applies, else autograd."""
     spec = spec_of(model)
     if spec.fast_step is not None and (fast := spec.fast_step(model, optimizer, label_smoothing, amp)):
         return fast
+    device = next(model.parameters()).device
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -188,111 +333,180 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_sm
     return step
 
 
-def train_epoch(step: Callable, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                generator: torch.Generator, desc: str, augment: Callable | None = None) -> tuple[float, float]:
-    """One pass over shuffled (and augmented) data; returns the running mean loss and accuracy, as Keras
-    reports them."""
-    n = len(images)
-    order = torch.randperm(n, generator=generator).to(images.device)
-    images, labels = images[order], labels[order]  # one gather per epoch; batches are then slices
-    total_loss = torch.zeros((), device=images.device)
-    total_correct = torch.zeros((), dtype=torch.long, device=images.device)
-    with tqdm(total=n, desc=desc, unit="img", leave=False, disable=None, mininterval=0.5) as bar:
-        for start in range(0, n, batch_size):
-            x = to_float(images[start:start + batch_size])
-            if augment is not None:
-                x = augment(x, generator)
-            loss, correct = step(x, labels[start:start + batch_size])
-            total_loss += loss
-            total_correct += correct
-            bar.update(len(x))
-    return total_loss.item() / n, total_correct.item() / n
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """Epoch lines on the terminal when nothing else logs them (fit called from Python, outside a job)."""
+    if log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
-def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-        train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None = None,
-        history: list[dict] | None = None, keys: tuple[int, ...] = (), desc: str = "",
-        on_epoch: Callable[[list[dict]], None] | None = None, ema: EMA | None = None) -> list[dict]:
-    """Train from epoch len(history) to cfg.epochs; call on_epoch(history) after each (checkpoints).
+# --- the loop ----------------------------------------------------------------------------------------------
 
-    The learning rate is a function of the step number and the augmentation is seeded per epoch, so
-    resuming after epoch k (with the optimizer and EMA state of the checkpoint) repeats the same run.
+def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = None, *, keys: tuple = (),
+        checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "") -> History:
+    """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping);
+    validate on `val` and save a checkpoint after every epoch; returns the history.
+
+    The learning rate is a function of the step number, relative to each parameter group's initial
+    learning rate (the optimizer's own, untouched unless a schedule or warm-up is set), and shuffling
+    and augmentation are seeded per (seed, keys, epoch): resuming from a checkpoint repeats the same run.
     """
-    from .evaluate import loss_and_accuracy
-
-    history = list(history or [])
+    model, optimizer, ema, history = state.model, state.optimizer, state.ema, state.history
     device = next(model.parameters()).device
     images, labels = (t.to(device) for t in train)
-    train_step = make_step(model, optimizer, cfg.label_smoothing, cfg.amp)
+    n, batch_size = len(images), cfg.batch_size
+    step = make_step(model, optimizer, cfg.label_smoothing, cfg.amp)
     augment = make_augment(cfg.crop, cfg.flip, cfg.erase)
-    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    epochs = tqdm(range(len(history), cfg.epochs), desc=f"{desc}epochs", unit="epoch", leave=False,
-                  disable=None, initial=len(history), total=cfg.epochs)
-    with epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
-        for epoch in epochs:
+    scheduled = cfg.schedule != "constant" or cfg.warmup > 0
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    epochs = tqdm(desc=f"{desc}epochs", total=cfg.epochs, initial=len(history), unit="epoch", leave=False,
+                  disable=None)
+    with console_logging(), epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
+        for epoch in range(len(history), cfg.epochs):
+            if state.stopped:
+                break
             model.train()
-            counter = itertools.count(epoch * steps_per_epoch)
-
-            def step(x, y):
-                i = next(counter)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg, i / total_steps)
-                out = train_step(x, y)
-                if ema is not None:
-                    ema.update(i)
-                return out
-
             generator = torch.Generator().manual_seed(derived_seed(cfg.seed, *keys, epoch))
+            order = torch.randperm(n, generator=generator).to(device)
+            epoch_images, epoch_labels = images[order], labels[order]  # one gather; batches are slices
+            total_loss = torch.zeros((), device=device)
+            total_correct = torch.zeros((), dtype=torch.long, device=device)
             t0, cpu0 = time.perf_counter(), time.process_time()
-            loss, acc = train_epoch(step, images, labels, cfg.batch_size, generator,
-                                    f"{desc}epoch {epoch + 1}/{cfg.epochs}", augment)
-            # CPU seconds (all threads) beside wall seconds: on a shared machine the wall clock measures the load
-            row = {"epoch": epoch + 1, "loss": loss, "accuracy": acc, "seconds": time.perf_counter() - t0,
-                   "cpu_seconds": time.process_time() - cpu0}
+            with tqdm(total=n, desc=f"{desc}epoch {epoch + 1}/{cfg.epochs}", unit="img", leave=False,
+                      disable=None, mininterval=0.5) as bar:
+                for start in range(0, n, batch_size):
+                    i = epoch * steps_per_epoch + start // batch_size
+                    if scheduled:
+                        for group in optimizer.param_groups:
+                            group["lr"] = group["initial_lr"] * lr_scale(cfg, i / total_steps)
+                    x = to_float(epoch_images[start:start + batch_size])
+                    if augment is not None:
+                        x = augment(x, generator)
+                    loss, correct = step(x, epoch_labels[start:start + batch_size])
+                    if ema is not None:
+                        ema.update(i)
+                    total_loss += loss
+                    total_correct += correct
+                    bar.update(len(x))
+            # running means over the epoch, as Keras reports them; CPU seconds (all threads) beside wall
+            # seconds, since on a shared machine the wall clock measures the load
+            row = {"epoch": epoch + 1, "loss": total_loss.item() / n, "accuracy": total_correct.item() / n,
+                   "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+            if not math.isfinite(row["loss"]):
+                raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {row['loss']}); nothing "
+                                       f"from it was saved: try a lower --lr than {cfg.lr:g}")
             if val is not None:
-                row["val_loss"], row["val_accuracy"] = loss_and_accuracy(
-                    ema.model if ema else model, *val, cfg.eval_batch_size)
+                row["val_loss"], row["val_accuracy"] = loss_and_accuracy(state.evaluated, *val, cfg.eval_batch_size)
             history.append(row)
+            if cfg.early_stopping:
+                state.track_best(row["val_loss"], cfg.early_stopping)
             log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
-                + f" ({row['seconds']:.1f}s)")
-            if on_epoch is not None:
-                on_epoch(history)
+                + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""))
+            if checkpoint is not None:
+                state.save(checkpoint, cfg)
+            for callback in on_epoch:
+                callback(row)
+            epochs.update()
     return history
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    progress: dict, ema: EMA | None = None) -> None:
-    """Model, optimizer, EMA and progress in one file, replaced atomically: a kill loses one epoch at most."""
-    opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
-    if ema is not None:
-        tensors |= {f"ema.{k}": v for k, v in ema.model.state_dict().items()}
-    save_tensors(path, tensors, {"progress": progress, "optimizer": opt_meta})
+# --- jobs: setup shared by `train` and `cv` -------------------------------------------------------------------
+
+def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
+    return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    ema: EMA | None = None) -> dict:
-    tensors, meta = load_tensors(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    restore_optimizer(optimizer, tensors, meta["optimizer"])
-    return meta["progress"]
+def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[Split, Split]:
+    """(train, validation): a fixed stratified split, the same for every seed and recipe compared on it."""
+    from sklearn.model_selection import train_test_split
+
+    classes = len(labels.unique())
+    if not classes <= size <= len(labels) - classes:
+        raise ValueError(f"--val-size must be between {classes} (one image per class) and "
+                         f"{len(labels) - classes} for {len(labels)} training images, got {size}")
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=size, stratify=labels.numpy(),
+                                          random_state=0)
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
-def flush_denormals() -> None:
-    """Denormal numbers (tiny gradients late in training) slow CPU arithmetic many times over;
-    flushing them to zero changes nothing measurable in the result."""
+def resumed_config(saved: TrainConfig, wanted: TrainConfig | None) -> TrainConfig:
+    """The config a resumed run continues with: the saved one. `wanted` (the options given with
+    --resume) may only raise --epochs, and only where the learning rate does not depend on it."""
+    if wanted is None:
+        return saved
+    differ = [f.name for f in fields(saved) if getattr(saved, f.name) != getattr(wanted, f.name)]
+    if differ == ["epochs"] and wanted.epochs > saved.epochs and saved.schedule == "constant" and not saved.warmup:
+        saved.epochs = wanted.epochs
+        return saved
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')} {getattr(saved, k)!r} -> {getattr(wanted, k)!r}" for k in differ)
+        raise ValueError(f"a resumed run keeps its saved options; these differ: {detail}. Only --epochs may "
+                         "grow, and only with a constant learning rate (it shapes the schedule otherwise)")
+    return saved
+
+
+def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) -> TrainConfig:
+    """The config a job runs with (resume's saved one, or cfg, or the defaults), checked to the output
+    folder before any data is read."""
+    if resume is not None:
+        cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
+    cfg = cfg if cfg is not None else cls()
+    check_output_dir(cfg.out)
+    return cfg
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run with n CPU threads (0: as it is), then restore the caller's count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
+    """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed
+    (tiny gradients late in training slow CPU arithmetic many times over; flushing them to zero changes
+    nothing measurable), and a log."""
     torch.set_flush_denormal(True)
+    with open_run(asdict(cfg), job, cfg.out, resume) as run, threads(cfg.threads):
+        if resume and cfg.epochs != run.config["epochs"]:
+            write_json(run.dir / "config.json", {"job": job, **asdict(cfg)})
+            log.info(f"continuing to {cfg.epochs} epochs (the run was set to {run.config['epochs']})")
+        yield run
+
+
+def machine_name(device: torch.device) -> str:
+    """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
+    from .fastpath import cpu_model
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: FashionMNIST, **results) -> dict:
     return {
         "architecture": cfg.model,
         "parameters": count_parameters(model),
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(data.class_names),
         "input": {"shape": [1, 28, 28], "scale": "pixel / 255", "background": "dark",
                   "layout": "light object on black, centred, 28x28 grayscale"},
         "config": asdict(cfg),
@@ -302,82 +516,68 @@ def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: FashionMNIST,
     }
 
 
-def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None):
-    return (images, labels) if limit is None else (images[:limit], labels[:limit])
+@dataclass
+class TrainResult:
+    """What `train_final` made: the model (in eval mode), its per-epoch history, the test report and files."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    history: History
+    test: dict  # evaluate.evaluate_model's report: accuracy, loss, confusion matrix, per-class scores
+    best_epoch: int | None = None  # under early stopping, the epoch whose weights were kept
+
+    @property
+    def model_path(self) -> Path:
+        return self.run_dir / "model.safetensors"
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test["accuracy"]
 
 
-def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int):
-    """(train, validation): a fixed stratified split, the same for every seed and recipe compared on it."""
-    from sklearn.model_selection import train_test_split
+def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None,
+                data: FashionMNIST | None = None) -> TrainResult:
+    """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=size, stratify=labels.numpy(),
-                                          random_state=0)
-    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
-
-
-def machine_name(device: torch.device) -> str:
-    """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{fastpath.cpu_model()}, {torch.get_num_threads()} threads"
-
-
-def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
-    """A new run directory with the config and a log, or the interrupted run's, with its saved config;
-    sets the process's CPU threads from it."""
-    flush_denormals()
-    run_dir = Path(resume) if resume else new_run_dir(cfg.out, job)
-    start_log(run_dir)
-    if resume:
-        cfg = type(cfg).from_dict(read_config(run_dir))
-    else:
-        write_json(run_dir / "config.json", {"job": job, **asdict(cfg)})
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    return run_dir, cfg
-
-
-def train_final(cfg: TrainConfig, resume: str | Path | None = None,
-                data: FashionMNIST | None = None) -> Path:
-    """Train on the whole training set, evaluate once on the test set, save the model; returns the run dir."""
+    resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
+    only raise the epochs; see resumed_config).
+    """
     from .evaluate import evaluate_model, write_reports
-    from .plots import plot_learning_curves
+    from .plots import learning_curves, save_figure
 
-    run_dir, cfg = start_run(cfg, "train", resume)
+    cfg = job_config(TrainConfig, cfg, resume)
     data = data or load_fashion_mnist(cfg.data_dir)
     train, val = limited(data.train_images, data.train_labels, cfg.limit), None
     if cfg.val_size:
         train, val = holdout_split(*train, cfg.val_size)
-    log.info(f"run directory: {run_dir}\ndata: {data.source} ({len(train[0])} training images"
-             + (f", {len(val[0])} held out for validation)" if val else ")"))
+    with start_job(cfg, "train", resume) as run:
+        log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"
+                 + (f", {len(val[0])} held out for validation)" if val else ")") + f", model {cfg.model}")
+        state = TrainState.create(cfg, len(data.class_names), 0)
+        ckpt = run.dir / "checkpoint.safetensors"
+        if run.resumed and ckpt.exists():
+            state.load(ckpt)
+            log.info(f"resuming after epoch {len(state.history)}")
 
-    model = make_model(cfg, 0)
-    optimizer = make_optimizer(model, cfg)
-    ema = make_ema(model, cfg)
-    ckpt = run_dir / "checkpoint.safetensors"
-    history = load_checkpoint(ckpt, model, optimizer, ema)["history"] if resume and ckpt.exists() else []
-    if history:
-        log.info(f"resuming after epoch {len(history)}")
+        def write_metrics(row: dict) -> None:
+            write_atomic(run.dir / "metrics.csv", csv_bytes(state.history))
 
-    def on_epoch(hist):
-        save_checkpoint(ckpt, model, optimizer, {"job": "train", "history": hist}, ema)
-        write_atomic(run_dir / "metrics.csv", csv_bytes(hist))
-
-    started = time.perf_counter()
-    history = fit(model, optimizer, cfg, train, val, history=history, keys=(0,), on_epoch=on_epoch, ema=ema)
-    plot_learning_curves({"final": history}, run_dir / "learning_curves.png")
-    final = ema.model if ema else model
-    report = evaluate_model(final, data.test_images, data.test_labels, cfg.eval_batch_size)
-    write_reports(report, run_dir)
-    log.info(f"test accuracy: {report['accuracy']:.4f} (training took {time.perf_counter() - started:.0f}s)")
-    results = {"test_accuracy": report["accuracy"], "val_accuracy": history[-1].get("val_accuracy"),
-               "train_seconds": sum(row["seconds"] for row in history),
-               "train_cpu_seconds": sum(row["cpu_seconds"] for row in history),
-               "machine": machine_name(next(final.parameters()).device)}
-    save_model(run_dir / "model.safetensors", final.cpu(), model_metadata(final, cfg, data, **results,
-                                                                         history=history))
-    write_json(run_dir / "metrics.json", {**results, "history": history, "version": __version__})
-    log.info(f"model saved to {run_dir / 'model.safetensors'}")
-    return run_dir
-
+        fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics])
+        save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
+                    run.dir / "learning_curves.png")
+        final = state.final.eval()
+        report = evaluate_model(final, data.test_images, data.test_labels, data.class_names, cfg.eval_batch_size)
+        written = write_reports(report, run.dir)
+        results = {"test_accuracy": report["accuracy"], "val_accuracy": state.result.get("val_accuracy"),
+                   "best_epoch": state.best_epoch,
+                   "train_seconds": sum(row["seconds"] for row in state.history),
+                   "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
+                   "machine": machine_name(next(final.parameters()).device)}
+        model_path = run.dir / "model.safetensors"
+        save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
+        write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
+        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images "
+                 f"(training took {results['train_seconds']:.0f}s)\n"
+                 f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
+                 f"next: fashion-cnn predict IMAGE --model {run.dir}")
+    return TrainResult(run.dir, final, state.history, report, state.best_epoch)
