@@ -35,19 +35,14 @@ def config_from_args(config_cls: type, args: argparse.Namespace):
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from .data import CLASS_NAMES, class_counts, load_fashion_mnist
+    from .datasets import describe, load_dataset
 
-    data = load_fashion_mnist(args.data_dir)
-    print(f"source: {data.source}")
-    print(f"train: {len(data.train_images)} images, test: {len(data.test_images)} images, 28x28 uint8")
-    print(f"{'class':<12} {'train':>6} {'test':>6}")
-    for name, n_train, n_test in zip(CLASS_NAMES, class_counts(data.train_labels),
-                                     class_counts(data.test_labels)):
-        print(f"{name:<12} {n_train:>6} {n_test:>6}")
+    data = load_dataset(args.data, classes=args.classes, data_dir=args.data_dir)
+    print("\n".join(describe(data)))
     if args.samples:
         from .plots import plot_samples
 
-        plot_samples(data.train_images, data.train_labels, Path(args.samples))
+        plot_samples(data.train_images, data.train_labels, Path(args.samples), class_names=data.class_names)
         print(f"sample grid saved to {args.samples}")
 
 
@@ -156,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fashion-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data", help="show where the data came from and its class counts")
+    p = sub.add_parser("data", help="show where the data came from, its class counts and import findings")
+    p.add_argument("--data", metavar="PATH_OR_NAME", help="fashion-mnist, a folder of IDX files, or a folder "
+                   "of images DIR/<class>/<image> or DIR/train|test/<class>/<image> (default: fashion-mnist)")
+    p.add_argument("--classes", help="comma-separated class names: the labels of IDX files (default: their "
+                   "classes.txt, else 0..K-1), or the class folders to use, in order (default: all, sorted)")
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
     p.set_defaults(func=cmd_data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -58,14 +59,16 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_samples(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8) -> None:
+def plot_samples(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int = 8,
+                 class_names: Sequence[str] = CLASS_NAMES) -> None:
     """A grid with one row per class and its first `per_class` images."""
-    fig, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(per_class * 0.9, len(CLASS_NAMES)))
+    fig, axes = plt.subplots(len(class_names), per_class, figsize=(per_class * 0.9, len(class_names)),
+                             squeeze=False)
     for c, row in enumerate(axes):
         idx = torch.nonzero(labels == c).flatten()[:per_class]
         for j, ax in enumerate(row):
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(images[idx[j]].numpy(), cmap="gray", vmin=0, vmax=255)
-        row[0].text(-4, 14, CLASS_NAMES[c], ha="right", va="center", fontsize=9)
+        row[0].text(-4, 14, class_names[c], ha="right", va="center", fontsize=9, parse_math=False)
     save_figure(fig, path)
