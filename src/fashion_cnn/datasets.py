@@ -517,9 +517,10 @@ def describe(ds: Dataset) -> list[str]:
     lines += [f"{name:<{width}} {n_train:>6} {n_test:>6}" for name, n_train, n_test
               in zip(ds.class_names, class_counts(ds.train_labels, k), class_counts(ds.test_labels, k))]
     if ds.skipped:
-        lines.append(f"skipped {len(ds.skipped)} files:")
+        lines.append(f"skipped {len(ds.skipped)} file{'s' if len(ds.skipped) > 1 else ''}:")
         lines += [f"  {printable(rel)}: {printable(reason)}" for rel, reason in ds.skipped]
     if ds.duplicates:
-        lines.append(f"{len(ds.duplicates)} sets of identical files in two classes or in train and test:")
+        lines.append(f"{len(ds.duplicates)} set{'s' if len(ds.duplicates) > 1 else ''} of identical files "
+                     "in two classes or in train and test:")
         lines += ["  " + ", ".join(printable(rel) for rel in group) for group in ds.duplicates]
     return lines + ds.notes
