@@ -341,10 +341,10 @@ class ImportCache:
             tensors, meta = load_tensors(path)
             if meta.get("format") != CACHE_FORMAT or meta.get("preprocess") != preprocess_version():
                 return empty
-            hashes = [bytes(h).hex() for h in tensors["hashes"].numpy()]
+            hashes = hex_hashes(tensors["hashes"])
             blob = tensors["paths"].numpy().tobytes()
             paths = os.fsdecode(blob).split("\0") if blob else []
-            file_hashes = [bytes(h).hex() for h in tensors["file_hashes"].numpy()]
+            file_hashes = hex_hashes(tensors["file_hashes"])
             if len(hashes) != len(tensors["images"]) or not len(paths) == len(file_hashes) == len(tensors["stamps"]):
                 return empty
             stamps = {p: (int(size), int(mtime), h)
@@ -362,7 +362,7 @@ class ImportCache:
             "hashes": hash_tensor(good),
             "images": torch.from_numpy(np.stack([self.images[h] for h in good]) if good
                                        else np.zeros((0, 28, 28), np.uint8)),
-            "paths": torch.tensor(list(os.fsencode("\0".join(rels))), dtype=torch.uint8),
+            "paths": torch.from_numpy(np.frombuffer(os.fsencode("\0".join(rels)), np.uint8).copy()),
             "stamps": torch.tensor([self.stamps[r][:2] for r in rels], dtype=torch.int64).reshape(-1, 2),
             "file_hashes": hash_tensor([used[r] for r in rels]),
         }
@@ -375,7 +375,13 @@ class ImportCache:
 
 
 def hash_tensor(hashes: list[str]) -> torch.Tensor:
-    return torch.tensor([list(bytes.fromhex(h)) for h in hashes], dtype=torch.uint8).reshape(-1, 32)
+    """Hex SHA-256 digests as a (N, 32) uint8 tensor: a third of the bytes, and no JSON header limit."""
+    return torch.from_numpy(np.frombuffer(bytes.fromhex("".join(hashes)), np.uint8).reshape(-1, 32).copy())
+
+
+def hex_hashes(tensor: torch.Tensor) -> list[str]:
+    blob = tensor.numpy().tobytes().hex()
+    return [blob[i:i + 64] for i in range(0, len(blob), 64)]
 
 
 def import_files(files: list[ImageFile], cache: ImportCache,
