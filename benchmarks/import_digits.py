@@ -4,7 +4,8 @@ plain loop of `predict.preprocess` over the same files as the reference (the dec
 Folders: scikit-learn's 1,797 handwritten digits as 12x12 PNG files (tests/sample_images.py), and
 --photos N Fashion-MNIST test items rendered as 300x400 JPEG photos (0 to leave them out; needs the
 data). Each import runs --repeats times with a fresh cache; medians are reported, with the share of the
-CPUs that other processes used meanwhile. Saves import_digits.json in --out.
+CPUs that other processes used meanwhile; wall and CPU seconds (this process's), the CPU time being the
+steadier on a busy machine. Saves import_digits.json in --out.
 
     .venv/bin/python benchmarks/import_digits.py
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, render_photo, seconds, write_digits_folder
+from common import (HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds, render_photo, seconds,
+                    write_digits_folder)
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.datasets import load_dataset
 from fashion_cnn.predict import preprocess
@@ -37,18 +39,28 @@ def write_photos(root: Path, n: int) -> None:
         path.write_bytes(render_photo(data.test_images[i].numpy(), rng))
 
 
+def timed(fn) -> dict:
+    """Wall and CPU seconds of one call: on a busy machine the CPU time is the steadier of the two."""
+    cpu = own_cpu_seconds()
+    wall = seconds(fn)
+    return {"wall_s": wall, "cpu_s": own_cpu_seconds() - cpu}
+
+
+def medians(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def time_imports(folder: Path, repeats: int, tmp: Path) -> dict:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     cold, warm = [], []
     for k in range(repeats):
         os.environ["XDG_CACHE_HOME"] = str(tmp / f"cache-{folder.name}-{k}")  # cache_dir() reads it per call
-        cold.append(seconds(lambda: load_dataset(folder)))
-        warm.append(seconds(lambda: load_dataset(folder)))
-    reference = [seconds(lambda: [preprocess(p) for p in files]) for _ in range(repeats)]
+        cold.append(timed(lambda: load_dataset(folder)))
+        warm.append(timed(lambda: load_dataset(folder)))
+    reference = [timed(lambda: [preprocess(p) for p in files]) for _ in range(repeats)]
     ds = load_dataset(folder)
     return {"files": len(files), "train": len(ds.train_images), "test": len(ds.test_images),
-            "cold_s": statistics.median(cold), "warm_s": statistics.median(warm),
-            "preprocess_loop_s": statistics.median(reference),
+            "cold": medians(cold), "warm": medians(warm), "preprocess_loop": medians(reference),
             "runs": {"cold": cold, "warm": warm, "preprocess_loop": reference}}
 
 
@@ -72,9 +84,9 @@ def main() -> None:
     busy = other_cpu_share(since)
 
     for name, row in rows.items():
-        n = row["files"]
-        print(f"{name}: {n} files; import cold {row['cold_s']:.2f} s ({1000 * row['cold_s'] / n:.2f} ms/file), "
-              f"warm {row['warm_s']:.3f} s; preprocess loop alone {row['preprocess_loop_s']:.2f} s")
+        print(f"{name}: {row['files']} files; wall (CPU) seconds: import cold {row['cold']['wall_s']:.2f} "
+              f"({row['cold']['cpu_s']:.2f}), warm {row['warm']['wall_s']:.3f} ({row['warm']['cpu_s']:.3f}); "
+              f"preprocess loop alone {row['preprocess_loop']['wall_s']:.2f} ({row['preprocess_loop']['cpu_s']:.2f})")
     print(f"other processes used {100 * busy:.0f}% of the CPUs meanwhile ({100 * busy_before:.0f}% just before)")
     write_json(args.out / "import_digits.json", {
         "started": started, "cpus": os.cpu_count(), "repeats": args.repeats,
