@@ -1,9 +1,8 @@
-"""Helpers the benchmark scripts share: how busy the machine is, timing, the Keras side, photo renders,
-and a real server in a child process (the tests' harness)."""
+"""Helpers the benchmark scripts share: how busy the machine is, timing, the Keras side, and, from the
+tests, photo renders, the digits folder and a real server in a child process."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -12,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from sample_images import CANVAS, render_photo, write_digits_folder  # noqa: E402,F401  (re-exported)
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 
 
@@ -82,26 +79,3 @@ def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size
     cmd += ["--threads", str(threads)] if threads else []
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-# --- photos of test items ------------------------------------------------------------------------------
-
-CANVAS = (300, 400)  # width, height: a portrait phone photo, small enough to render quickly
-
-
-def render_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
-    """A 28x28 uint8 test item as a JPEG of a dark object on a light background, off-centre."""
-    width, height = CANVAS
-    side = int(28 * rng.uniform(5, 10))
-    alpha = np.asarray(Image.fromarray(item).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
-    mask = np.zeros((height, width), np.float32)
-    top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-    mask[top:top + side, left:left + side] = alpha
-    background = rng.uniform(200, 250, 3)  # off-white paper or wall, slightly tinted
-    light = 1 + rng.uniform(-0.06, 0.06) * np.linspace(-1, 1, width)  # uneven lighting, left to right
-    colour = rng.uniform(0, 70, 3)  # a dark garment, not pure black
-    photo = (background * light[None, :, None] * (1 - mask[..., None]) + colour * mask[..., None]
-             + rng.normal(0, 3, (height, width, 3)))
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()

@@ -31,13 +31,13 @@ def test_abbreviated_options_are_refused(capsys):
     assert exit.value.code == 2 and "unrecognized arguments: --epoch" in capsys.readouterr().err
 
 
-def tiny_args(data, out: Path) -> list[str]:
-    """A one-epoch job on 300 real training images (the jobs take Fashion-MNIST's checked files only)."""
-    return ["--data-dir", data.source, "--limit", "300", "--out", str(out), "--epochs", "1", "--device", "cpu"]
+def tiny_args(data_dir: Path, out: Path) -> list[str]:
+    """A one-epoch job on the tiny generated IDX data set (conftest.make_dataset_dir)."""
+    return ["--data", str(data_dir), "--out", str(out), "--epochs", "1", "--device", "cpu"]
 
 
-def test_short_cli_run(real_data, tmp_path, capsys):
-    args = tiny_args(real_data, tmp_path / "runs")
+def test_short_cli_run(tiny_data_dir, tmp_path, capsys):
+    args = tiny_args(tiny_data_dir, tmp_path / "runs")
     assert main(["cv", "--folds", "2", *args]) == 0
     assert main(["train", *args]) == 0
     cv_dir, train_dir = sorted((tmp_path / "runs").iterdir())
@@ -51,9 +51,9 @@ def test_short_cli_run(real_data, tmp_path, capsys):
     assert f"results: {cv_dir / 'cv_results.json'}" in err
     assert "test accuracy: " in err and "%" in err and str(train_dir / "confusion_matrix.png") in err
     assert f"next: fashion-cnn predict IMAGE --model {train_dir}" in err
-    assert "next: fashion-cnn train --epochs 1 --device cpu --limit 300 --data-dir" in err
+    assert f"next: fashion-cnn train --epochs 1 --device cpu --data {tiny_data_dir}" in err
 
-    assert main(["evaluate", "--model", str(train_dir), "--data-dir", real_data.source,
+    assert main(["evaluate", "--model", str(train_dir), "--data", str(tiny_data_dir),
                  "--out", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     accuracy = json.loads((train_dir / "metrics.json").read_text())["test_accuracy"]
@@ -98,6 +98,10 @@ BAD_OPTIONS = [
     (["--limit", "0"], "--limit must be at least 1"),
     (["--limit", "-5"], "--limit must be at least 1"),
     (["--data-dir", "/nonexistent"], "lacks train-images"),
+    (["--data", "/nonexistent"], "unknown data set (no such folder) '/nonexistent'"),
+    (["--classes", "a,b", "--data", "fashion-mnist"], "--classes is for IDX files and image folders"),
+    (["--data", "/", "--data-dir", "/tmp"], "give either --data-dir or --data PATH"),
+    (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
     (["--out", "FILE"], "is not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
@@ -126,7 +130,7 @@ BAD_FOR_THE_DATA = [
 def refused(job: str, argv: list[str], message: str, data_dir: str, tmp_path: Path, capsys) -> None:
     argv = [a_file(tmp_path) if a == "FILE" else a for a in argv]
     out = tmp_path / "runs"
-    defaults = {"--data-dir": data_dir, "--out": str(out)}
+    defaults = {"--data": data_dir, "--out": str(out)} if "--data-dir" not in argv else {"--out": str(out)}
     for flag, value in defaults.items():
         if flag not in argv:
             argv += [flag, value]
@@ -150,8 +154,8 @@ def test_bad_options_are_one_line_errors_that_leave_nothing_behind(job, argv, me
 
 @pytest.mark.parametrize("job, argv, message", BAD_FOR_THE_DATA)
 def test_options_out_of_range_for_the_data_are_refused_before_the_run_starts(job, argv, message, tmp_path,
-                                                                             real_data, capsys):
-    refused(job, argv, message, real_data.source, tmp_path, capsys)
+                                                                             tiny_data_dir, capsys):
+    refused(job, argv, message, str(tiny_data_dir), tmp_path, capsys)
 
 
 def test_every_job_option_is_tested_with_a_bad_value():
@@ -182,10 +186,10 @@ def reads(monkeypatch):
     return seen
 
 
-def test_every_job_option_acts(reads, real_data, tmp_path):
+def test_every_job_option_acts(reads, tiny_data_dir, tmp_path):
     """Each option of `cv` and `train` is read by the job itself (fields a job cannot use, like `cv
     --val-size` with several folds, are refused instead: test_bad_options_...)."""
-    common = tiny_args(real_data, tmp_path)
+    common = tiny_args(tiny_data_dir, tmp_path)
     assert main(["cv", "--folds", "2", *common]) == 0
     cv_reads = set(reads)
     assert main(["cv", "--folds", "1", "--val-size", "50", *common]) == 0
@@ -201,12 +205,14 @@ def test_every_option_of_every_command_is_covered():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
                if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")}
-    covered = {("data", "--data-dir"), ("data", "--samples"),
-               ("evaluate", "--model"), ("evaluate", "--data-dir"), ("evaluate", "--out"),
+    data_options = {"--data", "--classes", "--test-fraction", "--data-dir"}
+    covered = {("data", "--samples"), ("evaluate", "--model"), ("evaluate", "--out"),
+               *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
                ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model")}
-    # data and evaluate: test_short_cli_run and test_data_command; predict: tests/test_predict.py;
+    # data and evaluate: test_short_cli_run, test_data_command, and in tests/test_datasets.py
+    # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
     # export: tests/test_export.py; serve: test_serve_passes_its_options_on below
     assert options <= covered, options - covered
 
@@ -222,9 +228,9 @@ def test_serve_passes_its_options_on(monkeypatch, tmp_path):
         main(["serve", "--port", "70000"])
 
 
-def test_config_files_toml_and_a_runs_own_config_json(real_data, tmp_path, capsys):
+def test_config_files_toml_and_a_runs_own_config_json(tiny_data_dir, tmp_path, capsys):
     toml = tmp_path / "recipe.toml"
-    toml.write_text(f'epochs = 1\nlr = 0.02\nlimit = 120\ndata_dir = "{real_data.source}"\nout = "{tmp_path / "a"}"\n')
+    toml.write_text(f'epochs = 1\nlr = 0.02\nlimit = 120\ndata = "{tiny_data_dir}"\nout = "{tmp_path / "a"}"\n')
     assert main(["train", "--config", str(toml), "--lr", "0.03"]) == 0  # the command line wins
     [first] = (tmp_path / "a").iterdir()
     saved = json.loads((first / "config.json").read_text())
@@ -242,8 +248,8 @@ def test_config_files_toml_and_a_runs_own_config_json(real_data, tmp_path, capsy
     assert not (tmp_path / "c").exists()
 
 
-def test_resume_keeps_the_saved_options_and_says_what_it_does_with_new_ones(real_data, tmp_path, capsys):
-    args = tiny_args(real_data, tmp_path / "runs")
+def test_resume_keeps_the_saved_options_and_says_what_it_does_with_new_ones(tiny_data_dir, tmp_path, capsys):
+    args = tiny_args(tiny_data_dir, tmp_path / "runs")
     assert main(["train", *args]) == 0
     [run] = (tmp_path / "runs").iterdir()
     assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 1
@@ -256,18 +262,18 @@ def test_resume_keeps_the_saved_options_and_says_what_it_does_with_new_ones(real
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
 
 
-def test_interruption_names_the_run_to_resume(real_data, tmp_path, monkeypatch, capsys):
+def test_interruption_names_the_run_to_resume(tiny_data_dir, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train.TrainState, "save", interrupted)
-    assert main(["train", *tiny_args(real_data, tmp_path / "runs")]) == 130
+    assert main(["train", *tiny_args(tiny_data_dir, tmp_path / "runs")]) == 130
     [run] = (tmp_path / "runs").iterdir()
     assert f"`fashion-cnn train --resume {run}` continues" in capsys.readouterr().err
 
 
-def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_model(real_data, tmp_path, capsys):
-    assert main(["train", *tiny_args(real_data, tmp_path / "runs"), "--lr", "1e30"]) == 1
+def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_model(tiny_data_dir, tmp_path, capsys):
+    assert main(["train", *tiny_args(tiny_data_dir, tmp_path / "runs"), "--lr", "1e30"]) == 1
     assert "training diverged in epoch 1" in capsys.readouterr().err
     [run] = (tmp_path / "runs").iterdir()
     assert not (run / "model.safetensors").exists()

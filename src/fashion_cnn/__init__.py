@@ -14,7 +14,8 @@ from .version import __version__
 
 _EXPORTS = {
     "crossval": ("CVConfig", "cross_validate", "kfold_splits"),
-    "data": ("CLASS_NAMES", "DataError", "FashionMNIST", "load_fashion_mnist"),
+    "data": ("CLASS_NAMES", "DataError", "Dataset", "FashionMNIST", "load_fashion_mnist"),
+    "datasets": ("load_dataset",),
     "evaluate": ("evaluate_model",),
     "inference": ("predict_logits",),
     "models": ("count_parameters", "create_model", "list_models"),

@@ -104,17 +104,28 @@ def add_job_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
                         "saved options (only --epochs may grow, with a constant learning rate)")
 
 
-def cmd_data(args: argparse.Namespace) -> None:
-    from .data import class_counts, load_fashion_mnist
+DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir")
 
-    data = load_fashion_mnist(args.data_dir)
-    print(f"source: {data.source}")
-    print(f"train: {len(data.train_images)} images, test: {len(data.test_images)} images, 28x28 uint8")
-    width = max(12, *(len(name) for name in data.class_names))
-    print(f"{'class':<{width}} {'train':>6} {'test':>6}")
-    for name, n_train, n_test in zip(data.class_names, class_counts(data.train_labels, len(data.class_names)),
-                                     class_counts(data.test_labels, len(data.class_names))):
-        print(f"{name:<{width}} {n_train:>6} {n_test:>6}")
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The data options of the jobs, for the commands that only read data."""
+    from .train import TrainConfig
+
+    add_config_options(parser, TrainConfig, only=DATA_OPTIONS)
+    parser.set_defaults(**{name: TrainConfig.__dataclass_fields__[name].default for name in DATA_OPTIONS})
+
+
+def load_job_data(args: argparse.Namespace):
+    from .train import load_data
+
+    return load_data(**{name: getattr(args, name) for name in DATA_OPTIONS})
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from .datasets import describe
+
+    data = load_job_data(args)
+    print("\n".join(describe(data)))
     if args.samples:
         from .plots import samples_figure, save_figure
 
@@ -135,17 +146,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data import load_fashion_mnist
     from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
     from .predict import resolve_model_path
     from .runs import load_model
 
     path = resolve_model_path(args.model)
     model, meta = load_model(path)
-    data = load_fashion_mnist(args.data_dir)
-    if len(meta["class_names"]) != len(data.class_names):
-        raise ValueError(f"{path} predicts {len(meta['class_names'])} classes; {data.source} has "
-                         f"{len(data.class_names)}")
+    data = load_job_data(args)
+    if meta["class_names"] != list(data.class_names):
+        raise ValueError(f"{path} predicts other classes ({', '.join(meta['class_names'])}) than "
+                         f"{data.source} has ({', '.join(data.class_names)})")
     print(f"model: {path} ({meta['architecture']})")
     report = evaluate_model(model, data.test_images, data.test_labels, meta["class_names"])
     print(format_per_class(report) + "\n\n" + format_confusion_matrix(report))
@@ -224,9 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("data", "show where the data came from and its class counts", cmd_data)
-    add_config_options(p, TrainConfig, only=("data_dir",))
-    p.set_defaults(data_dir=None)
+    p = command("data", "show where the data came from, its class counts and import findings", cmd_data)
+    add_data_options(p)
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
 
     add_job_options(command("cv", "k-fold cross-validation with learning curves", cmd_cv), CVConfig)
@@ -236,8 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
                 cmd_evaluate)
     add_model_option(p)
-    add_config_options(p, TrainConfig, only=("data_dir",))
-    p.set_defaults(data_dir=None)
+    add_data_options(p)
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
 
     p = command("predict", "predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)", cmd_predict)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
-from .data import FashionMNIST, load_fashion_mnist
+from .data import Dataset
 from .runs import csv_bytes, write_atomic, write_json
-from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, limited, opt,
-                    start_job)
+from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
+                    opt, start_job)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -76,12 +76,12 @@ class CVResult:
 
 
 def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None,
-                   data: FashionMNIST | None = None) -> CVResult:
+                   data: Dataset | None = None) -> CVResult:
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size."""
     from .plots import fold_boxplot, learning_curves, save_figure
 
     cfg = job_config(CVConfig, cfg, resume)
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or job_data(cfg)
     images, labels = limited(data.train_images, data.train_labels, cfg.limit)
     if cfg.folds == 1:
         (train_idx, _), (val_idx, _) = holdout_split(torch.arange(len(labels)), labels, cfg.val_size)

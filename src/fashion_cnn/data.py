@@ -1,4 +1,4 @@
-"""Fashion-MNIST: IDX reading, where the files come from, and checksums.
+"""Fashion-MNIST: IDX reading, where the files come from, and checksums; the Dataset type.
 
 Images stay uint8 tensors of shape (N, 28, 28); batches are slices scaled to [0, 1] where they are used.
 """
@@ -13,7 +13,7 @@ import os
 import struct
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +56,35 @@ class DataError(Exception):
 
 
 @dataclass
-class FashionMNIST:
-    train_images: torch.Tensor  # uint8 (60000, 28, 28)
-    train_labels: torch.Tensor  # int64 (60000,)
-    test_images: torch.Tensor  # uint8 (10000, 28, 28)
-    test_labels: torch.Tensor  # int64 (10000,)
-    source: str  # where the files were found, for logs and model metadata
-    checksums: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
-    class_names: tuple[str, ...] = CLASS_NAMES  # label i is class_names[i]
+class Dataset:
+    """A data set split into train and test: Fashion-MNIST, or one that `datasets.load_dataset` imported."""
+
+    train_images: torch.Tensor  # uint8 (N, 28, 28); Fashion-MNIST: 60,000
+    train_labels: torch.Tensor  # int64 (N,), 0 .. len(class_names) - 1
+    test_images: torch.Tensor  # uint8 (M, 28, 28); Fashion-MNIST: 10,000
+    test_labels: torch.Tensor  # int64 (M,)
+    source: str  # where the data came from, for logs and model metadata
+    checksums: dict[str, str]  # its fingerprint for model metadata: file name or part -> SHA-256
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    train_files: list[str] | None = field(default=None, repr=False)  # image folders: each image's file,
+    test_files: list[str] | None = field(default=None, repr=False)  # relative to the folder
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): what the import left out
+    duplicates: list[tuple[str, ...]] = field(default_factory=list)  # identical files in 2 classes or splits
+    notes: list[str] = field(default_factory=list)  # other findings of the import, one line each
 
 
-def decompress(path: Path) -> bytes:
+FashionMNIST = Dataset  # its name before other data sets could be loaded
+
+
+def decompress(path: Path, max_bytes: int | None = None, gzipped: bool = True) -> bytes:
+    """The bytes of a gzipped file (or a plain one); with max_bytes, a file that would decompress to more
+    is refused (a gzip bomb from an untrusted folder)."""
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            raw = f.read(-1 if max_bytes is None else max_bytes + 1)
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise DataError(f"{path}: over the {max_bytes:,}-byte limit")
+        return raw
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as e:
@@ -175,7 +190,7 @@ def _stamp(path: Path) -> str:
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True,
-                       url: str = MIRROR_URL, check: bool = True) -> FashionMNIST:
+                       url: str = MIRROR_URL, check: bool = True) -> Dataset:
     """Load all four files, verifying their checksums the first time each file is seen.
 
     `check=False` skips the checksums, for IDX files of your own (same format, other content).
@@ -205,7 +220,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True
         if arrays[f"{split}_labels"].max(initial=0) >= len(CLASS_NAMES):
             raise DataError(f"{directory}: {split} labels outside 0..9")
     tensors = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-    return FashionMNIST(
+    return Dataset(
         train_images=tensors["train_images"], train_labels=tensors["train_labels"].long(),
         test_images=tensors["test_images"], test_labels=tensors["test_labels"].long(),
         source=str(directory), checksums={s.name: s.sha256 for s in FILES.values()} if check else {},
@@ -220,3 +235,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W) -> float32 (N, 1, H, W) in [0, 1]: the one pixel scaling that training,
     evaluation, prediction and export share, so a saved 8-bit image is exactly what a model saw."""
     return images.unsqueeze(1).float().div_(255.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float in [0, 1] -> uint8: the inverse of to_float, exact for the images `predict.preprocess` returns."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)

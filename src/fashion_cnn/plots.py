@@ -105,5 +105,5 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, class_names: Sequ
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(images[idx[j]].numpy(), cmap="gray", vmin=0, vmax=255)
-        row[0].text(-4, 14, class_names[c], ha="right", va="center", fontsize=9)
+        row[0].text(-4, 14, class_names[c], ha="right", va="center", fontsize=9, parse_math=False)
     return fig

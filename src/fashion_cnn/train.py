@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .augment import make_augment
-from .data import FashionMNIST, load_fashion_mnist, to_float
+from .data import Dataset, to_float
 from .inference import loss_and_accuracy
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
@@ -98,6 +98,15 @@ class TrainConfig:
                           "shares the cores", AT_LEAST_0)
     limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
                                         "(default: all)", AT_LEAST_1)
+    data: str | None = opt(None, "fashion-mnist (the default), a folder of IDX files (MNIST, KMNIST, EMNIST "
+                                 "style), or a folder of images DIR/<class>/<image> or "
+                                 "DIR/train|test/<class>/<image>")
+    classes: str | None = opt(None, "comma-separated class names: an IDX folder's labels 0, 1, ... (default: its "
+                                    "classes.txt, else the numbers), or the class folders to use, in order "
+                                    "(default: all, sorted)")
+    test_fraction: float = opt(0.2, "an image folder without train/ and test/: the share of each class held out "
+                                    "as the test set (drawn from the files' contents, so every job sees the "
+                                    "same split)", check("between 0 and 1", lambda v: 0 < v < 1))
     data_dir: str | None = opt(None, "Fashion-MNIST directory; default: $FASHION_CNN_DATA, "
                                      "/usr/share/datasets/fashion-mnist, the cache, else download")
     out: str = opt(RUNS_ROOT, "each run writes into a new directory under this one")
@@ -424,6 +433,18 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
 
 # --- jobs: setup shared by `train` and `cv` -------------------------------------------------------------------
 
+def load_data(data: str | None = None, classes: str | None = None, test_fraction: float = 0.2,
+              data_dir: str | None = None) -> Dataset:
+    """The data set the data options name (datasets.load_dataset), for every job alike."""
+    from .datasets import load_dataset
+
+    return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir)
+
+
+def job_data(cfg: TrainConfig) -> Dataset:
+    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir)
+
+
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
@@ -502,7 +523,7 @@ def machine_name(device: torch.device) -> str:
     return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
-def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: FashionMNIST, **results) -> dict:
+def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: Dataset, **results) -> dict:
     return {
         "architecture": cfg.model,
         "parameters": count_parameters(model),
@@ -536,7 +557,7 @@ class TrainResult:
 
 
 def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None,
-                data: FashionMNIST | None = None) -> TrainResult:
+                data: Dataset | None = None) -> TrainResult:
     """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
@@ -546,7 +567,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     from .plots import learning_curves, save_figure
 
     cfg = job_config(TrainConfig, cfg, resume)
-    data = data or load_fashion_mnist(cfg.data_dir)
+    data = data or job_data(cfg)
     train, val = limited(data.train_images, data.train_labels, cfg.limit), None
     if cfg.val_size:
         train, val = holdout_split(*train, cfg.val_size)

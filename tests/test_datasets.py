@@ -1,0 +1,373 @@
+import gzip
+import hashlib
+import json
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
+from fashion_cnn import datasets
+from fashion_cnn.cli import main
+from fashion_cnn.data import CLASS_NAMES, DataError, load_fashion_mnist, to_float, to_uint8
+from fashion_cnn.datasets import describe, load_dataset
+from fashion_cnn.predict import preprocess
+from sample_images import png_bytes, render_photo, write_digits_folder
+
+
+@pytest.fixture
+def digits_dir(tmp_path) -> Path:
+    """200 real handwritten digits, 20 per class, as DIR/<digit>/<index>.png."""
+    write_digits_folder(tmp_path / "digits", per_class=20)
+    return tmp_path / "digits"
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[int]:
+    """Counts the images the import decodes."""
+    calls = []
+    real = datasets.decode_image
+
+    def counting(data):
+        calls.append(1)
+        return real(data)
+
+    monkeypatch.setattr(datasets, "decode_image", counting)
+    return calls
+
+
+def sides(ds) -> dict[str, str]:
+    return {**{f: "train" for f in ds.train_files}, **{f: "test" for f in ds.test_files}}
+
+
+def content_hashes(root: Path) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.png")}
+
+
+# --- image folders ---------------------------------------------------------------------------------
+
+def test_image_folder_import(digits_dir):
+    ds = load_dataset(str(digits_dir))
+    assert ds.class_names == [str(d) for d in range(10)]
+    assert ds.train_images.dtype == torch.uint8 and ds.train_images.shape[1:] == (28, 28)
+    assert ds.train_labels.dtype == torch.int64 and len(ds.train_labels) == len(ds.train_images)
+    assert len(ds.train_images) + len(ds.test_images) == 200
+    for files, labels in ((ds.train_files, ds.train_labels), (ds.test_files, ds.test_labels)):
+        assert [Path(f).parts[0] for f in files] == [ds.class_names[k] for k in labels]
+    train_counts = torch.bincount(ds.train_labels, minlength=10)
+    test_counts = torch.bincount(ds.test_labels, minlength=10)
+    assert (train_counts + test_counts).tolist() == [20] * 10
+    assert test_counts.min() >= 1 and train_counts.min() >= 1  # every class on both sides
+    assert 0.1 < len(ds.test_images) / 200 < 0.3  # about the 20% asked for
+    assert "image folder, 10 classes" in ds.source and "20% of each class drawn with seed 1" in ds.source
+    assert not ds.skipped and not ds.duplicates and set(ds.checksums) == {"train", "test"}
+    # The order is a stable shuffle (so --limit takes a sample of every class), not class after class.
+    assert len(set(ds.train_labels[:40].tolist())) > 5
+
+
+def test_split_is_stable(digits_dir, tmp_path):
+    first = sides(load_dataset(digits_dir))
+    assert sides(load_dataset(digits_dir)) == first  # from the cache
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(digits_dir, moved)
+    assert sides(load_dataset(moved)) == first  # another folder, no cache: the same split
+
+    # Adding files moves no existing file between train and test, and renaming one keeps its side.
+    write_digits_folder(digits_dir, per_class=10, first=20)
+    name = next(f for f, side in first.items() if side == "test")
+    os.rename(digits_dir / name, digits_dir / Path(name).parent / "renamed.png")
+    grown = sides(load_dataset(digits_dir))
+    assert len(grown) == 300 and grown[str(Path(name).parent / "renamed.png")] == "test"
+    assert all(grown[f] == side for f, side in first.items() if f != name)
+
+    assert sides(load_dataset(moved, seed=2)) != first
+    half = load_dataset(moved, test_fraction=0.5)
+    assert 0.4 < len(half.test_images) / 200 < 0.6
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        load_dataset(moved, test_fraction=1)
+
+
+def test_presplit_folders(tmp_path):
+    root = tmp_path / "presplit"
+    write_digits_folder(root / "train", per_class=12)
+    write_digits_folder(root / "test", per_class=3, first=12)
+    shutil.rmtree(root / "test" / "9")
+    ds = load_dataset(root)
+    assert ds.class_names == [str(d) for d in range(10)]
+    assert torch.bincount(ds.train_labels).tolist() == [12] * 10
+    assert torch.bincount(ds.test_labels, minlength=10).tolist() == [3] * 9 + [0]
+    assert all(f.startswith("train/") for f in ds.train_files) and all(f.startswith("test/") for f in ds.test_files)
+    assert "split into train/ and test/" in ds.source and "class 9 has no test images" in ds.notes
+
+    write_digits_folder(root / "test" / "extra", per_class=1)  # classes test/extra/<digit>: not in train/
+    shutil.move(root / "test" / "extra" / "0", root / "test" / "ten")
+    shutil.rmtree(root / "test" / "extra")
+    with pytest.raises(DataError, match="classes with no folder in train/: ten"):
+        load_dataset(root)
+    (root / "val").mkdir()
+    with pytest.raises(DataError, match=r"train/ and test/ beside other folders \(val\)"):
+        load_dataset(root)
+
+
+def test_classes_select_and_order_image_folders(digits_dir):
+    ds = load_dataset(digits_dir, classes="7, 1")
+    assert ds.class_names == ["7", "1"]
+    assert [Path(f).parts[0] for f in ds.train_files] == [ds.class_names[k] for k in ds.train_labels]
+    assert len(ds.train_images) + len(ds.test_images) == 40
+    with pytest.raises(DataError, match="no folder for class x"):
+        load_dataset(digits_dir, classes=["1", "x"])
+    with pytest.raises(ValueError, match="given twice: 1"):
+        load_dataset(digits_dir, classes="1,2,1")
+    with pytest.raises(DataError, match="1 class folder; a classifier needs at least 2"):
+        load_dataset(digits_dir, classes="1")
+
+
+def test_import_equals_predict_preprocessing(tmp_path, digits_dir):
+    """Each imported image is exactly what `fashion-cnn predict` gives the model for that file."""
+    root = tmp_path / "mixed"
+    shutil.copytree(digits_dir / "3", root / "digit")
+    rng = np.random.default_rng(0)
+    items, _ = tiny_arrays(6)
+    (root / "photo").mkdir()
+    for i, item in enumerate(items):
+        (root / "photo" / f"{i}.jpg").write_bytes(render_photo(item, rng))
+    rgba = np.dstack([rng.integers(0, 255, (40, 30, 3)), np.full((40, 30), 128)]).astype(np.uint8)
+    Image.fromarray(rgba).save(root / "photo" / "rgba.png")
+    (root / "photo" / "light28.png").write_bytes(png_bytes(255 - items[0]))  # 28x28, light border: inverted
+    ds = load_dataset(root)
+    for files, images in ((ds.train_files, ds.train_images), (ds.test_files, ds.test_images)):
+        for f, image in zip(files, images):
+            seen = preprocess(root / f)
+            assert np.array_equal(image.numpy(), to_uint8(seen)), f
+            if f != "photo/light28.png":  # preprocess inverts 28x28 images in float: 1 - k/255, 1 ulp off
+                assert np.array_equal(to_float(image[None])[0, 0].numpy(), seen), f
+    assert len(ds.train_files) + len(ds.test_files) == 20 + 8
+
+
+def test_photos_of_fashion_mnist_test_items(real_data, tmp_path):
+    """Dark garments on light, noisy JPEG canvases come back as the light-on-dark test items they show."""
+    rng = np.random.default_rng(1)
+    originals = {}
+    for c in (1, 7):  # Trouser, Sneaker
+        for i in torch.nonzero(real_data.test_labels == c).flatten()[:5].tolist():
+            path = tmp_path / "photos" / CLASS_NAMES[c] / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(render_photo(real_data.test_images[i].numpy(), rng))
+            originals[f"{CLASS_NAMES[c]}/{i}.jpg"] = real_data.test_images[i].float().flatten()
+    ds = load_dataset(tmp_path / "photos")
+    assert ds.class_names == ["Sneaker", "Trouser"]
+    for files, images in ((ds.train_files, ds.train_images), (ds.test_files, ds.test_images)):
+        for f, image in zip(files, images):
+            assert torch.corrcoef(torch.stack([image.float().flatten(), originals[f]]))[0, 1] > 0.8, f
+
+
+# --- the cache -------------------------------------------------------------------------------------
+
+def test_second_import_decodes_only_new_or_changed_files(digits_dir, decodes):
+    first = load_dataset(digits_dir)
+    assert len(decodes) == len(content_hashes(digits_dir)) > 190
+    [cache_file] = (datasets.cache_dir() / "datasets").iterdir()
+    with safe_open(str(cache_file), framework="pt") as f:  # safetensors, nothing to unpickle
+        assert f.get_tensor("images").shape[1:] == (28, 28)
+
+    decodes.clear()
+    again = load_dataset(digits_dir)
+    assert decodes == [] and torch.equal(again.train_images, first.train_images)
+
+    files = sorted(digits_dir.rglob("*.png"))
+    files[0].write_bytes(png_bytes(np.eye(12, dtype=np.uint8) * 255))  # changed
+    (digits_dir / "4" / "new.png").write_bytes(png_bytes(np.fliplr(np.eye(12, dtype=np.uint8)) * 200))  # new
+    os.rename(files[1], files[1].with_name("renamed.png"))  # same content: no decode
+    os.utime(files[2], ns=(1, 1))  # touched: read and hashed again, not decoded
+    files[3].unlink()
+    ds = load_dataset(digits_dir)
+    assert len(decodes) == 2
+    assert len(ds.train_images) + len(ds.test_images) == 200
+
+    decodes.clear()
+    cache_file.write_bytes(b"garbage")  # a broken cache is rebuilt, not fatal
+    assert torch.equal(load_dataset(digits_dir).train_images, ds.train_images)
+    assert len(decodes) == len(content_hashes(digits_dir))
+
+
+# --- bad files, duplicates, untrusted folders ------------------------------------------------------
+
+def test_bad_files_are_reported_and_skipped(digits_dir, decodes, monkeypatch):
+    good = (digits_dir / "2").iterdir().__next__().read_bytes()
+    (digits_dir / "2" / "empty.png").write_bytes(b"")
+    noise = png_bytes(np.random.default_rng(0).integers(0, 256, (30, 30), dtype=np.uint8))
+    (digits_dir / "2" / "truncated.png").write_bytes(noise[:len(noise) // 2])
+    (digits_dir / "5" / "text.jpg").write_text("not an image")
+    (digits_dir / "5" / "big.png").write_bytes(good + b"\0" * 2000)
+    monkeypatch.setattr(importlib.import_module("fashion_cnn.predict"), "MAX_BYTES", 1500)
+    ds = load_dataset(digits_dir)
+    reasons = dict(ds.skipped)
+    assert reasons.keys() == {"2/empty.png", "2/truncated.png", "5/text.jpg", "5/big.png"}
+    assert reasons["2/empty.png"] == "empty file (0 bytes)"
+    assert reasons["2/truncated.png"].startswith("truncated or corrupt image")
+    assert reasons["5/text.jpg"].startswith("not a PNG/JPEG")
+    assert reasons["5/big.png"] == "over the 1,500-byte limit"
+    assert len(ds.train_images) + len(ds.test_images) == 200
+    lines = describe(ds)
+    assert "skipped 4 files:" in lines and "  2/empty.png: empty file (0 bytes)" in lines
+
+    decodes.clear()
+    assert dict(load_dataset(digits_dir).skipped) == reasons and len(decodes) == 0  # bad files cached too
+
+
+def test_class_with_only_bad_files_is_an_error(digits_dir):
+    for path in (digits_dir / "6").iterdir():
+        path.write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"no usable image for class 6 \(20 files skipped\)"):
+        load_dataset(digits_dir)
+
+
+def test_duplicates_across_classes_and_splits(tmp_path, digits_dir):
+    shutil.copy(digits_dir / "3" / sorted(os.listdir(digits_dir / "3"))[0], digits_dir / "5" / "copy.png")
+    ds = load_dataset(digits_dir)
+    original = f"3/{sorted(os.listdir(digits_dir / '3'))[0]}"
+    assert ds.duplicates == [(original, "5/copy.png")]
+    assert "  " + original + ", 5/copy.png" in describe(ds)
+
+    root = tmp_path / "presplit"
+    write_digits_folder(root / "train", per_class=3)
+    write_digits_folder(root / "test", per_class=2, first=3)
+    shutil.copy(root / "train" / "1" / sorted(os.listdir(root / "train" / "1"))[0], root / "test" / "1" / "x.png")
+    dup = load_dataset(root).duplicates
+    assert len(dup) == 1 and dup[0][0] == "test/1/x.png" and dup[0][1].startswith("train/1/")
+
+
+def test_untrusted_folders(tmp_path, digits_dir, monkeypatch):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((digits_dir / "1" / os.listdir(digits_dir / "1")[0]).read_bytes())
+    (digits_dir / "1" / "link.png").symlink_to(outside)
+    (digits_dir / "1" / "inside.png").symlink_to(next((digits_dir / "2").iterdir()))
+    (digits_dir / "1" / "folder").symlink_to(digits_dir / "2")
+    (digits_dir / "1" / ".hidden.png").write_bytes(b"")
+    (digits_dir / "1" / ".git").mkdir()
+    (digits_dir / "1" / ".git" / "x.png").write_bytes(b"")
+    (digits_dir / "1" / "notes.txt").write_text("hi")
+    (digits_dir / "1" / "sub").mkdir()
+    (digits_dir / "1" / "sub" / "nested.png").write_bytes(next((digits_dir / "3").iterdir()).read_bytes())
+    (digits_dir / "stray.png").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    write_digits_folder(tmp_path / "other", per_class=1)
+    (digits_dir / "linked").symlink_to(tmp_path / "other" / "4")  # a class folder elsewhere
+    evil = "ev\nil\x1b[31m"
+    shutil.copytree(digits_dir / "9", digits_dir / evil)
+    ds = load_dataset(digits_dir)
+    assert dict(ds.skipped) == {"1/link.png": "a link to outside the folder, not followed",
+                                "1/folder": "a link to a folder, not followed",
+                                "linked": "a link to a folder, not followed"}
+    assert "linked" not in ds.class_names and len(ds.class_names) == 11
+    assert "1/inside.png" in sides(ds) and "1/sub/nested.png" in sides(ds)
+    assert len(sides(ds)) == 200 + 20 + 2
+    assert any("ignored 1 files not named as images (.txt 1)" in note for note in ds.notes)
+    assert "ignored 1 images in ./, outside the class folders" in ds.notes
+    assert "ev\\nil\\x1b[31m" in ds.class_names
+    assert all(c.isprintable() for line in describe(ds) for c in line)
+
+    monkeypatch.setattr(datasets, "MAX_FILES", 100)
+    with pytest.raises(DataError, match="more than 100 image files"):
+        load_dataset(digits_dir)
+
+
+# --- IDX folders and Fashion-MNIST ---------------------------------------------------------------
+
+def test_idx_folder_with_class_names(tmp_path):
+    root = make_dataset_dir(tmp_path / "idx", n_train=50, n_test=20)
+    names = [f"letter {c}" for c in "ABCDEFGHIJ"]
+    (root / "classes.txt").write_text("\n".join(names) + "\n\n")
+    ds = load_dataset(root)
+    expected = load_fashion_mnist(root, download=False, check=False)
+    assert torch.equal(ds.train_images, expected.train_images) and torch.equal(ds.test_labels, expected.test_labels)
+    assert ds.class_names == names and ds.source == f"{root} (IDX files)"
+    raw = gzip.decompress((root / "train-images-idx3-ubyte.gz").read_bytes())
+    assert ds.checksums["train-images-idx3-ubyte.gz"] == hashlib.sha256(raw).hexdigest()
+    assert load_dataset(root, classes=",".join("abcdefghij")).class_names == list("abcdefghij")
+    assert load_dataset(root, classes=list("abcdefghiJ")).class_names[-1] == "J"
+    with pytest.raises(DataError, match="label 9 found, but only 3 class names"):
+        load_dataset(root, classes="a,b,c")
+    (root / "classes.txt").unlink()
+    assert load_dataset(root).class_names == [str(k) for k in range(10)]
+
+
+def test_idx_folder_emnist_names_and_plain_files(tmp_path):
+    root = tmp_path / "emnist"
+    root.mkdir()
+    x, y = tiny_arrays(30)
+    for part, (images, labels) in (("train", (x, y % 3)), ("test", (x[:9], y[:9] % 3))):
+        write_idx_gz(root / f"emnist-abc-{part}-images-idx3-ubyte.gz", images)
+        (root / f"emnist-abc-{part}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))  # not gzipped
+    ds = load_dataset(root)
+    assert ds.class_names == ["0", "1", "2"] and len(ds.train_images) == 30 and len(ds.test_images) == 9
+    write_idx_gz(root / "emnist-xyz-train-images-idx3-ubyte.gz", x)
+    with pytest.raises(DataError, match="2 .* train images files; an IDX folder holds one data set"):
+        load_dataset(root)
+
+
+def test_fashion_mnist_is_the_default(real_data):
+    ds = load_dataset(data_dir=real_data.source)
+    assert ds.class_names == list(CLASS_NAMES) and ds.source == real_data.source
+    assert ds.checksums == real_data.checksums and torch.equal(ds.train_images, real_data.train_images)
+    assert load_dataset("fashion-mnist", data_dir=real_data.source).source == real_data.source
+    as_folder = load_dataset(real_data.source)  # the same files as an IDX folder: recognised by checksum
+    assert as_folder.class_names == list(CLASS_NAMES) and "IDX files of Fashion-MNIST" in as_folder.source
+    assert torch.equal(as_folder.test_labels, real_data.test_labels)
+
+
+def test_source_errors(tmp_path, digits_dir):
+    with pytest.raises(ValueError, match="unknown data set .*'nope'; known: fashion-mnist"):
+        load_dataset("nope")
+    with pytest.raises(ValueError, match="--classes is for IDX files and image folders"):
+        load_dataset("fashion-mnist", classes="a,b")
+    with pytest.raises(ValueError, match="give either --data-dir or --data PATH"):
+        load_dataset(digits_dir, data_dir=digits_dir)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="not a folder"):
+        load_dataset(tmp_path / "file")
+
+
+def test_load_fashion_mnist_has_class_names(tiny_data_dir):
+    assert load_fashion_mnist(tiny_data_dir, download=False, check=False).class_names == list(CLASS_NAMES)
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def test_data_command_on_a_folder(digits_dir, tmp_path, capsys):
+    (digits_dir / "0" / "bad.png").write_bytes(b"")
+    samples = tmp_path / "grid.png"
+    assert main(["data", "--data", str(digits_dir), "--classes", "0,8", "--samples", str(samples)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    ds = load_dataset(digits_dir, classes="0,8")
+    n0, n8 = (int(sum(ds.train_labels == k)) for k in (0, 1))
+    assert out[0] == f"source: {digits_dir} (image folder, 2 classes; test: 20% of each class drawn with seed 1)"
+    assert out[3].split() == ["0", str(n0), str(20 - n0)] and out[4].split() == ["8", str(n8), str(20 - n8)]
+    assert "  0/bad.png: empty file (0 bytes)" in out
+    assert Image.open(samples).size[1] > 100
+    assert main(["data", "--data", str(tmp_path / "missing")]) == 1
+    assert "unknown data set" in capsys.readouterr().err
+
+
+def test_data_and_evaluate_take_the_jobs_data_options(digits_dir, tmp_path, capsys):
+    """--test-fraction reaches the split; evaluate reads its data like the jobs (the same function)."""
+    assert main(["data", "--data", str(digits_dir), "--test-fraction", "0.5"]) == 0
+    assert "test: 50% of each class drawn with seed 1" in capsys.readouterr().out
+    assert main(["train", "--data", str(digits_dir), "--classes", "0,8", "--test-fraction", "0.5", "--epochs", "1",
+                 "--out", str(tmp_path / "runs"), "--device", "cpu"]) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    report = json.loads((run / "test_report.json").read_text())
+    assert [row["class"] for row in report["per_class"]] == ["0", "8"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run), "--data", str(digits_dir), "--classes", "0,8",
+                 "--test-fraction", "0.5"]) == 0
+    assert f"test accuracy: {100 * report['accuracy']:.2f}% on {sum(r['support'] for r in report['per_class'])} images" \
+        in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(run), "--data", str(digits_dir)]) == 1  # ten classes, not two
+    assert "predicts other classes (0, 8)" in capsys.readouterr().err
