@@ -50,6 +50,7 @@ def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
 
 
 def summarize(fold_accuracies: list[float]) -> dict:
+    """The fold accuracies with their mean and (population) standard deviation, as the tutorial reports them."""
     acc = np.array(fold_accuracies)
     return {"fold_accuracies": fold_accuracies, "mean": float(acc.mean()), "std": float(acc.std())}
 

@@ -40,6 +40,7 @@ def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 
 def format_per_class(report: dict) -> str:
+    """The per-class precision, recall, F1 and support as a text table, with accuracy and macro-F1."""
     width = max(12, *(len(row["class"]) for row in report["per_class"]))
     lines = [f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for row in report["per_class"]:

@@ -25,6 +25,8 @@ FastStep = Callable[..., Callable | None]
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered architecture: how to build it, its default training recipe, and its fast paths."""
+
     name: str
     build: Callable[..., nn.Module]  # (num_classes) -> model
     description: str
@@ -38,6 +40,7 @@ REGISTRY: dict[str, ModelSpec] = {}
 
 def register(name: str, description: str, fast_logits: FastLogits | None = None,
              fast_step: FastStep | None = None, **recipe) -> Callable:
+    """Decorator: register `build(num_classes) -> model` under `name`, with its recipe (TrainConfig fields)."""
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         REGISTRY[name] = ModelSpec(name, build, description, recipe, fast_logits, fast_step)
         return build
@@ -50,6 +53,7 @@ def unknown(what: str, name: object, known: Iterable[str]) -> ValueError:
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The spec registered under name, or ValueError listing the known ones."""
     if not isinstance(name, str) or name not in REGISTRY:
         raise unknown("model", name, REGISTRY)
     return REGISTRY[name]
@@ -78,6 +82,7 @@ def spec_of(model: nn.Module) -> ModelSpec:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters alike (buffers such as batch-norm statistics excluded)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -72,6 +72,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
+    """obj as indented JSON, written atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -174,6 +175,7 @@ def start_log(run_dir: Path | None) -> None:
 
 
 def stop_log() -> None:
+    """Detach and close the handlers start_log added."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
@@ -220,11 +222,13 @@ def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None
 # --- tensors, checkpoints and model files ----------------------------------------------------------------
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Tensors as safetensors with `meta` as JSON in the header, written atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file save_tensors wrote; ModelFileError for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
@@ -259,6 +263,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The inverse of optimizer_tensors."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)

@@ -36,6 +36,7 @@ Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 28, 28), int64 lab
 # --- the config: every option with its default, the reason for it, and its valid range -----------------
 
 def check(rule: str, test: Callable[[Any], bool]) -> dict:
+    """A valid range for opt/recipe: `test` accepts a value, `rule` says which in error messages."""
     return {"rule": rule, "test": test}
 
 
@@ -179,10 +180,12 @@ def fits_type(value, annotation: str) -> bool:
 
 
 def type_words(annotation: str) -> str:
+    """"int | None" as "a whole number or unset", for error messages."""
     return " or ".join(TYPE_WORDS[a.strip()] for a in annotation.split("|"))
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device as a torch device: auto takes CUDA where there is a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -196,6 +199,7 @@ def derived_seed(seed: int, *keys: int) -> int:
 # --- the pieces a run trains: model, optimizer, EMA, best weights ------------------------------------------
 
 def make_model(cfg: TrainConfig, num_classes: int, *keys: int) -> torch.nn.Module:
+    """cfg.model with fresh weights seeded by (cfg.seed, *keys), on cfg.device."""
     torch.manual_seed(derived_seed(cfg.seed, *keys))
     return create_model(cfg.model, num_classes=num_classes, tta=cfg.tta).to(resolve_device(cfg.device))
 
@@ -442,10 +446,12 @@ def load_data(data: str | None = None, classes: str | None = None, test_fraction
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
+    """The data set a job's config names."""
     return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir)
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
+    """The first `limit` images and labels (all of them for None)."""
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
@@ -524,6 +530,7 @@ def machine_name(device: torch.device) -> str:
 
 
 def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: Dataset, **results) -> dict:
+    """What a model file says about itself: architecture, classes, input format, config, data, results."""
     return {
         "architecture": cfg.model,
         "parameters": count_parameters(model),
