@@ -12,6 +12,7 @@ import torch
 from sklearn.model_selection import KFold
 
 from .data import FashionMNIST, load_fashion_mnist
+from .report import write_report
 from .runs import csv_bytes, load_tensors, write_atomic, write_json
 from .train import (TrainConfig, fit, limited, load_checkpoint, make_ema, make_model, make_optimizer, opt,
                     save_checkpoint, start_run)
@@ -83,4 +84,5 @@ def cross_validate(cfg: CVConfig, resume: str | Path | None = None,
     plot_learning_curves(histories, run_dir / "learning_curves.png")
     log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% "
              f"(n={cfg.folds}); curves in {run_dir / 'learning_curves.png'}")
+    log.info(f"report: {write_report(run_dir, data)}")
     return run_dir, summary

@@ -26,6 +26,7 @@ from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
 from . import fastpath
 from .models import count_parameters, create_model, get_spec, spec_of
+from .report import write_report
 from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
                    save_model, save_tensors, start_log, write_atomic, write_json)
 
@@ -379,5 +380,6 @@ def train_final(cfg: TrainConfig, resume: str | Path | None = None,
                                                                          history=history))
     write_json(run_dir / "metrics.json", {**results, "history": history, "version": __version__})
     log.info(f"model saved to {run_dir / 'model.safetensors'}")
+    log.info(f"report: {write_report(run_dir, data)}")
     return run_dir
 
