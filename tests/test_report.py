@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_dataset_dir
+from conftest import make_dataset_dir, tiny_arrays, write_idx_gz
 from fashion_cnn import report
 from fashion_cnn.cli import main
 from fashion_cnn.crossval import CVConfig, cross_validate
-from fashion_cnn.data import load_fashion_mnist
+from fashion_cnn.data import FILES, load_fashion_mnist
 from fashion_cnn.evaluate import evaluate_model, write_reports
 from fashion_cnn.models import create_model
 from fashion_cnn.runs import load_model, load_tensors, save_model
@@ -59,7 +59,14 @@ class Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """The tiny IDX data with 15 of its 100 test labels wrong, so that the confusion matrix has confusions
+    (the classes are easy) and the highest losses are mislabelled items, as in Fashion-MNIST."""
     directory = make_dataset_dir(tmp_path_factory.mktemp("tiny"), n_train=300, n_test=100)
+    labels = tiny_arrays(100, 1)[1]
+    rng = np.random.default_rng(0)
+    wrong = rng.choice(100, 15, replace=False)
+    labels[wrong] = (labels[wrong] + rng.integers(1, 10, 15)) % 10
+    write_idx_gz(directory / FILES["test_labels"].name, labels)
     return load_fashion_mnist(directory, check=False)
 
 
