@@ -18,7 +18,7 @@ from fashion_cnn.explain import cam_layer, evidence_on_object, heatmaps
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model, list_models
 from fashion_cnn.predict import packaged_model
-from test_predict import BAD_FILES, encode, garment, write
+from test_predict import encode, garment, write, write_bad_files
 
 
 def images(n: int = 6) -> np.ndarray:
@@ -134,16 +134,12 @@ def test_existing_files_are_refused_unless_forced_and_inputs_never(model_file, t
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as predict.py sets; pytest resets it
 def test_bad_inputs_get_the_lines_predict_gives(model_file, tmp_path, capsys):
-    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
-    for name, (data, _) in BAD_FILES.items():
-        if data is not None:
-            write(tmp_path / name, data)
-    inputs = [tmp_path / name for name in BAD_FILES] + [good]
+    inputs = write_bad_files(tmp_path) + [write(tmp_path / "good.png", encode(garment(), "PNG"))]
     predicted = main(["predict", *map(str, inputs), "--model", str(model_file)])
     predict_err = capsys.readouterr().err
     code, out, err = explain(capsys, *inputs, "--model", model_file, "--out", tmp_path / "out")
     assert code == predicted == 1
-    assert err == predict_err and len(err.splitlines()) == len(BAD_FILES)
+    assert err == predict_err and len(err.splitlines()) == len(inputs) - 1
     assert out.count(" -> ") == 1 and len(list((tmp_path / "out").iterdir())) == 1
 
 

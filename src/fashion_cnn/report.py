@@ -614,6 +614,7 @@ code { font-size: .9em; word-break: break-word; }
 .figure { max-width: 100%; background: #fff; border: 1px solid var(--line); }
 .figure.small { max-width: 18rem; }
 .side-by-side { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.side-by-side > div { flex: 1 1 16rem; }
 table.confusion td.cell { padding: 0; }
 table.confusion td.cell > * { display: block; width: 3.4rem; padding: .35rem 0; text-align: center; border: 0;
                               font: inherit; font-variant-numeric: tabular-nums; }
@@ -622,12 +623,12 @@ table.confusion button:hover, table.confusion button:focus { outline: 2px solid 
 th.predicted { height: 7rem; vertical-align: bottom; padding: .2rem; }
 th.predicted span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
 .pairs button { border: 0; background: none; color: var(--accent); cursor: pointer; font: inherit; padding: 0;
-                text-align: left; }
+                text-align: left; vertical-align: top; }
 .examples { display: flex; flex-wrap: wrap; gap: .6rem; }
 .example { margin: 0; padding: .4rem; background: #fff; border: 1px solid var(--line); width: 12rem;
            display: flex; flex-wrap: wrap; gap: .3rem; }
 .example figcaption { font-size: .8rem; width: 100%; }
-.compact .example { width: 7.6rem; }
+.compact .example { width: 8.6rem; }
 .thumb { width: THUMBpx; height: THUMBpx; image-rendering: pixelated; background-repeat: no-repeat;
          background-color: #000; }
 .heat { width: THUMBpx; height: THUMBpx; }
