@@ -107,7 +107,8 @@ def test_explain_writes_one_picture_per_image_and_json(model_file, tmp_path, cap
         with Image.open(path) as picture:
             assert picture.format == "PNG" and picture.width > 600
 
-    code, text, _ = explain(capsys, first, "--model", model_file, "--out", tmp_path / "json", "--json", "--top-k", "2")
+    code, text, _ = explain(capsys, first, "--model", model_file, "--out", tmp_path / "json", "--json",
+                            "--top-k", "2")
     record = json.loads(text)["predictions"][0]
     assert code == 0 and record["explanation"] == str(tmp_path / "json" / "0000-shirt.png")
     assert len(record["top_k"]) == 2 and np.asarray(record["heatmap"]).shape == (28, 28)

@@ -195,6 +195,11 @@ def test_kept_predictions_are_reused_until_the_model_changes(train_run, tiny, tm
 
     assert torch.equal(tensors["logits"], predict_logits(fresh, tiny.test_images))
 
+    (run_dir / report.PREDICTIONS).unlink()  # a new file: the tensors above are mapped from the old one
+    (run_dir / report.PREDICTIONS).write_bytes(b"damaged")  # made again, not an error
+    report.write_report(run_dir, tiny)
+    assert torch.equal(load_tensors(run_dir / report.PREDICTIONS)[0]["logits"], tensors["logits"])
+
 
 def test_evaluate_out_writes_a_report_that_outlives_the_model_file(train_run, real_data, tmp_path, capsys):
     model = tmp_path / "model.safetensors"
@@ -237,6 +242,14 @@ def test_several_runs_make_one_comparison(train_run, cv_run, tmp_path, capsys):
     assert page.values["ece-0"] == page_of(train_run).values["ece"]
     for address in references(page):
         assert address.startswith("data:") or address[1:] in page.ids
+
+
+def test_a_damaged_metrics_file_is_named(cv_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cv_run, run_dir)
+    (run_dir / "cv_results.json").write_text("{")
+    assert main(["report", str(run_dir)]) == 1
+    assert capsys.readouterr().err.startswith(f"fashion-cnn: error: {run_dir / 'cv_results.json'}: not valid JSON")
 
 
 @pytest.mark.parametrize("argv, message", [

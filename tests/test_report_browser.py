@@ -3,9 +3,8 @@ from anywhere else, and a click on a confusion-matrix cell shows as many images 
 Chromium through Playwright and Firefox through Selenium, as tests/test_browser.py drives them; each test
 saves a screenshot under its tmp_path and prints where."""
 
+import json
 from urllib.parse import urlparse
-
-import pytest
 
 from test_browser import browser, firefox  # noqa: F401  (fixtures)
 from test_report import tiny, train_run  # noqa: F401  (fixtures)
@@ -14,8 +13,6 @@ from test_report import tiny, train_run  # noqa: F401  (fixtures)
 
 def cells_to_open(run_dir) -> list[tuple[int, int, int]]:
     """(true, predicted, count): the fullest diagonal cell and the fullest confusion."""
-    import json
-
     matrix = json.loads((run_dir / "test_report.json").read_text())["confusion_matrix"]
     cells = [(matrix[t][p], t, p) for t in range(len(matrix)) for p in range(len(matrix))]
     diagonal = max(c for c in cells if c[1] == c[2])

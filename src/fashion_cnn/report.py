@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from .data import CLASS_NAMES, DataError, FashionMNIST, load_fashion_mnist, to_float
 from .inference import predict_logits
 from .predict import data_url, png_bytes
-from .runs import load_model, load_tensors, read_config, save_tensors, write_atomic
+from .runs import ModelFileError, load_model, load_tensors, read_config, save_tensors, write_atomic
 from .version import __version__
 
 REPORT = "report.html"
@@ -63,7 +63,12 @@ class Run:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def number(text: str) -> int | float | str:
@@ -148,9 +153,23 @@ def load_data(data_dir: str | None, meta: dict) -> FashionMNIST:
 def model_of(run: Run, model: str | Path | None, cached_meta: dict | None) -> Path | None:
     """The model file a run's per-example results come from: given, the run's own, or the one recorded."""
     for candidate in (model, run.path / "model.safetensors", (cached_meta or {}).get("model")):
-        if candidate is not None and Path(candidate).is_file():
+        if isinstance(candidate, (str, Path)) and Path(candidate).is_file():
             return Path(candidate)
     return None
+
+
+def read_kept(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The kept per-example results and what made them; ({}, None) where there are none, or none usable
+    (a damaged file is made again, or left out of the report where the model is gone too)."""
+    try:
+        tensors, meta = load_tensors(path)
+    except ModelFileError:
+        return {}, None
+    logits, labels = tensors.get("logits"), tensors.get("labels")
+    usable = (logits is not None and labels is not None and logits.ndim == 2 and labels.ndim == 1
+              and len(logits) == len(labels) and logits.is_floating_point() and not labels.is_floating_point()
+              and isinstance(meta.get("model_sha256"), str) and isinstance(meta.get("model_meta"), dict))
+    return (tensors, meta) if usable else ({}, None)
 
 
 def evaluation_of(run: Run, data: FashionMNIST | None = None, model: str | Path | None = None,
@@ -158,7 +177,7 @@ def evaluation_of(run: Run, data: FashionMNIST | None = None, model: str | Path 
     """The run's per-example test results: cached in predictions.safetensors while the model file is the
     same, else computed and cached. None for a run without a model or cached results (cv)."""
     cache = run.path / PREDICTIONS
-    tensors, cached = load_tensors(cache) if cache.is_file() else ({}, None)
+    tensors, cached = read_kept(cache)
     path = model_of(run, model, cached)
     if path is None and cached is None:
         return None
@@ -404,7 +423,8 @@ def what_ran(run: Run, evaluation: Evaluation | None, data: FashionMNIST | None)
     if data is not None:
         out += data_counts(run, config, data, evaluation)
     settings = [[esc(k), f"<code>{esc(json.dumps(v))}</code>"] for k, v in config.items()]
-    out += f"<details><summary>all {len(settings)} settings</summary>{table(['setting', 'value'], settings)}</details>"
+    out += (f"<details><summary>all {len(settings)} settings</summary>"
+            f"{table(['setting', 'value'], settings)}</details>")
     return "run", "What ran", out
 
 
@@ -436,8 +456,8 @@ def curves_section(run: Run) -> Section | None:
         return None
     per_fold = folds(run.history)
     what = f"{len(per_fold)} folds: " if len(per_fold) > 1 else ""
-    return ("curves", "Learning curves",
-            f"<p>{what}training in blue, validation in orange.</p>" + image(learning_curves(per_fold), "learning curves"))
+    return ("curves", "Learning curves", f"<p>{what}training in blue, validation in orange.</p>"
+            + image(learning_curves(per_fold), "learning curves"))
 
 
 def folds_section(run: Run) -> Section | None:
@@ -748,10 +768,9 @@ def write_report(run_dir: str | Path, data: FashionMNIST | None = None, model: s
 
 def cached_calibration(run: Run) -> float | None:
     """ECE from the run's kept per-example results, without the model or the data."""
-    cache = run.path / PREDICTIONS
-    if not cache.is_file():
+    tensors, kept = read_kept(run.path / PREDICTIONS)
+    if kept is None:
         return None
-    tensors, _ = load_tensors(cache)
     return expected_calibration_error(torch.softmax(tensors["logits"].float(), 1).numpy(),
                                       tensors["labels"].numpy())
 
