@@ -132,6 +132,10 @@ def test_existing_files_are_refused_unless_forced_and_inputs_never(model_file, t
                                          "choose another --out")
     assert len(list(out.iterdir())) == 1
 
+    code, _, err = explain(capsys, item, "--model", model_file, "--out", taken)
+    assert code == 1 and err.strip() == (f"fashion-cnn: error: {taken}: not a folder; "
+                                         "--out names the folder for the pictures")
+
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as predict.py sets; pytest resets it
 def test_bad_inputs_get_the_lines_predict_gives(model_file, tmp_path, capsys):

@@ -149,6 +149,8 @@ def explain_predictions(predictor: Predictor, predictions: list[Prediction]) -> 
 def output_paths(predictions: list[Prediction], sources: list[tuple[str, Source]], out_dir: Path,
                  force: bool) -> list[Path | None]:
     """Where each usable input's picture goes; refuses to replace an input, or any file without force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: not a folder; --out names the folder for the pictures")
     inputs = {Path(source).resolve() for _, source in sources if isinstance(source, (str, Path))}
     paths: list[Path | None] = []
     for i, p in enumerate(predictions):
