@@ -228,3 +228,20 @@ def test_api_docs_render_from_local_assets(server, page):
     assert page.locator(".opblock-summary-path", has_text="/predict").count() == 1
     assert page.outside == []
 
+
+
+def test_each_card_shows_the_heat_map_of_its_class(server, page, model_file, tmp_path):
+    image = tmp_path / "item.png"
+    Image.fromarray(tiny_arrays(1)[0][0]).save(image)
+    expected = Predictor(model_file).predict([image])[0]
+    page.goto(server)
+    page.set_input_files("#file-input", image)
+    page.wait_for_selector(".card .heatmap img")
+    size = page.evaluate("""async () => {
+        const img = document.querySelector(".card .heatmap img");
+        await img.decode();
+        return [img.naturalWidth, img.naturalHeight];
+    }""")
+    assert size == [112, 112]
+    assert page.locator(".card .heatmap figcaption").text_content() == f"evidence for {expected.class_name} (HiResCAM)"
+    assert page.outside == []

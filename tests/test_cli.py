@@ -210,10 +210,14 @@ def test_every_option_of_every_command_is_covered():
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
-               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model")}
+               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
+               *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
+                                          "--json")),
+               ("report", "--out"), ("report", "--data-dir")}
     # data and evaluate: test_short_cli_run, test_data_command, and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
-    # export: tests/test_export.py; serve: test_serve_passes_its_options_on below
+    # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
+    # serve: test_serve_passes_its_options_on below
     assert options <= covered, options - covered
 
 

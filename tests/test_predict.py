@@ -278,15 +278,20 @@ BAD_FILES = {
 }
 
 
+def write_bad_files(folder: Path) -> list[Path]:
+    """BAD_FILES in folder (all but the missing one), then a folder without images: their paths, in order."""
+    for name, (data, _) in BAD_FILES.items():
+        if data is not None:
+            write(folder / name, data)
+    (folder / "no-images").mkdir()
+    (folder / "no-images" / "readme.txt").write_text("nothing to see")
+    return [folder / name for name in BAD_FILES] + [folder / "no-images"]
+
+
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as predict.py sets; pytest resets it
 def test_each_bad_file_gets_one_error_line_and_the_others_are_still_predicted(model_file, tmp_path, capsys):
     good = write(tmp_path / "good.png", encode(garment(), "PNG"))
-    for name, (data, _) in BAD_FILES.items():
-        if data is not None:
-            write(tmp_path / name, data)
-    (tmp_path / "no-images").mkdir()
-    (tmp_path / "no-images" / "readme.txt").write_text("nothing to see")
-    inputs = [tmp_path / name for name in BAD_FILES] + [tmp_path / "no-images", good]
+    inputs = write_bad_files(tmp_path) + [good]
     code, out, err = run_cli(capsys, *inputs, "--model", model_file)
     assert code == 1
     assert f"{good}: " in out and out.count("\n") == 2  # the model line and one prediction

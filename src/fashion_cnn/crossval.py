@@ -80,6 +80,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                    data: Dataset | None = None) -> CVResult:
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size."""
     from .plots import fold_boxplot, learning_curves, save_figure
+    from .report import write_report
 
     cfg = job_config(CVConfig, cfg, resume)
     data = data or job_data(cfg)
@@ -125,6 +126,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)})\n"
                  f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
                  f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
+                 f"report: {write_report(run.dir, data)}\n"
                  f"next: {train_command(cfg)}  (the final model on all training images)")
     return CVResult(run.dir, histories, summary)
 

@@ -8,6 +8,7 @@ crop to the object, pad to a square, resize to 28x28.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import re
@@ -307,9 +308,13 @@ class Predictor:
     def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
                 crop: bool = True) -> list[Prediction]:
         """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise."""
+        return self.predict_prepared([prepare(name, source, invert, crop)
+                                      for name, source in expand_sources(images)], top_k)
+
+    def predict_prepared(self, predictions: list[Prediction], top_k: int = 3) -> list[Prediction]:
+        """Fill in the classes of predictions made by `prepare` (those with an `error` stay as they are)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
-        predictions = [prepare(name, source, invert, crop) for name, source in expand_sources(images)]
         ok = [p for p in predictions if p.error is None]
         if ok:
             for p, probs in zip(ok, self.predict_arrays(np.stack([p.image for p in ok]))):
@@ -375,14 +380,24 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def data_url(png: bytes) -> str:
+    """PNG bytes as a data URL, which a page shows without another request or file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def output_name(index: int, source: str) -> str:
+    """<index>-<name>.png for the index-th input: unique, in input order, safe as a file name."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(source).stem).strip("_") or "image"
+    return f"{index:04d}-{stem}.png"
+
+
 def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
     """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order."""
     paths = []
     for i, p in enumerate(predictions):
         if p.image is None:
             continue
-        stem = re.sub(r"[^\w.-]+", "_", Path(p.source).stem).strip("_") or "image"
-        path = Path(out_dir) / f"{i:04d}-{stem}.png"
+        path = Path(out_dir) / output_name(i, p.source)
         write_atomic(path, png_bytes(p.image))
         paths.append(path)
     return paths

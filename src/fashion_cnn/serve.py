@@ -8,7 +8,6 @@ page, its assets and the OpenAPI docs' Swagger UI are all served by the app (no 
 from __future__ import annotations
 
 import asyncio
-import base64
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -24,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .version import __version__
 from .data import FILES, DataError, find_data_dir, read_idx
-from .predict import MAX_BYTES, Prediction, Predictor, as_record, png_bytes
+from .explain import explain_predictions, overlay_png
+from .predict import MAX_BYTES, Prediction, Predictor, as_record, data_url, png_bytes
 
 MAX_FILES = 16
 MAX_BODY = 64_000_000  # a whole request; each file is further held to MAX_BYTES
@@ -43,6 +43,8 @@ class FileResult(BaseModel):
     probabilities: dict[str, float] = Field(default_factory=dict, description="one per class")
     top_k: list[Ranked] = Field(default_factory=list, description="the most probable classes, best first")
     image: str | None = Field(None, description="the 28x28 image the model saw, as a PNG data URL")
+    heatmap: str | None = Field(None, description="with explain=true: where the model found its evidence for "
+                                                  "the class (HiResCAM over the image), as a PNG data URL")
     error: str | None = Field(None, description="why this file could not be used; the rest is then empty")
 
 
@@ -58,8 +60,8 @@ class Sample(BaseModel):
 
 
 def png_data_url(image: np.ndarray) -> str:
-    """A float image in [0, 1] as a data URL the page can show directly."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    """An image (as png_bytes takes it) as a data URL the page can show directly."""
+    return data_url(png_bytes(image))
 
 
 def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
@@ -74,9 +76,17 @@ def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
     return [(class_names[labels[i]], png_bytes(images[i])) for i in firsts]
 
 
-def file_result(filename: str, p: Prediction, class_names: list[str]) -> FileResult:
+def file_result(filename: str, p: Prediction, class_names: list[str], heat: np.ndarray | None = None
+                ) -> FileResult:
     record = as_record(p, class_names)  # its source and probability are not FileResult fields: ignored
-    return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image))
+    return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image),
+                      heatmap=None if heat is None else data_url(overlay_png(p.image, heat)))
+
+
+def predict_and_explain(predictor: Predictor, blobs: list[bytes], top_k: int, explain: bool
+                        ) -> tuple[list[Prediction], list[np.ndarray | None]]:
+    predictions = predictor.predict(blobs, top_k)
+    return predictions, (explain_predictions(predictor, predictions) if explain else [None] * len(predictions))
 
 
 class DeclaredSizeLimit:
@@ -149,16 +159,19 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
                                               f"{max_body:,} bytes"},
                          422: {"model": PredictResponse, "description": "no file could be used"}})
     async def predict(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
-                      top_k: int = Query(3, ge=1, le=len(predictor.class_names))) -> JSONResponse:
+                      top_k: int = Query(3, ge=1, le=len(predictor.class_names)),
+                      explain: bool = Query(False, description="also return each image's heat map")
+                      ) -> JSONResponse:
         """Classify each uploaded image; a file that is not a usable image gets its own `error`."""
         for i, f in enumerate(files):
             if f.size is not None and f.size > max_bytes:
                 raise HTTPException(413, f"{f.filename or f'file {i}'}: {f.size:,} bytes, "
                                          f"over the {max_bytes:,}-byte limit")
         blobs = [await f.read() for f in files]
-        found = await asyncio.get_running_loop().run_in_executor(worker, predictor.predict, blobs, top_k)
-        results = [file_result(f.filename or f"file {i}", p, predictor.class_names)
-                   for i, (f, p) in enumerate(zip(files, found))]
+        found, heats = await asyncio.get_running_loop().run_in_executor(
+            worker, predict_and_explain, predictor, blobs, top_k, explain)
+        results = [file_result(f.filename or f"file {i}", p, predictor.class_names, heat)
+                   for i, (f, p, heat) in enumerate(zip(files, found, heats))]
         if all(r.error for r in results):
             detail = "no usable image: " + "; ".join(f"{r.filename}: {r.error}" for r in results)
             return JSONResponse(PredictResponse(predictions=results, detail=detail).model_dump(),

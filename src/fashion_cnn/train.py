@@ -570,8 +570,10 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
     only raise the epochs; see resumed_config).
     """
-    from .evaluate import evaluate_model, write_reports
+    from .evaluate import score, write_reports
+    from .inference import predict_logits
     from .plots import learning_curves, save_figure
+    from .report import write_report
 
     cfg = job_config(TrainConfig, cfg, resume)
     data = data or job_data(cfg)
@@ -594,7 +596,8 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
                     run.dir / "learning_curves.png")
         final = state.final.eval()
-        report = evaluate_model(final, data.test_images, data.test_labels, data.class_names, cfg.eval_batch_size)
+        logits = predict_logits(final, data.test_images, cfg.eval_batch_size, desc="testing")
+        report = score(logits, data.test_labels, data.class_names)
         written = write_reports(report, run.dir)
         results = {"test_accuracy": report["accuracy"], "val_accuracy": state.result.get("val_accuracy"),
                    "best_epoch": state.best_epoch,
@@ -604,8 +607,9 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         model_path = run.dir / "model.safetensors"
         save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
         write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
-        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images "
-                 f"(training took {results['train_seconds']:.0f}s)\n"
+        written.append(write_report(run.dir, data, logits=logits))
+        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images, "
+                 f"macro-F1 {report['macro_f1']:.4f} (training took {results['train_seconds']:.0f}s)\n"
                  f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
                  f"next: fashion-cnn predict IMAGE --model {run.dir}")
     return TrainResult(run.dir, final, state.history, report, state.best_epoch)
