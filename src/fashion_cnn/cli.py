@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import types
 import typing
@@ -89,18 +91,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
+    from .terminal import printable
 
     predictor = Predictor(args.model)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
     if args.format == "json":
-        print(json.dumps(as_json(predictions, predictor), indent=2))
+        print(json.dumps(as_json(predictions, predictor), indent=2, allow_nan=False))
     elif args.format == "csv":
         write_csv(predictions, predictor.class_names, sys.stdout)
     for p in predictions:
         if p.error:
-            print(f"fashion-cnn: error: {p.source}: {p.error}", file=sys.stderr)
+            print(printable(f"fashion-cnn: error: {p.source}: {p.error}"), file=sys.stderr)
         elif args.format == "text":
             print(format_line(p))
     if args.save_preprocessed:
@@ -214,12 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .runs import ModelFileError
+    from .terminal import printable
 
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is seen below
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as Unix tools do, with the status a shell shows
+        # for a tool killed by SIGPIPE; stdout goes to /dev/null so Python's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (DataError, ModelFileError, FileNotFoundError, ValueError) as e:
-        print(f"fashion-cnn: error: {e}", file=sys.stderr)
+        print(printable(f"fashion-cnn: error: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fashion-cnn: interrupted; `--resume RUN_DIR` continues from the last finished epoch",
