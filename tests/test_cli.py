@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,41 @@ def test_errors_are_one_line_with_nonzero_exit(argv, message, tmp_path, capsys, 
     assert main([*argv, "--out", str(tmp_path)] if argv[0] == "cv" else argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("fashion-cnn: error:") and message in err[-1]
+
+
+def unwritable_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Places no output can go, with (part of) the one-line error each must get."""
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    cases = {"a file's child": (tmp_path / "notes.txt" / "out", f"{tmp_path / 'notes.txt'}: a file, not a folder")}
+    if Path("/proc/self").is_dir():  # read-only even for root
+        cases["read-only"] = (Path("/proc/fashion-cnn-out"), "/proc: cannot write here")
+    return cases
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_output_folders_that_cannot_be_written_are_one_line_errors_before_any_work(command, tmp_path, capsys):
+    cases = unwritable_outputs(tmp_path)
+    cases["a file"] = (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'}: a file, not a folder")
+    for out, reason in cases.values():
+        # Neither the model nor the data exist: the output is checked before either is looked for.
+        argv = (["evaluate", "--model", "/nonexistent", "--data-dir", "/nonexistent", "--out", str(out)]
+                if command == "evaluate" else
+                ["predict", "/nonexistent.png", "--model", "/nonexistent", "--save-preprocessed", str(out)])
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fashion-cnn: error: ") and err.count("\n") == 1 and reason in err, err
+
+
+def test_data_samples_is_checked_before_the_data_is_loaded(tmp_path, capsys):
+    cases = unwritable_outputs(tmp_path)
+    (tmp_path / "old.png").write_bytes(b"keep me")
+    cases["a folder"] = (tmp_path / "folder", "a folder; name a file")
+    cases["existing"] = (tmp_path / "old.png", "already exists; --force replaces it")
+    for out, reason in cases.values():
+        assert main(["data", "--data-dir", "/nonexistent", "--samples", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fashion-cnn: error: ") and err.count("\n") == 1 and reason in err, err
+    assert main(["data", "--data-dir", "/nonexistent", "--samples", str(tmp_path / "old.png"), "--force"]) == 1
+    assert "lacks train-images" in capsys.readouterr().err  # --force: on to the data, which is missing
+    assert (tmp_path / "old.png").read_bytes() == b"keep me"

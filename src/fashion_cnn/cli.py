@@ -38,7 +38,10 @@ def config_from_args(config_cls: type, args: argparse.Namespace):
 
 def cmd_data(args: argparse.Namespace) -> None:
     from .data import CLASS_NAMES, class_counts, load_fashion_mnist
+    from .runs import check_output_file
 
+    if args.samples:
+        check_output_file(args.samples, args.force)
     data = load_fashion_mnist(args.data_dir)
     print(f"source: {data.source}")
     print(f"train: {len(data.train_images)} images, test: {len(data.test_images)} images, 28x28 uint8")
@@ -69,8 +72,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import load_fashion_mnist
     from .evaluate import evaluate_model, write_reports
     from .predict import resolve_model_path
-    from .runs import load_model
+    from .runs import check_output_dir, load_model
 
+    if args.out:
+        check_output_dir(args.out)
     path = resolve_model_path(args.model)
     model, meta = load_model(path)
     data = load_fashion_mnist(args.data_dir)
@@ -91,8 +96,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
+    from .runs import check_output_dir
     from .terminal import printable
 
+    if args.save_preprocessed:
+        check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
@@ -122,7 +130,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    report = export_onnx(resolve_model_path(args.model), args.out)
+    report = export_onnx(resolve_model_path(args.model), args.out, force=args.force)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
           "output probabilities (N, 10)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
@@ -162,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="show where the data came from and its class counts")
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
+    p.add_argument("--force", action="store_true", help="replace an existing --samples file")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("cv", help="k-fold cross-validation with learning curves")
@@ -206,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a model as ONNX, checked against PyTorch with onnxruntime")
     p.add_argument("out", metavar="OUT", help="the file to write, e.g. model.onnx")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing file at OUT")
     add_model_option(p)
     p.set_defaults(func=cmd_export)
 

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,48 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def check_output_file(path: str | Path, force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse, before any work, a user-named output file that write_atomic must not or cannot replace:
+    one of the inputs, a folder, a symbolic link, a FIFO, device or socket, an existing file unless
+    force, or a place that cannot be written (see check_output_dir). ValueError with one line."""
+    path = Path(path)
+    try:
+        found = path.lstat()
+    except OSError:  # missing, or under a file that check_output_dir names
+        found = None
+    if found is not None:
+        if stat.S_ISDIR(found.st_mode):
+            raise ValueError(f"{path}: a folder; name a file to write")
+        if stat.S_ISLNK(found.st_mode):
+            raise ValueError(f"{path}: a symbolic link; refusing to replace it")
+        if not stat.S_ISREG(found.st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, device or socket); refusing to replace it")
+        if same := next((i for i in inputs if os.path.exists(i) and os.path.samefile(path, i)), None):
+            raise ValueError(f"{path}: is the input {same}; choose another output")
+        if not force:
+            raise ValueError(f"{path}: already exists; --force replaces it")
+    check_output_dir(path.parent)
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work, a folder to write into (created when missing, as write_atomic does) that
+    cannot be: a file at it or at a parent, or a nearest existing folder where no file can be made (read-
+    only, no permission). The test is a real file made and removed there: even root cannot write to a
+    read-only mount. ValueError with one line."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: a file, not a folder; cannot write {path}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".fashion-cnn-probe-")
+    except OSError as e:
+        raise ValueError(f"{existing}: cannot write here ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def write_json(path: str | Path, obj) -> None:
