@@ -1,6 +1,6 @@
 """A long fuzz run of predict's decoding and preprocessing (the bounded one is tests/test_fuzz.py).
 
-    nice -n 19 python tests/fuzz_campaign.py --mutations 100000 --seed 1 --out /tmp/fuzz-crashes
+    nice -n 19 python tests/fuzz_campaign.py --mutations 200000 --seed 1 --out /tmp/fuzz-crashes
 
 Each mutated file goes through `predict.prepare`, as `fashion-cnn predict` and the web API use it, under a
 memory cap (address space) and a time cap. A crash is anything but a one-line error or a finite 28x28 image
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("fuzz-crashes"))
     parser.add_argument("--memory-mb", type=int, default=1500, help="address space allowed beyond the start")
     parser.add_argument("--seconds", type=int, default=10, help="time allowed per file")
+    parser.add_argument("--max-edits", type=int, default=4, help="edits per mutation, at most")
     args = parser.parse_args()
 
     from fashion_cnn.predict import prepare
@@ -65,7 +66,7 @@ def main() -> None:
     with open(args.out / "crashes.txt", "a") as log:
         for i in range(args.mutations):
             name, seed_bytes = sources[i % len(sources)]
-            data = mutate(seed_bytes, rng)
+            data = mutate(seed_bytes, rng, args.max_edits)
             signal.alarm(args.seconds)
             try:
                 problem = check(prepare(name, data, None, True))

@@ -59,11 +59,11 @@ def seeds() -> dict[str, bytes]:
     return found
 
 
-def mutate(data: bytes, rng: np.random.Generator) -> bytes:
-    """data with 1 to 4 random edits: bit flips, random or interesting bytes overwritten, bytes inserted,
-    deleted or duplicated, or the tail cut off."""
+def mutate(data: bytes, rng: np.random.Generator, max_edits: int = 4) -> bytes:
+    """data with 1 to max_edits random edits: bit flips, random or interesting bytes overwritten, bytes
+    inserted, deleted or duplicated, or the tail cut off."""
     out = bytearray(data)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, max_edits + 1))):
         if not out:
             break
         at = int(rng.integers(0, len(out)))
