@@ -58,7 +58,10 @@ def silence_libtiff() -> None:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return
-    for path in {line.split()[-1] for line in maps.splitlines() if "/libtiff" in line}:
+    # Each line: address, permissions, offset, device, inode, then the file's path (which may hold spaces).
+    paths = {fields[5] for fields in (line.split(maxsplit=5) for line in maps.splitlines())
+             if len(fields) == 6 and "/libtiff" in fields[5]}
+    for path in paths:
         libtiff = ctypes.CDLL(path)  # the library already loaded, not a second copy
         libtiff.TIFFSetErrorHandler(None)
         libtiff.TIFFSetWarningHandler(None)
@@ -124,8 +127,8 @@ def pillow_errors() -> Iterator[None]:
 
     On hostile bytes Pillow's plugins raise far more than the OSError they document: TypeError,
     KeyError, ZeroDivisionError, ... (fuzzing found them; tests/fuzz_corpus keeps examples). So the
-    blocks this wraps hold Pillow calls on one untrusted image and nothing else: an exception there is
-    the image's fault, never a bug of ours to hide.
+    blocks this wraps hold only Pillow's work on one untrusted image (decoding, converting, resizing):
+    an exception there is the image's fault, not a bug of ours to hide.
     """
     try:
         yield
