@@ -94,6 +94,9 @@ def test_export_refuses_to_replace_what_it_must_not(model_file, tmp_path, monkey
              (tmp_path / "notes.txt" / "m.onnx", f"{tmp_path / 'notes.txt'}: a file, not a folder")]
     if Path("/proc/self").is_dir():
         cases.append((Path("/proc/m.onnx"), "/proc: cannot write here"))
+    if os.geteuid() == 0:  # a device node of our own, as /dev/full was (root only)
+        os.mknod(tmp_path / "device.onnx", stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        cases.append((tmp_path / "device.onnx", "not a regular file (a FIFO, device or socket)"))
     for out, reason in cases:
         for force in ((), ("--force",)):
             if force and out == tmp_path / "old.onnx":
@@ -103,6 +106,7 @@ def test_export_refuses_to_replace_what_it_must_not(model_file, tmp_path, monkey
             assert reason in err, err
     assert model.read_bytes() == model_file.read_bytes() and (tmp_path / "old.onnx").read_bytes() == b"keep me"
     assert (tmp_path / "link.onnx").is_symlink() and stat.S_ISFIFO((tmp_path / "fifo.onnx").lstat().st_mode)
+    assert os.geteuid() != 0 or stat.S_ISCHR((tmp_path / "device.onnx").lstat().st_mode)
 
 
 def test_force_replaces_an_existing_file(onnx_file, model_file, tmp_path, monkeypatch, capsys):
