@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=1500, help="address space allowed beyond the start")
     parser.add_argument("--seconds", type=int, default=10, help="time allowed per file")
     parser.add_argument("--max-edits", type=int, default=4, help="edits per mutation, at most")
+    parser.add_argument("--size", type=int, nargs=2, default=(40, 30), metavar=("WIDTH", "HEIGHT"),
+                        help="of the valid files mutated (over 1024 exercises the early shrink)")
     args = parser.parse_args()
 
     from fashion_cnn.predict import prepare
@@ -60,7 +62,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, on_alarm)
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    sources = list(seeds().items())
+    sources = list(seeds(*args.size).items())
     kinds: dict[str, int] = {}
     start = time.monotonic()
     with open(args.out / "crashes.txt", "a") as log:

@@ -29,9 +29,9 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def seeds() -> dict[str, bytes]:
+def seeds(width: int = 40, height: int = 30) -> dict[str, bytes]:
     """One small valid file per format, mode and encoding that `predict` accepts."""
-    rgb = Image.fromarray(picture())
+    rgb = Image.fromarray(picture(width, height))
     gray = rgb.convert("L")
     rgba = rgb.convert("RGBA")
     rgba.putalpha(Image.fromarray((np.asarray(gray) < 200).astype(np.uint8) * 255))
