@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 import tomllib
 import types
@@ -123,7 +125,10 @@ def load_job_data(args: argparse.Namespace):
 
 def cmd_data(args: argparse.Namespace) -> None:
     from .datasets import describe
+    from .runs import check_output_file
 
+    if args.samples:
+        check_output_file(args.samples, args.force)
     data = load_job_data(args)
     print("\n".join(describe(data)))
     if args.samples:
@@ -149,7 +154,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_file, format_confusion_matrix, format_per_class
     from .predict import resolve_model_path
 
-    result = evaluate_file(resolve_model_path(args.model), load_job_data(args), Path(args.out) if args.out else None)
+    from .runs import check_output_dir
+
+    out = check_output_dir(args.out) if args.out else None  # before the data is read: it takes a while
+    result = evaluate_file(resolve_model_path(args.model), load_job_data(args), out)
     print(f"model: {result.model_path} ({result.meta['architecture']})")
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     images = sum(row["support"] for row in result.report["per_class"])
@@ -160,13 +168,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
+    from .runs import check_output_dir
 
+    if args.save_preprocessed:
+        check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
     if args.format == "json":
-        print(json.dumps(as_json(predictions, predictor), indent=2))
+        print(json.dumps(as_json(predictions, predictor), indent=2, allow_nan=False))
     elif args.format == "csv":
         write_csv(predictions, predictor.class_names, sys.stdout)
     for p in predictions:
@@ -181,12 +192,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def print_error(p) -> None:
-    """An input that could not be used, as `predict` and `explain` report it: one line on stderr."""
-    print(f"fashion-cnn: error: {p.source}: {p.error}", file=sys.stderr)
+    """An input that could not be used, as `predict` and `explain` report it: one line on stderr (control
+    characters in a file's name escaped, so a name cannot forge another line)."""
+    from .terminal import printable
+
+    print(printable(f"fashion-cnn: error: {p.source}: {p.error}"), file=sys.stderr)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import json
 
     import numpy as np
 
@@ -232,7 +245,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    report = export_onnx(resolve_model_path(args.model), args.out)
+    report = export_onnx(resolve_model_path(args.model), args.out, force=args.force)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
           "output probabilities (N, classes)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
@@ -282,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("data", "show where the data came from, its class counts and import findings", cmd_data)
     add_data_options(p)
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
+    p.add_argument("--force", action="store_true", help="replace an existing --samples file")
 
     add_job_options(command("cv", "k-fold cross-validation with learning curves", cmd_cv), CVConfig)
     add_job_options(command("train", "train the final model on all training images, test it once, save it",
@@ -328,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "write a model as ONNX, checked against PyTorch with onnxruntime", cmd_export)
     p.add_argument("out", metavar="OUT", help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--force", action="store_true", help="replace an existing file at OUT")
     add_model_option(p)
 
     command("models", "list the registered models and their recipes", cmd_models)
@@ -344,12 +359,19 @@ def port_number(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .runs import ModelFileError
+    from .terminal import printable
 
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is seen below
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as Unix tools do, with the status a shell shows
+        # for a tool killed by SIGPIPE; stdout goes to /dev/null so Python's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (DataError, ModelFileError, OSError, ValueError) as e:
-        print(f"fashion-cnn: error: {e}", file=sys.stderr)
+        print(printable(f"fashion-cnn: error: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)

@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .data import Dataset
 from .inference import predict_logits
-from .runs import load_model, write_atomic, write_json
+from .runs import check_output_dir, load_model, write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
 
@@ -97,6 +97,8 @@ def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None) -> E
     confusion matrix and the HTML report there."""
     from .report import write_report
 
+    if out is not None:
+        check_output_dir(out)
     model, meta = load_model(model_path)
     if meta["class_names"] != list(data.class_names):
         raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "
