@@ -90,7 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
 
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
@@ -112,7 +112,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import run
 
-    run(args.model, host=args.host, port=args.port)
+    run(args.model, host=args.host, port=args.port, min_confidence=args.min_confidence)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .calibration import calibrate_file, summary
+    from .predict import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    print(f"model: {path}")
+    print(summary(calibrate_file(path, args.out, args.data_dir)))
+    print(f"saved {args.out} (the weights of {path}, with this calibration in its metadata)")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -145,6 +155,12 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     """--model, as predict.resolve_model_path reads it."""
     parser.add_argument("--model", help="model file or run directory (default: newest under runs/, "
                         "else the packaged model)")
+
+
+def add_min_confidence_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="answer `unknown` when the calibrated top probability is below P, instead of the "
+                             "model file's own rule (0: never unknown; default: the model's rule, if any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-crop", action="store_true",
                    help="keep the whole picture instead of cropping to the object")
     p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
+    add_min_confidence_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="web demo and JSON API (page at /, API docs at /docs)")
@@ -198,7 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    add_min_confidence_option(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("calibrate", help="fit a model's temperature and its threshold for `unknown` on held-out "
+                                         "images, into a new model file")
+    p.add_argument("out", metavar="OUT", help="the new model file (never an existing one)")
+    add_model_option(p)
+    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write a model as ONNX, checked against PyTorch with onnxruntime")
     p.add_argument("out", metavar="OUT", help="the file to write, e.g. model.onnx")

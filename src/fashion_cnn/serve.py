@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -40,9 +41,12 @@ class FileResult(BaseModel):
     filename: str
     class_name: str | None = None
     class_index: int | None = None
-    probabilities: dict[str, float] = Field(default_factory=dict, description="one per class")
+    probability: float | None = Field(None, description="the top probability (calibrated)")
+    probabilities: dict[str, float] = Field(default_factory=dict, description="one per class (calibrated)")
     top_k: list[Ranked] = Field(default_factory=list, description="the most probable classes, best first")
     image: str | None = Field(None, description="the 28x28 image the model saw, as a PNG data URL")
+    unknown: bool = Field(False, description="unlike the training images: class_name is then 'unknown', "
+                                             "class_index null, and top_k the best guesses")
     error: str | None = Field(None, description="why this file could not be used; the rest is then empty")
 
 
@@ -75,7 +79,7 @@ def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
 
 
 def file_result(filename: str, p: Prediction, class_names: list[str]) -> FileResult:
-    record = as_record(p, class_names)  # its source and probability are not FileResult fields: ignored
+    record = as_record(p, class_names)  # its source is the filename here: ignored
     return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image))
 
 
@@ -99,9 +103,10 @@ class DeclaredSizeLimit:
 
 
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
-               max_body: int = MAX_BODY) -> FastAPIOffline:
-    """The application for one model file or run directory (default: the newest under runs/)."""
-    predictor = Predictor(model)
+               max_body: int = MAX_BODY, min_confidence: float | None = None) -> FastAPIOffline:
+    """The application for one model file or run directory (default: the newest under runs/);
+    min_confidence as in Predictor, overridable per request."""
+    predictor = Predictor(model, min_confidence=min_confidence)
     samples = sample_images(predictor.class_names)
     # One worker: inference never blocks the event loop, and torch, which already uses every core for
     # one batch, never runs several batches at once.
@@ -149,14 +154,18 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
                                               f"{max_body:,} bytes"},
                          422: {"model": PredictResponse, "description": "no file could be used"}})
     async def predict(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
-                      top_k: int = Query(3, ge=1, le=len(predictor.class_names))) -> JSONResponse:
+                      top_k: int = Query(3, ge=1, le=len(predictor.class_names)),
+                      min_confidence: float | None = Query(
+                          None, ge=0, le=1, description="answer unknown below this calibrated top probability, "
+                                                        "instead of the model's own rule")) -> JSONResponse:
         """Classify each uploaded image; a file that is not a usable image gets its own `error`."""
         for i, f in enumerate(files):
             if f.size is not None and f.size > max_bytes:
                 raise HTTPException(413, f"{f.filename or f'file {i}'}: {f.size:,} bytes, "
                                          f"over the {max_bytes:,}-byte limit")
         blobs = [await f.read() for f in files]
-        found = await asyncio.get_running_loop().run_in_executor(worker, predictor.predict, blobs, top_k)
+        found = await asyncio.get_running_loop().run_in_executor(
+            worker, partial(predictor.predict, blobs, top_k, min_confidence=min_confidence))
         results = [file_result(f.filename or f"file {i}", p, predictor.class_names)
                    for i, (f, p) in enumerate(zip(files, found))]
         if all(r.error for r in results):
@@ -168,7 +177,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     return app
 
 
-def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+        min_confidence: float | None = None) -> None:
     """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network."""
     import torch
     import uvicorn
@@ -176,6 +186,6 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     # A request is a batch of a few images: splitting it across threads costs more than it saves, and
     # under load those threads wait for each other (single-image latency 2 ms with one, 10-70 with two).
     torch.set_num_threads(1)
-    app = create_app(model)
+    app = create_app(model, min_confidence=min_confidence)
     print(f"serving on http://{host}:{port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .version import __version__
 from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
-from . import fastpath
+from . import calibration, fastpath
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
                    save_model, save_tensors, start_log, write_atomic, write_json)
@@ -375,6 +375,7 @@ def train_final(cfg: TrainConfig, resume: str | Path | None = None,
                "train_seconds": sum(row["seconds"] for row in history),
                "train_cpu_seconds": sum(row["cpu_seconds"] for row in history),
                "machine": machine_name(next(final.parameters()).device)}
+    results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
     save_model(run_dir / "model.safetensors", final.cpu(), model_metadata(final, cfg, data, **results,
                                                                          history=history))
     write_json(run_dir / "metrics.json", {**results, "history": history, "version": __version__})
