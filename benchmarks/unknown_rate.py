@@ -38,6 +38,7 @@ from common import CANVAS, HERE, render_photo
 
 WIDTH, HEIGHT = CANVAS
 RESAMPLES = 200
+RELIABILITY_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 1.0)  # coarse confidence bins for the README's table
 
 
 # --- out-of-distribution sets: (rng, n, digits) -> inputs for Predictor.predict ------------------------
@@ -216,6 +217,27 @@ def resampled_rates(logits: torch.Tensor, labels: torch.Tensor, seed: int) -> li
     return rates
 
 
+def accuracy_split(unknown: np.ndarray, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """What calling images unknown costs and buys: accuracy on all, on the answered rest, and how many of
+    the images called unknown the model would have got wrong."""
+    right = (logits.argmax(1) == labels).numpy()
+    return {"accuracy_all": float(right.mean()), "accuracy_answered": float(right[~unknown].mean()),
+            "wrong_among_unknown": float((~right[unknown]).mean()) if unknown.any() else None}
+
+
+def reliability(logits: torch.Tensor, labels: torch.Tensor, t: float) -> list[dict]:
+    """Per coarse confidence bin: how many images, their mean top probability, and how many were right."""
+    confidence, predicted = calibration.probabilities(logits, t).double().max(1)
+    right = (predicted == labels).double()
+    rows = []
+    for low, high in zip(RELIABILITY_EDGES, RELIABILITY_EDGES[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        rows.append({"bin": [low, high], "n": int(inside.sum()),
+                     "mean_confidence": float(confidence[inside].mean()) if inside.any() else None,
+                     "accuracy": float(right[inside].mean()) if inside.any() else None})
+    return rows
+
+
 def save_examples(folder: Path, name: str, inputs: list, predictor: Predictor) -> None:
     for i, (item, p) in enumerate(zip(inputs[:3], predictor.predict(inputs[:3]))):
         data = item if isinstance(item, bytes) else png_bytes(item)
@@ -248,7 +270,7 @@ def main() -> None:
     held_unknown, held_logits = run(predictor, list(images[half:].numpy()))
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(np.arange(half, len(labels)), min(args.photos, len(labels) - half), replace=False)
-    photo_unknown, _ = run(predictor, [render_photo(images[i].numpy(), rng) for i in picked])
+    photo_unknown, photo_logits = run(predictor, [render_photo(images[i].numpy(), rng) for i in picked])
 
     digits = load_digits().images
     draws = {}
@@ -267,13 +289,18 @@ def main() -> None:
     best = max(selection, key=lambda name: selection[name]["mean_unknown_rate"])
     rates = resampled_rates(torch.cat([fit_logits, held_logits]), labels, args.seed)
     report = {key: float(unknown.mean()) for key, (unknown, _) in draws["report"].items()}
+    held_labels = labels[half:]
+    bins = {"before": reliability(held_logits, held_labels, 1.0), "after": reliability(held_logits, held_labels, t)}
     result = {
         "model": str(predictor.path), "temperature": t, "rule": rule.describe(), "calibration": stored,
+        "reliability_held_out": bins,
         "in_distribution": {
             "source": source, "fitted_on": stored["fitted_on"], "reported_on": stored["reported_on"],
             "fitting_half_unknown_rate": float(fit_unknown.mean()),
             "held_out_unknown_rate": float(held_unknown.mean()),
+            "held_out": accuracy_split(held_unknown, held_logits, labels[half:]),
             "held_out_photos": len(picked), "held_out_photos_unknown_rate": float(photo_unknown.mean()),
+            "held_out_photos_accuracy": accuracy_split(photo_unknown, photo_logits, labels[torch.from_numpy(picked)]),
             "resampled_halves": {"count": RESAMPLES, "mean": float(np.mean(rates)), "std": float(np.std(rates)),
                                  "max": float(np.max(rates))},
         },
@@ -285,17 +312,27 @@ def main() -> None:
         "n": args.n, "seed": args.seed,
     }
 
+    print(f"\nreliability on {stored['reported_on']}: confidence bin, images, mean confidence, accuracy "
+          "(before -> after calibration)")
+    for before, after in zip(bins["before"], bins["after"]):
+        cells = [f"{row['n']:>5} {100 * (row['mean_confidence'] or 0):5.1f}% {100 * (row['accuracy'] or 0):5.1f}%"
+                 for row in (before, after)]
+        print(f"  ({before['bin'][0]:g}, {before['bin'][1]:g}]: " + "  ->  ".join(cells))
     print(f"\nscore selection (selection draw; threshold at {100 * calibration.UNKNOWN_RATE:g}% of the fitting half):")
     for name, row in selection.items():
         print(f"  {name:<16} mean unknown {100 * row['mean_unknown_rate']:5.1f}%, mean AUROC {row['mean_auroc']:.3f}")
     print(f"  best: {best}; stored in the model: {rule.score}")
     print(f"\n| images ({rule.describe()}) | n | called unknown |\n|---|---:|---:|")
-    print(f"| {source} fitted on ({stored['fitted_on']}) | {half:,} | {100 * fit_unknown.mean():.2f}% |")
-    print(f"| {source} held out ({stored['reported_on']}) | {len(labels) - half:,} | "
-          f"{100 * held_unknown.mean():.2f}% |")
+    print(f"| {stored['fitted_on']} (fitted on) | {half:,} | {100 * fit_unknown.mean():.2f}% |")
+    print(f"| {stored['reported_on']} | {len(labels) - half:,} | {100 * held_unknown.mean():.2f}% |")
     print(f"| photos of held-out items | {len(picked):,} | {100 * photo_unknown.mean():.2f}% |")
     for key, (description, _) in OOD_SETS.items():
         print(f"| {description} | {len(draws['report'][key][0]):,} | {100 * report[key]:.1f}% |")
+    for name, split in (("held-out test images", result["in_distribution"]["held_out"]),
+                        ("photos of them", result["in_distribution"]["held_out_photos_accuracy"])):
+        print(f"{name}: accuracy {100 * split['accuracy_all']:.2f}%, on those answered "
+              f"{100 * split['accuracy_answered']:.2f}%; of those called unknown, "
+              f"{100 * (split['wrong_among_unknown'] or 0):.0f}% would have been wrong")
     print(f"\nheld-out rate over {RESAMPLES} random halves: {100 * np.mean(rates):.2f}% "
           f"(std {100 * np.std(rates):.2f}, max {100 * np.max(rates):.2f})")
     write_json(args.out / "unknown.json", result)

@@ -33,20 +33,20 @@ UNKNOWN_RATE = 0.015  # share of the in-distribution fitting images the threshol
 MIN_IMAGES = 200  # held-out images needed: 100 per half still put a 1.5% threshold between real images
 TEMPERATURE_RANGE = (0.01, 100.0)  # a perfectly separated fitting set drives T to 0; keep it finite
 
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Calibrated class probabilities: softmax(logits / T)."""
+    return torch.softmax(logits.float() / temperature, 1)
+
+
 # Out-of-distribution scores: higher means more like the training images. Each takes the raw logits and
 # the model's temperature. benchmarks/unknown_rate.py compares them on out-of-distribution images
 # (digits, noise, blank walls, gradients, textures, shapes); `energy` separated them best (README).
 SCORES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "max_probability": lambda logits, t: torch.softmax(logits / t, 1).amax(1),
+    "max_probability": lambda logits, t: probabilities(logits, t).amax(1),
     "max_logit": lambda logits, t: logits.amax(1),
     "energy": lambda logits, t: t * torch.logsumexp(logits / t, 1),  # Liu et al. (2020), at the fitted T
 }
 SCORE = "energy"
-
-
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Calibrated class probabilities: softmax(logits / T)."""
-    return torch.softmax(logits.float() / temperature, 1)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -110,8 +110,9 @@ class UnknownRule:
         return ood_score(logits, self.temperature, self.score) < self.threshold
 
     def describe(self) -> str:
-        name = "probability" if self.score == "max_probability" else f"{self.score} score"
-        return f"unknown below {name} {self.threshold:.3g}"
+        if self.score == "max_probability":
+            return f"unknown below probability {self.threshold:.3g}" if self.threshold > 0 else "never unknown"
+        return f"unknown below {self.score} score {self.threshold:.3g}"
 
 
 def min_confidence_rule(min_confidence: float, temperature: float = 1.0) -> UnknownRule:
