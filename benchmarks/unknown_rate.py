@@ -238,6 +238,18 @@ def reliability(logits: torch.Tensor, labels: torch.Tensor, t: float) -> list[di
     return rows
 
 
+def runner_ups(logits: torch.Tensor, labels: torch.Tensor, t: float) -> dict:
+    """Do the classes after the best one carry information? The probability left to the 3rd-10th classes
+    (label smoothing's floor), and how often the runner-up is the right class when the best one is wrong."""
+    probs = calibration.probabilities(logits, t)
+    ranked = probs.sort(1, descending=True)
+    wrong = ranked.indices[:, 0] != labels
+    return {"mean_probability_of_3rd_to_last": float(ranked.values[:, 2:].sum(1).mean()),
+            "mean_runner_up_probability": float(ranked.values[:, 1].mean()),
+            "wrong": int(wrong.sum()),
+            "runner_up_right_when_wrong": float((ranked.indices[wrong, 1] == labels[wrong]).double().mean())}
+
+
 def save_examples(folder: Path, name: str, inputs: list, predictor: Predictor) -> None:
     for i, (item, p) in enumerate(zip(inputs[:3], predictor.predict(inputs[:3]))):
         data = item if isinstance(item, bytes) else png_bytes(item)
@@ -291,9 +303,10 @@ def main() -> None:
     report = {key: float(unknown.mean()) for key, (unknown, _) in draws["report"].items()}
     held_labels = labels[half:]
     bins = {"before": reliability(held_logits, held_labels, 1.0), "after": reliability(held_logits, held_labels, t)}
+    seconds = {"before": runner_ups(held_logits, held_labels, 1.0), "after": runner_ups(held_logits, held_labels, t)}
     result = {
         "model": str(predictor.path), "temperature": t, "rule": rule.describe(), "calibration": stored,
-        "reliability_held_out": bins,
+        "reliability_held_out": bins, "runner_ups_held_out": seconds,
         "in_distribution": {
             "source": source, "fitted_on": stored["fitted_on"], "reported_on": stored["reported_on"],
             "fitting_half_unknown_rate": float(fit_unknown.mean()),
@@ -318,6 +331,9 @@ def main() -> None:
         cells = [f"{row['n']:>5} {100 * (row['mean_confidence'] or 0):5.1f}% {100 * (row['accuracy'] or 0):5.1f}%"
                  for row in (before, after)]
         print(f"  ({before['bin'][0]:g}, {before['bin'][1]:g}]: " + "  ->  ".join(cells))
+    print("runner-ups: 3rd-10th classes' probability {:.1%} -> {:.1%}; runner-up right in {:.0%} of the {} errors".format(
+        seconds["before"]["mean_probability_of_3rd_to_last"], seconds["after"]["mean_probability_of_3rd_to_last"],
+        seconds["after"]["runner_up_right_when_wrong"], seconds["after"]["wrong"]))
     print(f"\nscore selection (selection draw; threshold at {100 * calibration.UNKNOWN_RATE:g}% of the fitting half):")
     for name, row in selection.items():
         print(f"  {name:<16} mean unknown {100 * row['mean_unknown_rate']:5.1f}%, mean AUROC {row['mean_auroc']:.3f}")
