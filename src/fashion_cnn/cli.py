@@ -219,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a model's temperature and its threshold for `unknown` on held-out "
-                                         "images, into a new model file")
+                                         "images, into a new model file",
+                       description="Fits on the first half of the model's held-out images (its --val-size "
+                                   "validation split, else the first 5,000 test images), measures on the second "
+                                   "half, and writes OUT: the same weights, with the result in its metadata.")
     p.add_argument("out", metavar="OUT", help="the new model file (never an existing one)")
     add_model_option(p)
     p.add_argument("--data-dir", help="Fashion-MNIST directory (default: search, then download)")
