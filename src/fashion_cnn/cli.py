@@ -181,6 +181,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep({**values, **given}, resume=args.resume)
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .crossval import CVConfig
+    from .tune import tune
+
+    values, given = given_options(CVConfig, args)
+    settings = {k: getattr(args, k) for k in ("trials", "timeout", "storage", "study") if hasattr(args, k)}
+    if hasattr(args, "space"):
+        pairs = [item.partition("=") for item in args.space]
+        bad = [name for name, eq, _ in pairs if not eq]
+        if bad:
+            raise ValueError(f"--space {bad[0]}: write NAME=RANGE, e.g. lr=0.001:0.1:log")
+        settings["space"] = {**values.get("space", {}), **{name: text for name, _, text in pairs}}
+    tune({**values, **given, **settings}, resume=args.resume)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
     from .predict import resolve_model_path
@@ -283,6 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
                             cmd_sweep), CVConfig, several=True,
                     resume_help="continue an interrupted sweep in RUN_DIR: finished points are kept, the "
                                 "interrupted one resumes")
+
+    from .tune import DEFAULT_STUDY, DEFAULT_TRIALS, space_help
+
+    p = command("tune", "search a model's recipe with Optuna (TPE, median pruning), scored by cross-validation "
+                "on the training data only; one worker of a study that any number of workers can join", cmd_tune)
+    add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
+                    "trials, and the worker's interrupted trial resumes")
+    p.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
+                   help="change the search space: NAME=LOW:HIGH (whole numbers for whole-number options), "
+                        "NAME=LOW:HIGH:log, NAME=A,B,C (choices) or NAME=VALUE (fixed). Default: "
+                        f"{space_help()}; a job option given (e.g. --epochs 10) is fixed instead")
+    p.add_argument("--trials", type=int, default=argparse.SUPPRESS,
+                   help=f"stop when the study has this many trials, all workers together (default: {DEFAULT_TRIALS})")
+    p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="this worker starts no new trial after this many seconds (default: no limit)")
+    p.add_argument("--storage", metavar="URL", default=argparse.SUPPRESS,
+                   help="the Optuna storage that holds the study, e.g. postgresql://user:password@host/db "
+                        "(default: study.db, SQLite, in the run directory)")
+    p.add_argument("--study", metavar="NAME", default=argparse.SUPPRESS,
+                   help=f"the study's name in the storage; workers with the same storage and name share it "
+                        f"(default: {DEFAULT_STUDY})")
 
     p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
                 cmd_evaluate)
