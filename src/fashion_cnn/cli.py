@@ -196,6 +196,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
     tune({**values, **given, **settings}, resume=args.resume)
 
 
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from .lrfind import LRFindConfig, lr_find
+
+    lr_find(LRFindConfig.from_dict(given_options(LRFindConfig, args)[1], None))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
     from .predict import resolve_model_path
@@ -319,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", metavar="NAME", default=argparse.SUPPRESS,
                    help=f"the study's name in the storage; workers with the same storage and name share it "
                         f"(default: {DEFAULT_STUDY})")
+
+    from .lrfind import OPTIONS, RULE, LRFindConfig
+
+    p = command("lr-find", "learning-rate range test: a short run with an exponentially growing learning rate, "
+                f"a plot of the loss against it, and a suggested --lr ({RULE})", cmd_lr_find)
+    add_config_options(p, LRFindConfig, only=OPTIONS)
+    p.set_defaults(config=None)
 
     p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
                 cmd_evaluate)
