@@ -263,10 +263,14 @@ def open_study(url: str, name: str):
     optuna = require_optuna()
     # SQLite: several processes take turns at the file's lock; wait for it rather than fail
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except Exception as e:  # the database's own errors: unreachable, refused, not a database
-        raise ValueError(f"--storage {shown(url)}: cannot open ({str(e).splitlines()[0][:300]})") from None
+    for attempt in range(3):  # workers that start together race to create the tables: the loser tries again
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            break
+        except Exception as e:  # the database's own errors: unreachable, refused, not a database
+            if attempt == 2:
+                raise ValueError(f"--storage {shown(url)}: cannot open ({str(e).splitlines()[0][:300]})") from None
+            time.sleep(0.5 + attempt)
     return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(),  # constant liar: workers sample apart
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
@@ -281,12 +285,12 @@ def data_fingerprint(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def join(study, options: dict, space: dict, fingerprint: str) -> tuple[dict, dict]:
+def join(study, options: dict, space: dict) -> tuple[dict, dict]:
     """The options and space this worker runs with: the study's, where a worker joins one; a joining
-    worker's own options may only differ in WORKER_OPTIONS, and its data must be the same."""
+    worker's own options may only differ in WORKER_OPTIONS."""
     theirs = study.user_attrs
     if "options" not in theirs:
-        for key, value in (("options", options), ("space", space), ("data_sha256", fingerprint)):
+        for key, value in (("options", options), ("space", space)):
             study.set_user_attr(key, value)
         theirs = study.user_attrs  # two first workers at once: the last one to write wins, the other is told
     shared = {k: v for k, v in options.items() if k not in WORKER_OPTIONS}
@@ -299,12 +303,19 @@ def join(study, options: dict, space: dict, fingerprint: str) -> tuple[dict, dic
     if space and space != theirs["space"]:
         raise ValueError(f"study {study.study_name!r} searches another space: "
                          + " ".join(f"{k}={v}" for k, v in theirs["space"].items()) + "; give it or none")
-    if theirs["data_sha256"] != fingerprint:
-        raise ValueError(f"study {study.study_name!r} was trained on other data (training set SHA-256 "
-                         f"{theirs['data_sha256'][:12]}..., here {fingerprint[:12]}...): give this worker the "
-                         "same data")
     own = {k: v for k, v in options.items() if k in WORKER_OPTIONS}
     return {**theirs["options"], **own}, theirs["space"]
+
+
+def same_data(study, data: Dataset) -> None:
+    """Every worker of a study trains on the same images, wherever its copy of them is."""
+    fingerprint = data_fingerprint(data)
+    theirs = study.user_attrs.get("data_sha256")
+    if theirs is None:
+        study.set_user_attr("data_sha256", fingerprint)
+    elif theirs != fingerprint:
+        raise ValueError(f"study {study.study_name!r} was trained on other data (training set SHA-256 "
+                         f"{theirs[:12]}..., here {fingerprint[:12]}...): give this worker the same data")
 
 
 @dataclass
@@ -348,24 +359,25 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
     options, settings = split_values(values or {})
     space = {k: str(v) for k, v in settings.get("space", {}).items()}  # --space: changes to the default space
     name = settings.get("study", DEFAULT_STUDY)
-    base = CVConfig.from_dict(options, None)
-    check_output_dir(base.out)
-    data = job_data(base)
-    fingerprint = data_fingerprint(data)
+    check_output_dir(CVConfig.from_dict(options, None).out)
     url = study = None
     if settings.get("storage") or resume:  # an existing study: join it before this worker makes its directory
         url = storage_url(settings.get("storage"), Path(resume or "."))
         study = open_study(url, name)
-        options, space = join(study, options, space, fingerprint)
+        options, space = join(study, options, space)
     fixed, dimensions = search_space(options, space)
     base = CVConfig.from_dict(fixed, None)
+    data = job_data(base)
+    if study is not None:
+        same_data(study, data)
     check_fits_data(base, data)
     trials = settings.get("trials", DEFAULT_TRIALS)
     with open_run({**options, **settings, "space": space}, "tune", base.out, resume) as run:
         if study is None:  # a new study in the run directory's own SQLite file
             url = storage_url(None, run.dir)
             study = open_study(url, name)
-            join(study, options, space, fingerprint)
+            join(study, options, space)
+            same_data(study, data)
         worker = Worker(run.dir, study, fixed, dimensions, data)
         objective = (f"mean validation accuracy of {base.folds}-fold cross-validation" if base.folds > 1 else
                      f"validation accuracy on a fixed {base.val_size}-image split") + " of the training set"
@@ -452,12 +464,14 @@ def write_report(run_dir: Path, study, url: str, objective: str, options: dict) 
 
 
 def importances(study) -> dict[str, float]:
-    """Optuna's parameter importances (its default evaluator, PED-ANOVA) over the complete trials; none
-    where there are too few trials to tell."""
+    """Parameter importances over the complete trials by fANOVA (a random forest's variance decomposition,
+    seeded; Optuna's default, PED-ANOVA, says nothing until there are a few dozen trials); none where
+    there are too few trials to tell."""
     import optuna
 
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (RuntimeError, ValueError) as e:
         log.info(f"no parameter importances yet ({e})")
         return {}
@@ -491,6 +505,6 @@ def importance_figure(importance: dict[str, float], complete: int) -> Figure:
     fig = Figure(figsize=(6, 0.5 * len(names) + 1.5))
     ax = fig.subplots()
     ax.barh(names, [importance[n] for n in names], color="tab:blue")
-    ax.set(title=f"Parameter importance (PED-ANOVA, {complete} complete trials)", xlabel="importance (sums to 1)")
+    ax.set(title=f"Parameter importance (fANOVA, {complete} complete trials)", xlabel="importance (sums to 1)")
     ax.grid(alpha=0.3, axis="x")
     return fig
