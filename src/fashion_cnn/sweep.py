@@ -116,6 +116,18 @@ def check_fits_data(cfg: CVConfig, data: Dataset) -> None:
     cv_splits(cfg, limited(data.train_images, data.train_labels, cfg.limit)[1])
 
 
+def job_values(job: str, values: dict | None, resume: str | Path | None) -> dict:
+    """The options a sweep or tune runs with: those given, or the saved ones of the interrupted run
+    `resume`, which keeps them (less the "job" key)."""
+    if resume is not None:
+        if values:
+            raise ValueError(f"a resumed {job} keeps its saved options: give --resume alone")
+        values = read_config(resume)
+        if values.get("job") != job:
+            raise ValueError(f"{resume}: a {values.get('job')!r} run, not a {job} run")
+    return {k: v for k, v in (values or {}).items() if k != "job"}
+
+
 def cv_in_folder(folder: Path, cfg: CVConfig, data: Dataset,
                  on_epoch: Iterable[Callable[[dict[int, History]], None]] = ()) -> CVResult:
     """cfg's cross-validation in a folder of its own: started there, or resumed where a kill left it."""
@@ -175,13 +187,7 @@ def best_point(points: list[dict]) -> dict:
 def sweep(values: dict | None = None, resume: str | Path | None = None) -> SweepResult:
     """Run (or resume) one cross-validation per point of the grid that `values` (option name -> value, a
     list for several) spans; resume: an interrupted sweep's directory, continued with its saved options."""
-    if resume is not None:
-        if values:
-            raise ValueError("a resumed sweep keeps its saved options: give --resume alone")
-        values = read_config(resume)
-        if values.get("job") != "sweep":
-            raise ValueError(f"{resume}: a {values.get('job')!r} run, not a sweep")
-    single, grid = split_grid({k: v for k, v in (values or {}).items() if k != "job"})
+    single, grid = split_grid(job_values("sweep", values, resume))
     values = {**single, **grid}
     points = grid_points(values)
     root = check_output_dir(points[0].cfg.out)

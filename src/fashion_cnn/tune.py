@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import socket
 import time
 from dataclasses import dataclass, fields
@@ -31,8 +30,8 @@ from matplotlib.ticker import MaxNLocator
 
 from .crossval import CVConfig
 from .data import Dataset
-from .runs import check_output_dir, open_run, read_config, start_log, write_atomic, write_json
-from .sweep import check_fits_data, cv_in_folder, cv_record, fmt
+from .runs import check_output_dir, open_run, start_log, write_atomic, write_json
+from .sweep import check_fits_data, cv_in_folder, cv_record, fmt, job_values
 from .train import History, TrainConfig, TrainingDiverged, job_data
 
 log = logging.getLogger("fashion_cnn")
@@ -332,7 +331,7 @@ class TuneResult:
 
 def split_values(values: dict) -> tuple[dict, dict]:
     """(job options, tune settings) of the values from the command line, --config or a run's config.json."""
-    values = {k: v for k, v in values.items() if k != "job"}
+    values = dict(values)
     settings = {k: values.pop(k) for k in TUNE_KEYS if k in values}
     if not isinstance(settings.get("space", {}), dict):
         raise ValueError("space: a table of option names and ranges, e.g. lr = \"0.001:0.1:log\"")
@@ -350,13 +349,7 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
     """Run one worker of a study: the options (job options plus space, trials, timeout, storage, study; as
     `fashion-cnn tune` takes them), or those saved in `resume`, an interrupted worker's run directory."""
     optuna = require_optuna()
-    if resume is not None:
-        if values:
-            raise ValueError("a resumed tune keeps its saved options: give --resume alone")
-        values = read_config(resume)
-        if values.get("job") != "tune":
-            raise ValueError(f"{resume}: a {values.get('job')!r} run, not a tune run")
-    options, settings = split_values(values or {})
+    options, settings = split_values(job_values("tune", values, resume))
     space = {k: str(v) for k, v in settings.get("space", {}).items()}  # --space: changes to the default space
     name = settings.get("study", DEFAULT_STUDY)
     check_output_dir(CVConfig.from_dict(options, None).out)
