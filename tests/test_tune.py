@@ -1,7 +1,9 @@
 import json
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,8 @@ def test_tune_writes_the_best_config_plots_and_the_command_and_the_config_trains
     assert "the test set was not used" in err and f"dashboard: optuna-dashboard sqlite:///{run.resolve()}" in err
     assert f"next: fashion-cnn train --config {(run / 'best_config.toml').resolve()}" in err
 
+    assert dashboard_studies(f"sqlite:///{run.resolve() / 'study.db'}") == ["fashion-cnn"]
+
     config = tomllib.loads((run / "best_config.toml").read_text())
     assert config["lr"] == study.best_params["lr"] and config["batch_size"] == study.best_params["batch_size"]
     assert "val_size" not in config and "folds" not in config  # the final model trains on all training images
@@ -111,6 +115,28 @@ def test_tune_writes_the_best_config_plots_and_the_command_and_the_config_trains
     saved = json.loads((final / "config.json").read_text())
     assert (saved["lr"], saved["batch_size"], saved["val_size"]) == (config["lr"], config["batch_size"], 0)
     assert (final / "model.safetensors").is_file()
+
+
+def dashboard_studies(url: str) -> list[str]:
+    """The study names optuna-dashboard lists for a storage: it opens it (the command the report prints)."""
+    pytest.importorskip("optuna_dashboard", reason="the tune extra's optuna-dashboard is not installed")
+    from server_harness import free_port
+
+    port = free_port()
+    script = "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()"
+    with subprocess.Popen([sys.executable, "-c", script, url, "--port", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as dashboard:
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                        return [s["study_name"] for s in json.load(answer)["study_summaries"]]
+                except OSError:
+                    assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                    time.sleep(0.5)
+        finally:
+            dashboard.terminate()
 
 
 def test_a_killed_study_keeps_its_trials_and_continues_the_interrupted_one(tiny_data_dir, tmp_path, monkeypatch):

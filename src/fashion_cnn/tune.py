@@ -477,8 +477,9 @@ def history_figure(trials: list) -> Figure:
     done = [t for t in trials if t.state.name == "COMPLETE"]
     pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
     ax.plot([t.number for t in done], [100 * t.value for t in done], "o", color="tab:blue", label="complete")
-    ax.plot([t.number for t in pruned], [100 * t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-            "x", color="tab:gray", label="pruned (last reported)")
+    if pruned:
+        ax.plot([t.number for t in pruned], [100 * t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                "x", color="tab:gray", label="pruned (last reported)")
     best, xs, ys = -math.inf, [], []
     for t in sorted(done, key=lambda t: t.number):
         best = max(best, t.value)
