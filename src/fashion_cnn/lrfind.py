@@ -12,16 +12,19 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from .augment import make_augment
 from .data import Dataset, to_float
 from .runs import csv_bytes, write_atomic, write_json
 from .train import (POSITIVE, TrainConfig, check, derived_seed, job_config, job_data, limited,
                     make_model, make_optimizer, make_step, opt, start_job)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
 
 log = logging.getLogger("fashion_cnn")
 SMOOTHING = 0.98  # the loss's exponential moving average over about the last 50 steps (bias-corrected)
@@ -137,6 +140,8 @@ def lr_find(cfg: LRFindConfig | None = None, data: Dataset | None = None) -> LRF
 def lr_find_figure(rows: list[dict], suggestion: float, minimum: float, steepest: float, recipe: float) -> Figure:
     """Loss (raw, faint; smoothed, solid) against the learning rate on a log axis, with the minimum, the
     steepest descent, the suggestion and the recipe's learning rate marked."""
+    from matplotlib.figure import Figure
+
     lrs = [r["lr"] for r in rows]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()

@@ -16,16 +16,17 @@ import logging
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from .crossval import CVConfig, CVResult, cross_validate, cv_splits, train_command
 from .data import Dataset
 from .runs import check_output_dir, csv_bytes, open_run, read_config, start_log, write_atomic, write_json
 from .train import History, job_data, limited
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
 
 log = logging.getLogger("fashion_cnn")
 LOG_SCALE = ("lr", "weight_decay")  # options whose values are compared by ratios: a log axis
@@ -261,6 +262,9 @@ def write_outputs(result: SweepResult, grid: dict) -> None:
 def sweep_curves(points: list[dict]) -> Figure:
     """The mean validation curve of every point (loss and accuracy per epoch), each with a band of
     ± one standard deviation over its folds."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, ("val_loss", "val_accuracy"), ("Validation loss", "Validation accuracy")):
@@ -292,6 +296,8 @@ def metric_against_value(points: list[dict], grid: dict) -> Figure:
     """Final validation accuracy and loss (mean, with ± std bars over the folds) against the swept value,
     on a log axis for learning rates and weight decay; one line per value of the other swept options;
     the best point starred."""
+    from matplotlib.figure import Figure
+
     x_name = x_option(grid)
     numeric = all(map(is_number, grid[x_name]))
     position = {fmt(v): (v if numeric else i) for i, v in enumerate(grid[x_name])}

@@ -23,16 +23,17 @@ import socket
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from .crossval import CVConfig
 from .data import Dataset
 from .runs import check_output_dir, open_run, start_log, write_atomic, write_json
 from .sweep import check_fits_data, cv_in_folder, cv_record, fmt, job_values
 from .train import History, TrainConfig, TrainingDiverged, job_data
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
 
 log = logging.getLogger("fashion_cnn")
 
@@ -472,6 +473,9 @@ def importances(study) -> dict[str, float]:
 
 def history_figure(trials: list) -> Figure:
     """Objective per trial (complete: dots; pruned: crosses at their last reported value) and the best so far."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -495,6 +499,8 @@ def history_figure(trials: list) -> Figure:
 
 def importance_figure(importance: dict[str, float], complete: int) -> Figure:
     """Parameter importances as horizontal bars, the most important on top."""
+    from matplotlib.figure import Figure
+
     names = list(importance)[::-1]
     fig = Figure(figsize=(6, 0.5 * len(names) + 1.5))
     ax = fig.subplots()
