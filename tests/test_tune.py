@@ -203,6 +203,14 @@ def test_options_from_a_toml_config_and_a_timeout_that_starts_nothing(tiny_data_
     assert json.loads((run / "tune_results.json").read_text())["trials"]["complete"] == 0
 
 
+def test_without_optuna_tune_is_a_one_line_error_before_any_work(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    assert main(tune_args(tiny_data_dir, tmp_path / "runs")) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fashion-cnn: error: tune needs Optuna: pip install 'fashion-cnn[tune]'"]
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage(request, tmp_path):
     """A storage URL for the study: a SQLite file, or a throw-away PostgreSQL server (skipped where it
@@ -222,7 +230,7 @@ def storage(request, tmp_path):
 
 
 def test_two_workers_share_one_study_and_a_third_reads_the_best(storage, tiny_data_dir, tmp_path):
-    trials = 3
+    trials = 4
     workers = [subprocess.Popen([sys.executable, "-m", "fashion_cnn", *tune_args(
         tiny_data_dir, tmp_path / f"worker{k}", "--trials", str(trials), "--storage", storage, "--study", "shared")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (1, 2)]
