@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
-.PHONY: setup setup-test system-deps test-system-deps cv test clean-venv bench-speed bench-same-steps bench-job
+.PHONY: setup setup-test system-deps test-system-deps cv test clean-venv bench-speed bench-same-steps bench-job \
+        bench-sweep-lr bench-tune-fast
 
 # What the jobs need: `make cv` installs this much and no more.
 setup: system-deps $(VENV)/.installed
@@ -16,7 +17,7 @@ setup-test: setup test-system-deps $(VENV)/.installed-test
 # compiler for the baseline's CPU kernel (src/fashion_cnn/conv_pool.c). Without root, the loader downloads
 # the data instead and the kernel's work falls back to slower torch ops.
 SYSTEM_PACKAGES := python3-venv dataset-fashion-mnist gcc libc6-dev
-TEST_PACKAGES   := chromium firefox-esr
+TEST_PACKAGES   := chromium firefox-esr postgresql
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || \
@@ -30,7 +31,8 @@ endef
 system-deps:
 	$(call apt_install,$(SYSTEM_PACKAGES))
 
-# Chromium and Firefox ESR for the browser tests; without root they are skipped.
+# Chromium and Firefox ESR for the browser tests, PostgreSQL for the shared-study tests of `tune` (a throw-away
+# server per test, tests/postgres.py); without root they are skipped.
 test-system-deps:
 	$(call apt_install,$(TEST_PACKAGES))
 
@@ -39,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[serve,export]'
+	$(PY) -m pip install -q -e '.[serve,export,tune,tensorboard]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -77,6 +79,16 @@ bench-same-steps: setup $(KERAS_VENV)/.installed
 # Wall time and peak memory of the whole default job (`make cv`).
 bench-job: setup
 	$(PY) benchmarks/default_job.py $(ARGS)
+
+# The tutorial's experiment: the baseline at five learning rates, 5-fold cross-validation, 10 epochs each
+# (README, "Experiments"); the sweep's table and plots land in runs/<timestamp>-sweep/.
+bench-sweep-lr: setup
+	$(PY) benchmarks/sweep_lr.py $(ARGS)
+
+# A tune of the fast model's recipe on a fixed 5,000-image validation split: two workers sharing a
+# throw-away PostgreSQL study, then the final model (benchmarks/results/tune_fast.json).
+bench-tune-fast: setup test-system-deps
+	$(PY) benchmarks/tune_fast.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

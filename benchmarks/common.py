@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from sample_images import CANVAS, render_photo, write_digits_folder  # noqa: E402,F401  (re-exported)
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
+from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 
 # --- the machine: what else is running ---------------------------------------------------------------
@@ -55,6 +56,33 @@ def others_busy_now(seconds: float = 2.0) -> float:
         print(f"warning: other processes are using {100 * share:.0f}% of the CPUs; the times will be slower "
               "than on a quiet machine, and threaded torch more so than TF", file=sys.stderr)
     return share
+
+
+# --- child processes: each one's own wall time, CPU time and peak memory ---------------------------------
+
+def run_measured_together(cmds: list[list[str]]) -> list[dict]:
+    """Start every command at once and wait for all; per command its wall seconds, CPU seconds and peak
+    RSS (that child alone, as wait4 gives them, not the max over all children as RUSAGE_CHILDREN would)."""
+    t0 = time.perf_counter()
+    procs = {proc.pid: (k, cmd, proc) for k, cmd in enumerate(cmds) for proc in [subprocess.Popen(cmd)]}
+    results: list[dict] = [{} for _ in cmds]
+    while procs:
+        pid, status, usage = os.wait4(-1, 0)  # whichever child ends first: its own wall time
+        if pid not in procs:
+            continue
+        k, cmd, proc = procs.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        results[k] = {"command": " ".join(cmd[2:]), "seconds": time.perf_counter() - t0,
+                      "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
+    return results
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run cmd to completion: run_measured_together of one command."""
+    return run_measured_together([cmd])[0]
 
 
 # --- timing; keras_baseline.py has its own copies, as it runs without torch in .venv-keras ------------

@@ -10,6 +10,7 @@ import pytest
 from fashion_cnn import crossval, train
 from fashion_cnn.cli import build_parser, main
 from fashion_cnn.crossval import CVConfig
+from fashion_cnn.lrfind import OPTIONS as LRFIND_OPTIONS
 from fashion_cnn.train import TrainConfig
 
 
@@ -160,7 +161,8 @@ def test_options_out_of_range_for_the_data_are_refused_before_the_run_starts(job
 
 def test_every_job_option_is_tested_with_a_bad_value():
     tested = {a[0] for a, _ in BAD_OPTIONS + TRAIN_ONLY + CV_ONLY} | {a[0] for _, a, _ in BAD_FOR_THE_DATA}
-    anything_goes = {"--flip", "--tta", "--amp"}  # flags: both values are valid
+    anything_goes = {"--flip", "--tta", "--amp", "--tensorboard"}  # flags: both values are valid
+    # (--tensorboard without its package: tests/test_tensorboard_log.py)
     options = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(CVConfig)} | {"--config", "--resume"}
     assert options - anything_goes <= tested, options - anything_goes - tested
 
@@ -193,18 +195,28 @@ def test_every_job_option_acts(reads, tiny_data_dir, tmp_path):
     assert main(["cv", "--folds", "2", *common]) == 0
     cv_reads = set(reads)
     assert main(["cv", "--folds", "1", "--val-size", "50", *common]) == 0
-    assert main(["train", "--val-size", "50", "--early-stopping", "1", *common]) == 0
+    assert main(["train", "--val-size", "50", "--early-stopping", "1", "--tensorboard", *common]) == 0
     fields = {f.name for f in dataclasses.fields(CVConfig)}
     assert reads == fields, fields - reads
     assert {"folds", "split_seed"} <= cv_reads
+
+
+def job_flags_of(names) -> set[str]:
+    """The command-line flags of config fields: --name, and --no-name for the booleans."""
+    flags = {"--" + n.replace("_", "-") for n in names}
+    return flags | {"--no-" + n.replace("_", "-") for n in names if CVConfig.__dataclass_fields__.get(n)
+                    and CVConfig.__dataclass_fields__[n].type.startswith("bool")}
 
 
 # Options of the other commands, each with a check that it reached the code that acts on it
 def test_every_option_of_every_command_is_covered():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    job_flags = {f"--{prefix}{f.name.replace('_', '-')}" for f in dataclasses.fields(CVConfig) for prefix in ("", "no-")}
+    # sweep and tune pass the job options on to cross_validate, whose tests cover them
     options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
-               if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")}
+               if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")
+               and not (name in ("sweep", "tune") and opt in job_flags)}
     data_options = {"--data", "--classes", "--test-fraction", "--data-dir"}
     covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
@@ -216,12 +228,16 @@ def test_every_option_of_every_command_is_covered():
                *(("calibrate", o) for o in data_options),
                *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
                                           "--json")),
-               ("report", "--out"), ("report", "--data-dir")}
+               ("report", "--out"), ("report", "--data-dir"),
+               ("sweep", "--config"), ("sweep", "--resume"), *(("tune", o) for o in (
+                   "--config", "--resume", "--space", "--trials", "--timeout", "--storage", "--study")),
+               *(("lr-find", o) for o in job_flags_of(LRFIND_OPTIONS))}
     # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
-    # serve: test_serve_passes_its_options_on below
+    # serve: test_serve_passes_its_options_on below; sweep: tests/test_sweep.py;
+    # tune: tests/test_tune.py; lr-find: tests/test_lrfind.py (test_every_range_test_option_acts and its range)
     assert options <= covered, options - covered
 
 

@@ -46,9 +46,26 @@ def option_help(field: dataclasses.Field) -> str:
     return text.replace("%", "%%")
 
 
-def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: tuple[str, ...] = ()) -> None:
+class SeveralBools(argparse.Action):
+    """A flag of a sweep: --flip (true), --no-flip (false), or --flip true false (both)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-") and values:
+            parser.error(f"{option_string} takes no values")
+        setattr(namespace, self.dest, [False] if option_string.startswith("--no-") else values or [True])
+
+
+def true_or_false(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"true or false, not {text!r}")
+    return text.lower() == "true"
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: tuple[str, ...] = (),
+                       several: bool = False) -> None:
     """One option per config field (or the fields named in `only`); unset options stay out of the
-    parsed namespace, so the job can tell what was given."""
+    parsed namespace, so the job can tell what was given. several: each option takes one or more values
+    (a list), for a sweep."""
     from .models import list_models
 
     hints = typing.get_type_hints(config_cls)
@@ -60,12 +77,17 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: 
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         choices = list_models() if f.name == "model" else f.metadata.get("choices")
-        if kind is bool:
+        if kind is bool and several:
+            parser.add_argument(flag, "--no-" + flag[2:], dest=f.name, nargs="*", type=true_or_false,
+                                action=SeveralBools, default=argparse.SUPPRESS, metavar="true|false",
+                                help=option_help(f))
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=option_help(f))
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices,
-                                metavar=None if choices else f.name.upper(), help=option_help(f))
+                                nargs="+" if several else None, metavar=None if choices else f.name.upper(),
+                                help=option_help(f))
 
 
 def read_config_file(path: str) -> dict:
@@ -83,14 +105,19 @@ def read_config_file(path: str) -> dict:
         raise ValueError(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'} ({e})") from None
 
 
+def given_options(config_cls: type, args: argparse.Namespace) -> tuple[dict, dict]:
+    """(--config's values, the options given on the command line) for a config class's fields."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return read_config_file(args.config) if args.config else {}, given
+
+
 def job_config_from_args(config_cls: type, args: argparse.Namespace):
     """The config the options ask for: --config's values, then the options given on the command line.
     With --resume, they are laid over the run's saved config, so only real changes show as differences."""
     from .runs import read_config
 
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    values = read_config_file(args.config) if args.config else {}
+    values, given = given_options(config_cls, args)
     if args.resume is not None:
         if not values and not given:
             return None  # the saved config as it is
@@ -98,12 +125,13 @@ def job_config_from_args(config_cls: type, args: argparse.Namespace):
     return config_cls.from_dict({**values, **given}, f"--config {args.config}" if args.config else None)
 
 
-def add_job_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    add_config_options(parser, config_cls)
+def add_job_options(parser: argparse.ArgumentParser, config_cls: type, several: bool = False,
+                    resume_help: str = "continue an interrupted run in RUN_DIR with its saved options (only "
+                                       "--epochs may grow, with a constant learning rate)") -> None:
+    add_config_options(parser, config_cls, several=several)
     parser.add_argument("--config", metavar="FILE", help="take options from a TOML file or a run's config.json; "
                         "options given here override it")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR with its "
-                        "saved options (only --epochs may grow, with a constant learning rate)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
 
 
 DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir")
@@ -148,6 +176,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train_final
 
     train_final(job_config_from_args(TrainConfig, args), resume=args.resume)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .crossval import CVConfig
+    from .sweep import sweep
+
+    values, given = given_options(CVConfig, args)
+    sweep({**values, **given}, resume=args.resume)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .crossval import CVConfig
+    from .tune import tune
+
+    values, given = given_options(CVConfig, args)
+    settings = {k: getattr(args, k) for k in ("trials", "timeout", "storage", "study") if hasattr(args, k)}
+    if hasattr(args, "space"):
+        pairs = [item.partition("=") for item in args.space]
+        bad = [name for name, eq, _ in pairs if not eq]
+        if bad:
+            raise ValueError(f"--space {bad[0]}: write NAME=RANGE, e.g. lr=0.001:0.1:log")
+        settings["space"] = {**values.get("space", {}), **{name: text for name, _, text in pairs}}
+    tune({**values, **given, **settings}, resume=args.resume)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from .lrfind import LRFindConfig, lr_find
+
+    lr_find(LRFindConfig.from_dict(given_options(LRFindConfig, args)[1], None))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -318,6 +375,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_options(command("cv", "k-fold cross-validation with learning curves", cmd_cv), CVConfig)
     add_job_options(command("train", "train the final model on all training images, test it once, save it",
                             cmd_train), TrainConfig)
+
+    add_job_options(command("sweep", "one cross-validation per point of a grid of options (e.g. --lr 0.001 "
+                            "0.01 0.1; several options make their grid), compared in a table and plots",
+                            cmd_sweep), CVConfig, several=True,
+                    resume_help="continue an interrupted sweep in RUN_DIR: finished points are kept, the "
+                                "interrupted one resumes")
+
+    from .tune import DEFAULT_STUDY, DEFAULT_TRIALS, space_help
+
+    p = command("tune", "search a model's recipe with Optuna (TPE, median pruning), scored by cross-validation "
+                "on the training data only; one worker of a study that any number of workers can join", cmd_tune)
+    add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
+                    "trials, and the worker's interrupted trial resumes")
+    p.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
+                   help="change the search space: NAME=LOW:HIGH (whole numbers for whole-number options), "
+                        "NAME=LOW:HIGH:log, NAME=A,B,C (choices) or NAME=VALUE (fixed). Default: "
+                        f"{space_help()}; a job option given (e.g. --epochs 10) is fixed instead")
+    p.add_argument("--trials", type=int, default=argparse.SUPPRESS,
+                   help=f"stop when the study has this many trials, all workers together (default: {DEFAULT_TRIALS})")
+    p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="this worker starts no new trial after this many seconds (default: no limit)")
+    p.add_argument("--storage", metavar="URL", default=argparse.SUPPRESS,
+                   help="the Optuna storage that holds the study, e.g. postgresql://user:password@host/db "
+                        "(default: study.db, SQLite, in the run directory)")
+    p.add_argument("--study", metavar="NAME", default=argparse.SUPPRESS,
+                   help=f"the study's name in the storage; workers with the same storage and name share it "
+                        f"(default: {DEFAULT_STUDY})")
+
+    from .lrfind import OPTIONS, RULE, LRFindConfig
+
+    p = command("lr-find", "learning-rate range test: a short run with an exponentially growing learning rate, "
+                f"a plot of the loss against it, and a suggested --lr ({RULE})", cmd_lr_find)
+    add_config_options(p, LRFindConfig, only=OPTIONS)
+    p.set_defaults(config=None)
 
     p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
                 cmd_evaluate)

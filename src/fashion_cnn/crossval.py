@@ -11,11 +11,13 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
+from . import tensorboard_log
 from .data import Dataset
 from .runs import csv_bytes, write_atomic, write_json
 from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
@@ -49,6 +51,15 @@ def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((n, 1))))
 
 
+def cv_splits(cfg: CVConfig, labels: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, validation indices) per fold of the (limited) training labels: k folds, or the
+    --val-size holdout with folds=1. ValueError where the options do not fit the data."""
+    if cfg.folds == 1:
+        (train_idx, _), (val_idx, _) = holdout_split(torch.arange(len(labels)), labels, cfg.val_size)
+        return [(train_idx.numpy(), val_idx.numpy())]
+    return kfold_splits(len(labels), cfg.folds, cfg.split_seed)
+
+
 def summarize(fold_accuracies: list[float]) -> dict:
     """The fold accuracies with their mean and (population) standard deviation, as the tutorial reports them."""
     acc = np.array(fold_accuracies)
@@ -76,20 +87,20 @@ class CVResult:
         return self.summary["std"]
 
 
-def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None,
-                   data: Dataset | None = None) -> CVResult:
-    """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size."""
+def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None, data: Dataset | None = None,
+                   on_epoch: Iterable[Callable[[dict[int, History]], None]] = ()) -> CVResult:
+    """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size.
+
+    on_epoch: called after every epoch with the histories of the folds so far (fold number -> rows), the
+    ones finished before a resume included: the seam for reporting progress, e.g. to a pruner.
+    """
     from .plots import fold_boxplot, learning_curves, save_figure
     from .report import write_report
 
     cfg = job_config(CVConfig, cfg, resume)
     data = data or job_data(cfg)
     images, labels = limited(data.train_images, data.train_labels, cfg.limit)
-    if cfg.folds == 1:
-        (train_idx, _), (val_idx, _) = holdout_split(torch.arange(len(labels)), labels, cfg.val_size)
-        splits = [(train_idx.numpy(), val_idx.numpy())]
-    else:
-        splits = kfold_splits(len(images), cfg.folds, cfg.split_seed)
+    splits = cv_splits(cfg, labels)
     with start_job(cfg, "cv", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
                  + (f"{cfg.folds} folds" if cfg.folds > 1 else f"{cfg.val_size} held out") + f", model {cfg.model})")
@@ -101,6 +112,10 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             rows = [{"fold": k, **r} for k, h in histories.items() for r in h]
             write_atomic(run.dir / "metrics.csv", csv_bytes(rows))
 
+        def report(row: dict) -> None:
+            for callback in on_epoch:
+                callback(histories)
+
         for fold, (train_idx, val_idx) in enumerate(splits, start=1):
             ckpt = run.dir / f"checkpoint-fold{fold}.safetensors"
             state = states[fold] = TrainState.create(cfg, len(data.class_names), fold - 1)
@@ -109,9 +124,10 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             histories[fold] = state.history  # fit appends to it: metrics.csv shows the epochs so far
             if not state.done(cfg):
                 train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-                fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
-                    keys=(fold - 1,), checkpoint=ckpt, on_epoch=[write_metrics],
-                    desc=f"fold {fold}/{len(splits)} ")
+                with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard" / f"fold{fold}") as tb:
+                    fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
+                        keys=(fold - 1,), checkpoint=ckpt, on_epoch=[write_metrics, report, *tb],
+                        desc=f"fold {fold}/{len(splits)} ")
             log.info(f"fold {fold}/{len(splits)}: accuracy {100 * state.result['val_accuracy']:.3f}%"
                      + (f" (best epoch {state.best_epoch})" if state.best_epoch else ""))
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import tensorboard_log
 from .augment import make_augment
 from .data import Dataset, to_float
 from .inference import loss_and_accuracy
@@ -117,6 +118,8 @@ class TrainConfig:
                            "epoch, for choosing recipes without the test set", AT_LEAST_0)
     early_stopping: int = opt(0, "stop when the validation loss has not improved for this many epochs, and "
                                  "keep the best epoch's weights (0: off)", AT_LEAST_0)
+    tensorboard: bool = opt(False, "also write TensorBoard event files into the run directory (needs "
+                                   "fashion-cnn[tensorboard]); view with `tensorboard --logdir runs`")
 
     def __post_init__(self) -> None:
         """Fill the unset recipe fields, so a config is complete (and saved complete) once built; then
@@ -147,6 +150,8 @@ class TrainConfig:
             raise ValueError("--device cuda: no CUDA device is available")
         if self.early_stopping and not self.validates():
             raise ValueError("--early-stopping watches the validation loss: give --val-size too")
+        if self.tensorboard and not tensorboard_log.available():
+            raise ValueError(tensorboard_log.MISSING)
 
     def validates(self) -> bool:
         """Whether the job scores held-out data after every epoch."""
@@ -593,7 +598,8 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         def write_metrics(row: dict) -> None:
             write_atomic(run.dir / "metrics.csv", csv_bytes(state.history))
 
-        fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics])
+        with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard") as tensorboard:
+            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tensorboard])
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
                     run.dir / "learning_curves.png")
         final = state.final.eval()

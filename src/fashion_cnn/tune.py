@@ -1,0 +1,510 @@
+"""Search a model's recipe with Optuna (`fashion-cnn tune`): TPE sampling, median pruning, on training data only.
+
+Each trial is an ordinary cv run (k folds, or one --val-size holdout with --folds 1) in the worker's run
+directory, trials/<number>/; its objective is the mean validation accuracy, and the test set is never
+read. While it trains, the running estimate goes to the pruner at every tenth of the trial's progress,
+so a poor trial stops at a fold or epoch boundary.
+
+The study lives in an Optuna storage: by default a SQLite file in the run directory, or any database
+(`--storage postgresql://...`) that any number of workers, on one machine or many, join with the same
+`--study` name. The first worker's options and search space are stored with the study; a joining worker
+takes them, and may only change the options that concern its own machine (WORKER_OPTIONS). Every worker
+ends by writing the study's report into its run directory: the best configuration as a `--config` TOML
+file, a history plot, a parameter-importance plot, and the command that trains the final model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import socket
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+
+from .crossval import CVConfig
+from .data import Dataset
+from .runs import check_output_dir, open_run, start_log, write_atomic, write_json
+from .sweep import check_fits_data, cv_in_folder, cv_record, fmt, job_values
+from .train import History, TrainConfig, TrainingDiverged, job_data
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
+
+log = logging.getLogger("fashion_cnn")
+
+# what a worker may set for itself when it joins a study: where it writes, how it computes, where its copy
+# of the data is (checked to be the same data by its fingerprint)
+WORKER_OPTIONS = ("out", "device", "threads", "eval_batch_size", "tensorboard", "data", "classes",
+                  "test_fraction", "data_dir")
+# the search space unless --space or a job option says otherwise; epochs: half the model's recipe to all of it
+DEFAULT_SPACE = {"lr": "0.001:0.3:log", "weight_decay": "1e-06:0.01:log", "batch_size": "32,64,128,256",
+                 "epochs": None, "crop": "0:4", "erase": "0:0.5", "flip": "true,false", "label_smoothing": "0:0.2"}
+TUNE_KEYS = ("space", "trials", "timeout", "storage", "study")
+DEFAULT_TRIALS = 20
+DEFAULT_STUDY = "fashion-cnn"
+REPORTS = 10  # progress steps at which a trial reports to the pruner: every tenth of its folds and epochs
+NO_TEST_SET = "the test set was not used: every trial was scored on the training data only"
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ValueError("tune needs Optuna: pip install 'fashion-cnn[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one line per trial instead
+    return optuna
+
+
+# --- the search space ---------------------------------------------------------------------------------------
+
+def searchable() -> list[str]:
+    """The options a search may vary: the model and its recipe's fields."""
+    return ["model"] + [f.name for f in fields(TrainConfig) if "fallback" in f.metadata]
+
+
+def kind_of(name: str) -> str:
+    """An option's value type: int, float, bool or str."""
+    annotation = next(f.type for f in fields(CVConfig) if f.name == name)
+    return next(a.strip() for a in annotation.split("|") if a.strip() != "None")
+
+
+def parse_value(name: str, text: str):
+    kind = kind_of(name)
+    try:
+        if kind == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return {"int": int, "float": float, "str": str}[kind](text)
+    except ValueError:
+        raise ValueError(f"--space {name}: {text!r} is not {'true or false' if kind == 'bool' else 'a ' + kind}") from None
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched option: a range (whole numbers for whole-number options; log: sampled evenly in
+    the logarithm) or a list of choices."""
+
+    name: str
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def __str__(self) -> str:
+        if self.choices:
+            return ",".join(str(c).lower() if isinstance(c, bool) else fmt(c) for c in self.choices)
+        return f"{fmt(self.low)}:{fmt(self.high)}" + (":log" if self.log else "")
+
+
+def parse_dimension(name: str, text: str) -> Dimension | object:
+    """NAME=LOW:HIGH[:log] (a range), NAME=A,B,C (choices), or NAME=VALUE (fixed: the value itself)."""
+    if name not in searchable():
+        raise ValueError(f"--space {name}: not a searchable option; these are: {', '.join(searchable())}")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log") or kind_of(name) not in ("int", "float"):
+            raise ValueError(f"--space {name}={text}: a range is LOW:HIGH or LOW:HIGH:log, of a numeric option")
+        low, high = (parse_value(name, p) for p in parts[:2])
+        if not low < high:
+            raise ValueError(f"--space {name}={text}: the low end must be below the high end")
+        if len(parts) == 3 and low <= 0:
+            raise ValueError(f"--space {name}={text}: a log range must be above 0")
+        return Dimension(name, low, high, log=len(parts) == 3)
+    values = tuple(parse_value(name, v) for v in text.split(","))
+    if len(values) == 1:
+        return values[0]
+    if len(set(values)) < len(values):
+        raise ValueError(f"--space {name}={text}: a choice is repeated")
+    return Dimension(name, choices=values)
+
+
+def search_space(options: dict, space: dict[str, str]) -> tuple[dict, list[Dimension]]:
+    """(options with the fixed values of `space` added, the dimensions searched): the default space, less
+    the options given as job options, with `space` (name -> text) laid over it; every value checked."""
+    model_epochs = CVConfig.from_dict({k: v for k, v in options.items() if k in ("model",)}, None).epochs
+    text = {k: v or f"{max(1, model_epochs // 2)}:{model_epochs}" for k, v in DEFAULT_SPACE.items() if k not in options}
+    for name in space:
+        if name in options:
+            raise ValueError(f"--space {name}=...: {name} is also given as --{name.replace('_', '-')}; give one")
+    text |= space
+    options, dimensions = dict(options), []
+    for name, spec in text.items():
+        parsed = parse_dimension(name, str(spec))
+        if isinstance(parsed, Dimension):
+            dimensions.append(parsed)
+        else:
+            options[name] = parsed
+    for dim in dimensions:  # each end and choice must be a valid value of its option, with the others
+        for value in dim.choices or (dim.low, dim.high):
+            CVConfig.from_dict({**options, dim.name: value}, f"--space {dim.name}")
+    return options, dimensions
+
+
+def space_help() -> str:
+    """The default space for --help."""
+    return " ".join(f"{k}={v or 'HALF:ALL'}" for k, v in DEFAULT_SPACE.items()) + (
+        " (epochs: half the model's recipe to all of it)")
+
+
+# --- a trial ------------------------------------------------------------------------------------------------
+
+def progress_reporter(trial, cfg: CVConfig, reported: int = 0) -> Callable[[dict[int, History]], None]:
+    """cross_validate's on_epoch callback for a trial: at every tenth of the trial's training (its folds and
+    epochs) report the running estimate, the mean of the folds' latest validation accuracy, and stop the
+    trial (optuna.TrialPruned) when the pruner says so. Steps are tenths of progress, not epochs, so trials
+    of different lengths are compared at the same point of their learning-rate schedules. reported: the
+    last step reported before (by an interrupted trial)."""
+    import optuna
+
+    last = [reported]
+
+    def report(histories: dict[int, History]) -> None:
+        fold = max(histories)
+        progress = (fold - 1 + len(histories[fold]) / cfg.epochs) / cfg.folds
+        value = sum(h[-1]["val_accuracy"] for h in histories.values() if h) / len(histories)
+        step = math.floor(REPORTS * progress + 1e-9)
+        for s in range(last[0] + 1, step + 1):
+            trial.report(value, s)
+        last[0] = max(last[0], step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at {100 * progress:.0f}% (running accuracy {100 * value:.2f}%)")
+
+    return report
+
+
+@dataclass
+class Worker:
+    """One `fashion-cnn tune` process: its run directory, the study, and what its trials share."""
+
+    dir: Path
+    study: object  # optuna.Study
+    options: dict  # the study's options, with this worker's own WORKER_OPTIONS
+    dimensions: list[Dimension]
+    data: Dataset
+
+    def run_trial(self, trial, reported: int = 0) -> None:
+        """Train and score one trial (a new one, or this worker's interrupted one, which reported up to
+        step `reported`) and tell the study."""
+        import optuna
+
+        params = {dim.name: dim.suggest(trial) for dim in self.dimensions}
+        label = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+        try:
+            cfg = CVConfig.from_dict({**self.options, **params}, None)
+        except ValueError as e:  # a combination the space allows but the options do not
+            trial.set_user_attr("error", str(e))
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.info(f"trial {trial.number}: {label}: not a valid config ({e})")
+            return
+        folder = self.dir / "trials" / f"{trial.number:04d}"
+        for key, value in (("worker", str(self.dir.resolve())), ("host", socket.gethostname()),
+                           ("run_dir", str(folder.resolve()))):
+            trial.set_user_attr(key, value)
+        log.info(f"trial {trial.number}: {label}")
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        try:
+            result = cv_in_folder(folder, cfg, self.data, on_epoch=[progress_reporter(trial, cfg, reported)])
+        except (optuna.TrialPruned, TrainingDiverged) as e:
+            # a diverged trial counts as pruned: the sampler then steers away from it (a failed one it ignores)
+            outcome, value, state = str(e), None, optuna.trial.TrialState.PRUNED
+        else:
+            record = cv_record(result)
+            for key in ("val_accuracy_std", "val_loss", "best_epoch", "train_cpu_seconds"):
+                trial.set_user_attr(key, record[key])
+            outcome, value, state = f"{100 * result.mean:.2f}%", result.mean, optuna.trial.TrialState.COMPLETE
+        finally:
+            start_log(self.dir)  # the trial's cv job logged to its own directory
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
+        self.study.tell(trial, value, state=state)
+        log.info(f"trial {trial.number}: {outcome}")
+
+    def interrupted_trials(self) -> list:
+        """This worker's trials a kill left running, to continue (through cv's resume) before new ones."""
+        import optuna
+
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return [t for t in running if t.user_attrs.get("worker") == str(self.dir.resolve())]
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+def storage_url(url: str | None, run_dir: Path) -> str:
+    """--storage, or the SQLite file in the run directory; postgresql:// goes through psycopg (3)."""
+    if url is None:
+        return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def shown(url: str) -> str:
+    """A storage URL with its password hidden, for logs and reports."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def open_study(url: str, name: str):
+    """The study `name` in the storage, created if it is not there yet (by whichever worker comes first)."""
+    optuna = require_optuna()
+    # SQLite: several processes take turns at the file's lock; wait for it rather than fail
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    for attempt in range(3):  # workers that start together race to create the tables: the loser tries again
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            break
+        except Exception as e:  # the database's own errors: unreachable, refused, not a database
+            if attempt == 2:
+                raise ValueError(f"--storage {shown(url)}: cannot open ({str(e).splitlines()[0][:300]})") from None
+            time.sleep(0.5 + attempt)
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                               sampler=optuna.samplers.TPESampler(),  # constant liar: workers sample apart
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """SHA-256 of the training images, labels and class names a trial uses: workers must share them."""
+    h = hashlib.sha256()
+    for t in (data.train_images, data.train_labels):
+        h.update(t.contiguous().numpy().tobytes())
+    h.update("\n".join(data.class_names).encode())
+    return h.hexdigest()
+
+
+def join(study, options: dict, space: dict) -> tuple[dict, dict]:
+    """The options and space this worker runs with: the study's, where a worker joins one; a joining
+    worker's own options may only differ in WORKER_OPTIONS."""
+    theirs = study.user_attrs
+    if "options" not in theirs:
+        for key, value in (("options", options), ("space", space)):
+            study.set_user_attr(key, value)
+        theirs = study.user_attrs  # two first workers at once: the last one to write wins, the other is told
+    shared = {k: v for k, v in options.items() if k not in WORKER_OPTIONS}
+    study_shared = {k: v for k, v in theirs["options"].items() if k not in WORKER_OPTIONS}
+    differ = [k for k in sorted(set(shared) | set(study_shared)) if shared.get(k) != study_shared.get(k)]
+    if shared and differ:
+        raise ValueError(f"study {study.study_name!r} runs other options: " + ", ".join(
+            f"--{k.replace('_', '-')} {study_shared.get(k)!r} (here {shared.get(k)!r})" for k in differ)
+            + "; give the study's options or none, or another --study")
+    if space and space != theirs["space"]:
+        raise ValueError(f"study {study.study_name!r} searches another space: "
+                         + " ".join(f"{k}={v}" for k, v in theirs["space"].items()) + "; give it or none")
+    own = {k: v for k, v in options.items() if k in WORKER_OPTIONS}
+    return {**theirs["options"], **own}, theirs["space"]
+
+
+def same_data(study, data: Dataset) -> None:
+    """Every worker of a study trains on the same images, wherever its copy of them is."""
+    fingerprint = data_fingerprint(data)
+    theirs = study.user_attrs.get("data_sha256")
+    if theirs is None:
+        study.set_user_attr("data_sha256", fingerprint)
+    elif theirs != fingerprint:
+        raise ValueError(f"study {study.study_name!r} was trained on other data (training set SHA-256 "
+                         f"{theirs[:12]}..., here {fingerprint[:12]}...): give this worker the same data")
+
+
+@dataclass
+class TuneResult:
+    """What a worker leaves: its run directory, and the study's report (tune_results.json)."""
+
+    run_dir: Path
+    report: dict
+
+    @property
+    def best_config(self) -> Path:
+        return self.run_dir / "best_config.toml"
+
+
+def split_values(values: dict) -> tuple[dict, dict]:
+    """(job options, tune settings) of the values from the command line, --config or a run's config.json."""
+    values = dict(values)
+    settings = {k: values.pop(k) for k in TUNE_KEYS if k in values}
+    if not isinstance(settings.get("space", {}), dict):
+        raise ValueError("space: a table of option names and ranges, e.g. lr = \"0.001:0.1:log\"")
+    for key, ok, rule in (("trials", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "at least 1"),
+                          ("timeout", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+                           "a positive number of seconds"),
+                          ("storage", lambda v: isinstance(v, str) and v, "a database URL"),
+                          ("study", lambda v: isinstance(v, str) and v, "a name")):
+        if settings.get(key) is not None and not ok(settings[key]):
+            raise ValueError(f"--{key} must be {rule}, got {settings[key]!r}")
+    return values, settings
+
+
+def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneResult:
+    """Run one worker of a study: the options (job options plus space, trials, timeout, storage, study; as
+    `fashion-cnn tune` takes them), or those saved in `resume`, an interrupted worker's run directory."""
+    optuna = require_optuna()
+    options, settings = split_values(job_values("tune", values, resume))
+    space = {k: str(v) for k, v in settings.get("space", {}).items()}  # --space: changes to the default space
+    name = settings.get("study", DEFAULT_STUDY)
+    check_output_dir(CVConfig.from_dict(options, None).out)
+    url = study = None
+    if settings.get("storage") or resume:  # an existing study: join it before this worker makes its directory
+        url = storage_url(settings.get("storage"), Path(resume or "."))
+        study = open_study(url, name)
+        options, space = join(study, options, space)
+    fixed, dimensions = search_space(options, space)
+    base = CVConfig.from_dict(fixed, None)
+    data = job_data(base)
+    if study is not None:
+        same_data(study, data)
+    check_fits_data(base, data)
+    trials = settings.get("trials", DEFAULT_TRIALS)
+    with open_run({**options, **settings, "space": space}, "tune", base.out, resume) as run:
+        if study is None:  # a new study in the run directory's own SQLite file
+            url = storage_url(None, run.dir)
+            study = open_study(url, name)
+            join(study, options, space)
+            same_data(study, data)
+        worker = Worker(run.dir, study, fixed, dimensions, data)
+        objective = (f"mean validation accuracy of {base.folds}-fold cross-validation" if base.folds > 1 else
+                     f"validation accuracy on a fixed {base.val_size}-image split") + " of the training set"
+        log.info(f"tune: {run.dir}, study {study.study_name!r} in {shown(url)}\nobjective: {objective}; "
+                 f"{NO_TEST_SET}\nsearch space: " + " ".join(f"{d.name}={d}" for d in dimensions)
+                 + f"\nmore workers: fashion-cnn tune --storage {shown(url)} --study {study.study_name}")
+        started = time.perf_counter()
+        for frozen in worker.interrupted_trials():
+            log.info(f"trial {frozen.number}: continuing where it was interrupted")
+            # Optuna's Trial over an existing trial: its sampled values come back, and it reports on
+            worker.run_trial(optuna.trial.Trial(study, frozen._trial_id), max(frozen.intermediate_values, default=0))
+        timeout = settings.get("timeout")
+        while len(study.get_trials(deepcopy=False)) < trials:
+            if timeout is not None and time.perf_counter() - started > timeout:
+                log.info(f"--timeout {timeout:g}s reached: no new trial")
+                break
+            worker.run_trial(study.ask())
+        report = write_report(run.dir, study, url, objective, fixed)
+    return TuneResult(run.dir, report)
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+def final_config(options: dict, params: dict) -> dict:
+    """The best trial's configuration as `train` options: the study's fixed options and the trial's
+    values, less what only concerns this machine or cross-validation (the final model trains on all
+    training images), every recipe field written out."""
+    cfg = dataclasses.asdict(TrainConfig.from_dict(
+        {k: v for k, v in {**options, **params}.items() if k in {f.name for f in fields(TrainConfig)}}, None))
+    drop = ("out", "device", "threads", "eval_batch_size", "tensorboard", "val_size", "early_stopping")
+    return {k: v for k, v in cfg.items() if k not in drop and v is not None}
+
+
+def toml_text(values: dict, comments: list[str]) -> str:
+    """Flat key = value TOML (strings, numbers, booleans): what a --config file holds."""
+    import json
+
+    def literal(v) -> str:
+        return str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else repr(v)
+
+    return "".join(f"# {c}\n" for c in comments) + "".join(f"{k} = {literal(v)}\n" for k, v in values.items())
+
+
+def write_report(run_dir: Path, study, url: str, objective: str, options: dict) -> dict:
+    """tune_results.json, best_config.toml, tune_history.png, tune_importance.png and the printed
+    summary, from every trial in the study (all workers')."""
+    import optuna
+    from .plots import save_figure
+
+    states = optuna.trial.TrialState
+    all_trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in all_trials) for s in
+              (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)}
+    report = {"study": study.study_name, "storage": shown(url), "objective": objective, "test_set": NO_TEST_SET,
+              "trials": counts, "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0) for t in all_trials),
+              "history": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+                           **t.user_attrs} for t in all_trials]}
+    save_figure(history_figure(all_trials), run_dir / "tune_history.png")
+    lines = ["trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
+    if counts["complete"]:
+        best = study.best_trial
+        config = final_config(options, best.params)
+        command = f"fashion-cnn train --config {(run_dir / 'best_config.toml').resolve()}"
+        write_atomic(run_dir / "best_config.toml", toml_text(config, [
+            f"fashion-cnn tune: the best of {len(all_trials)} trials of study {study.study_name!r}: trial "
+            f"{best.number}, {objective}: {100 * best.value:.2f}%", f"{NO_TEST_SET}.",
+            f"Train the final model on all training images: {command}"]).encode())
+        importance = importances(study)
+        if importance:
+            save_figure(importance_figure(importance, counts["complete"]), run_dir / "tune_importance.png")
+        report |= {"best": {"number": best.number, "value": best.value, "params": best.params, **best.user_attrs},
+                   "importance": importance, "best_config": str(run_dir / "best_config.toml"), "command": command}
+        lines += [f"best: trial {best.number}, {100 * best.value:.2f}% ("
+                  + ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items()) + ")",
+                  f"best config: {run_dir / 'best_config.toml'}",
+                  "plots: " + ", ".join(str(run_dir / f) for f in ("tune_history.png", "tune_importance.png")
+                                        if (run_dir / f).exists()),
+                  f"{NO_TEST_SET} ({objective})",
+                  f"next: {command}  (trains on all training images, tests once)"]
+    write_json(run_dir / "tune_results.json", report)
+    lines += [f"results: {run_dir / 'tune_results.json'}", f"dashboard: optuna-dashboard {shown(url)}"]
+    log.info("\n".join(lines))
+    return report
+
+
+def importances(study) -> dict[str, float]:
+    """Parameter importances over the complete trials by fANOVA (a random forest's variance decomposition,
+    seeded; Optuna's default, PED-ANOVA, says nothing until there are a few dozen trials); none where
+    there are too few trials to tell."""
+    import optuna
+
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError) as e:
+        log.info(f"no parameter importances yet ({e})")
+        return {}
+
+
+def history_figure(trials: list) -> Figure:
+    """Objective per trial (complete: dots; pruned: crosses at their last reported value) and the best so far."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    ax.plot([t.number for t in done], [100 * t.value for t in done], "o", color="tab:blue", label="complete")
+    if pruned:
+        ax.plot([t.number for t in pruned], [100 * t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                "x", color="tab:gray", label="pruned (last reported)")
+    best, xs, ys = -math.inf, [], []
+    for t in sorted(done, key=lambda t: t.number):
+        best = max(best, t.value)
+        xs.append(t.number)
+        ys.append(100 * best)
+    ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.set(title=f"Search history ({len(trials)} trials)", xlabel="trial", ylabel="validation accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def importance_figure(importance: dict[str, float], complete: int) -> Figure:
+    """Parameter importances as horizontal bars, the most important on top."""
+    from matplotlib.figure import Figure
+
+    names = list(importance)[::-1]
+    fig = Figure(figsize=(6, 0.5 * len(names) + 1.5))
+    ax = fig.subplots()
+    ax.barh(names, [importance[n] for n in names], color="tab:blue")
+    ax.set(title=f"Parameter importance (fANOVA, {complete} complete trials)", xlabel="importance (sums to 1)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig

@@ -1,0 +1,53 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fashion_cnn.cli import main
+from fashion_cnn.lrfind import OPTIONS, suggest
+from test_cli import reads  # noqa: F401  (the fixture)
+
+
+def range_test(data_dir, out, *extra) -> list[str]:
+    return ["lr-find", "--data", str(data_dir), "--out", str(out), "--device", "cpu", "--batch-size", "16", *extra]
+
+
+def test_the_learning_rate_grows_exponentially_until_the_loss_explodes(tiny_data_dir, tmp_path, capsys):
+    assert main(range_test(tiny_data_dir, tmp_path / "runs", "--steps", "40", "--start-lr", "1e-4",
+                           "--end-lr", "1000")) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert run.name.endswith("-lr-find") and (run / "lr_find.png").stat().st_size > 10_000
+    with open(run / "lr_find.csv") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    lrs = np.array([r["lr"] for r in rows])
+    assert lrs[0] == pytest.approx(1e-4) and np.allclose(lrs[1:] / lrs[:-1], (1000 / 1e-4) ** (1 / 39))
+    assert len(rows) < 40  # SGD at hundreds does not train: stopped early
+    result = json.loads((run / "lr_find.json").read_text())
+    assert "explode" in result["stopped"] or "became" in result["stopped"]
+    assert (result["suggestion"], result["minimum_lr"], result["steepest_lr"]) == pytest.approx(suggest(rows))
+    assert result["rule"] == "one tenth of the learning rate at the smoothed loss's minimum"
+    assert f"suggested --lr {result['suggestion']:.3g}" in capsys.readouterr().err
+
+
+def test_the_suggestion_is_a_tenth_of_the_minimum_and_the_steepest_descent_comes_before_it():
+    lrs = np.logspace(-5, 1, 61)
+    loss = 2 - np.tanh(np.log10(lrs) + 3) + np.where(lrs > 0.1, 50 * (np.log10(lrs) + 1) ** 2, 0)
+    rows = [{"lr": lr, "smoothed_loss": v} for lr, v in zip(lrs, loss)]
+    suggestion, minimum, steepest = suggest(rows)
+    assert minimum == pytest.approx(0.1, rel=0.3) and suggestion == pytest.approx(minimum / 10)
+    assert steepest == pytest.approx(1e-3, rel=0.3)  # where tanh falls fastest
+
+
+@pytest.mark.parametrize("argv, message", [(["--start-lr", "1", "--end-lr", "0.1"], "--start-lr (1) must be below"),
+                                           (["--steps", "5"], "--steps must be at least 10"),
+                                           (["--start-lr", "0"], "--start-lr must be a positive number"),
+                                           (["--batch-size", "500"], "more than the 200 training images")])
+def test_bad_range_test_options(argv, message, tiny_data_dir, tmp_path, capsys):
+    assert main(range_test(tiny_data_dir, tmp_path / "runs", *argv)) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_every_range_test_option_acts(reads, tiny_data_dir, tmp_path):  # noqa: F811
+    assert main(range_test(tiny_data_dir, tmp_path / "runs", "--steps", "10")) == 0
+    assert set(OPTIONS) - {"start_lr", "end_lr", "steps"} <= reads  # the range's own: the test above
