@@ -134,15 +134,21 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_cv(args: argparse.Namespace) -> None:
+    from . import distributed
     from .crossval import CVConfig, cross_validate
 
-    cross_validate(job_config_from_args(CVConfig, args), resume=args.resume)
+    with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
+        cfg = job_config_from_args(CVConfig, args)
+    cross_validate(cfg, resume=args.resume)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .train import TrainConfig, train_final
 
-    train_final(job_config_from_args(TrainConfig, args), resume=args.resume)
+    with distributed.agreed():
+        cfg = job_config_from_args(TrainConfig, args)
+    train_final(cfg, resume=args.resume)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -285,20 +291,26 @@ def port_number(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
     from .data import DataError
     from .runs import ModelFileError
 
-    args = build_parser().parse_args(argv)
+    with distributed.quiet_unless_main():  # under torchrun, one usage error (or --help), not one per process
+        args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
+    except distributed.Quiet:  # rank 0 reports it
+        return 1
     except (DataError, ModelFileError, OSError, ValueError) as e:
-        print(f"fashion-cnn: error: {e}", file=sys.stderr)
+        print(f"fashion-cnn: error: {distributed.rank_prefix()}{e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)
         print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
                                            "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return status or 0
 
 
