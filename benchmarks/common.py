@@ -69,6 +69,20 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(seconds(fn) for _ in range(repeats))
 
 
+def run_measured(cmd: list[str]) -> dict:
+    """Run cmd to completion; its wall seconds, CPU seconds and peak RSS (this child and the processes it
+    waited for, such as torchrun's workers; not the max over all children as RUSAGE_CHILDREN would give)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return {"command": " ".join(cmd[2:]), "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
+
+
 # --- the Keras side ------------------------------------------------------------------------------------
 
 def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,

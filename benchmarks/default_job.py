@@ -13,30 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import cpu_snapshot, other_cpu_share, others_busy_now
+from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured
 
 HERE = Path(__file__).resolve().parent
 TARGET_SECONDS, TARGET_PEAK_BYTES = 180, 1.5e9
-
-
-def run_measured(cmd: list[str]) -> dict:
-    """Run cmd to completion; its wall seconds, CPU seconds and peak RSS (this child alone, not the max
-    over all children as RUSAGE_CHILDREN would give)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return {"command": " ".join(cmd[2:]), "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
 
 
 def job_results(runs: Path) -> dict:

@@ -221,11 +221,12 @@ def check_same_data(data: Dataset) -> None:
     """Every node reads its own copy of the data: all must hold the same images, labels and classes."""
     prints = all_gather_json([socket.gethostname(), data.source, data.checksums, list(data.class_names)])
     with agreed():
-        host0, source0, *data0 = prints[0]
-        for rank, (host, source, *theirs) in enumerate(prints):
-            if theirs != data0:
-                raise ValueError(f"rank {rank} ({host}) read other data than rank 0 ({host0}): {source} is not "
-                                 f"{source0} (other checksums or classes); every node needs the same data")
+        host0, source0, checksums0, classes0 = prints[0]
+        for rank, (host, source, checksums, classes) in enumerate(prints):
+            if (checksums, classes) != (checksums0, classes0):
+                differ = "checksums" if checksums != checksums0 else "classes"
+                raise ValueError(f"rank {rank} ({host}) read other data than rank 0 ({host0}): other {differ} "
+                                 f"({source} there, {source0} on rank 0); every node needs a copy of the same data")
 
 
 # --- the run directory: rank 0's ----------------------------------------------------------------------------
