@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)
-        print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
-                                           "from the last finished epoch" if run_dir else ""), file=sys.stderr)
+        if distributed.env_rank() == 0:  # torchrun passes Ctrl-C on to every process: rank 0 says it once
+            print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
+                                               "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130
     finally:
         distributed.teardown()
