@@ -183,7 +183,7 @@ def test_a_node_without_the_data_stops_every_process(rank1_data, tiny_data_dir, 
 
 def test_checks_for_a_world_of_two(monkeypatch):
     """The checks a bad setup fails, each with the one line that rank 0 prints (as the data check above)."""
-    monkeypatch.setattr(distributed, "_world", distributed.World(rank=1, size=2, local_rank=1, local_size=2))
+    monkeypatch.setattr(distributed, "_world", distributed.World(rank=1, size=2, local_size=2))
     distributed.check_global_batch(64)
     with pytest.raises(ValueError, match="--batch-size 33 is the global batch, shared by 2 processes: it must be "
                                          "a multiple of 2"):

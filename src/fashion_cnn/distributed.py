@@ -44,7 +44,6 @@ class World:
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
     local_size: int = 1
 
     @property
@@ -82,7 +81,7 @@ def world() -> World:
             backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend)  # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
         _started_group = True
-    _world = World(rank, size, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+    _world = World(rank, size, int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
     if rank > 0:
         _rank_log = logging.StreamHandler()
         _rank_log.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
@@ -124,11 +123,6 @@ def quiet_unless_main() -> Iterator[None]:
 
 
 # --- collectives: the identity on one process --------------------------------------------------------------
-
-def barrier() -> None:
-    if world().size > 1:
-        dist.barrier()
-
 
 def all_gather_json(obj: Any) -> list:
     """obj (anything JSON can hold) from every process, in rank order."""
@@ -274,6 +268,7 @@ class SyncBatchNorm2d(torch.nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed._functional_collectives import all_reduce  # with autograd: torch's advice
 
+        self._check_input_dim(x)
         channels, xf = x.shape[1], x.float()
         count = torch.tensor([x.numel() / channels], dtype=torch.float64)
         sums = all_reduce(torch.cat([xf.sum((0, 2, 3), dtype=torch.float64),
@@ -324,10 +319,11 @@ def data_parallel_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     from torch.nn.parallel import DistributedDataParallel
 
     w, device = world(), next(model.parameters()).device
+    norms = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     ddp = DistributedDataParallel(sync_batch_norm(model), device_ids=[device.index] if device.type == "cuda" else None,
                                   forward_sync_buffers=False)  # synchronised batch norm keeps buffers equal
     log.info(f"data-parallel: {w.size} processes, each a 1/{w.size} share of every batch "
-             "(DistributedDataParallel, SyncBatchNorm)")
+             f"(DistributedDataParallel{', SyncBatchNorm' if norms else ''})")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = w.size / len(x)
