@@ -140,7 +140,7 @@ def worker_pids(pid: int) -> list[int]:
 
 
 def test_killed_data_parallel_run_resumes(tiny_data_dir, tmp_path):
-    args = ["train", *common_args(tiny_data_dir), "--epochs", "12"]
+    args = ["train", *common_args(tiny_data_dir), "--epochs", "6"]
     out = tmp_path / "two"
     proc = subprocess.Popen(torchrun_command(*args, "--out", str(out)), env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -156,7 +156,7 @@ def test_killed_data_parallel_run_resumes(tiny_data_dir, tmp_path):
 
     torchrun("train", "--resume", str(run_dir))  # both processes load the checkpoint
     assert "resuming after epoch" in (run_dir / "log.txt").read_text()
-    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 12
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 6
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     assert distance(weights(out), weights(tmp_path / "one")) < TRAIN_CASES["baseline"][2]
 
