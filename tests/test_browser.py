@@ -63,6 +63,16 @@ def geckodriver() -> Path | None:
     return binary if binary.is_file() else None
 
 
+# Records every Content-Security-Policy violation in the page (a script, style or image the policy
+# blocked), for the tests to assert there is none: the page and the API docs must work under the policy.
+RECORD_CSP_VIOLATIONS = """() => {
+    window.cspViolations = [];
+    document.addEventListener("securitypolicyviolation",
+        (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+}"""
+CSP_VIOLATIONS = "() => window.cspViolations"
+
+
 def is_local(url: str) -> bool:
     return urlparse(url).hostname == "127.0.0.1"
 
@@ -89,6 +99,7 @@ def page(browser):
     """A fresh page that may only load from 127.0.0.1; it records anything else it tried."""
     page = browser.new_page()
     page.outside = []
+    page.add_init_script(f"({RECORD_CSP_VIOLATIONS})()")
 
     def local_only(route):
         if is_local(route.request.url):
@@ -130,6 +141,7 @@ class FirefoxPage:
     def __init__(self, driver):
         self.driver, self.outside = driver, []
         self.handler = driver.network.add_request_handler(self.local_only)
+        self.preload = driver.script.add_preload_script(RECORD_CSP_VIOLATIONS)["script"]
 
     def local_only(self, request):
         if not (is_local(request.url) or urlparse(request.url).scheme in ("data", "blob")):
@@ -152,6 +164,7 @@ class FirefoxPage:
 
     def close(self):
         self.driver.network.remove_request_handler(self.handler)
+        self.driver.script.remove_preload_script(script=self.preload)
 
 
 @pytest.fixture(params=["chromium", "firefox"])
@@ -186,7 +199,7 @@ def test_upload_shows_the_predicted_class(server, any_page, model_file, tmp_path
     any_page.wait_for_selector(".card .class")
     assert any_page.evaluate(FIRST_CARD) == {"class": expected.class_name, "name": "item.png",
                                              "labels": [name for name, _ in expected.top_k], "size": [28, 28]}
-    assert any_page.outside == []
+    assert any_page.outside == [] and any_page.evaluate(CSP_VIOLATIONS) == []
 
 
 def test_a_sample_click_and_a_bad_file(server, page, tmp_path):
@@ -201,24 +214,25 @@ def test_a_sample_click_and_a_bad_file(server, page, tmp_path):
     page.set_input_files("#file-input", bad)
     page.locator(".card.error").wait_for()
     assert page.locator("#status").text_content().startswith("error 422")
-    assert page.outside == []
+    assert page.outside == [] and page.evaluate(CSP_VIOLATIONS) == []
 
 
 def test_dropped_files_are_classified(server, page):
     png = io.BytesIO()
     Image.fromarray(tiny_arrays(1)[0][0]).save(png, "PNG")
     page.goto(server)
-    page.evaluate("""async (png) => {
+    page.evaluate("""(png) => {
         const drop = new DataTransfer();
         drop.items.add(new File(["not an image"], "notes.png", { type: "image/png" }));
-        drop.items.add(new File([await (await fetch(png)).blob()], "item.png", { type: "image/png" }));
+        const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+        drop.items.add(new File([bytes], "item.png", { type: "image/png" }));
         document.querySelector("#drop-zone").dispatchEvent(
             new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
-    }""", "data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
+    }""", base64.b64encode(png.getvalue()).decode())
     page.locator(".card").nth(1).wait_for()
     assert page.locator(".card .name").all_text_contents() == ["notes.png", "item.png"]
     assert page.locator(".card.error .name").all_text_contents() == ["notes.png"]
-    assert page.outside == []
+    assert page.outside == [] and page.evaluate(CSP_VIOLATIONS) == []
 
 
 def test_api_docs_render_from_local_assets(server, page):
@@ -226,5 +240,22 @@ def test_api_docs_render_from_local_assets(server, page):
     page.locator(".swagger-ui .info .title").wait_for()
     assert "fashion-cnn" in page.locator(".swagger-ui .info .title").text_content()
     assert page.locator(".opblock-summary-path", has_text="/predict").count() == 1
-    assert page.outside == []
+    assert page.outside == [] and page.evaluate(CSP_VIOLATIONS) == []
 
+
+
+def test_each_card_shows_the_heat_map_of_its_class(server, page, model_file, tmp_path):
+    image = tmp_path / "item.png"
+    Image.fromarray(tiny_arrays(1)[0][0]).save(image)
+    expected = Predictor(model_file).predict([image])[0]
+    page.goto(server)
+    page.set_input_files("#file-input", image)
+    page.wait_for_selector(".card .heatmap img")
+    size = page.evaluate("""async () => {
+        const img = document.querySelector(".card .heatmap img");
+        await img.decode();
+        return [img.naturalWidth, img.naturalHeight];
+    }""")
+    assert size == [112, 112]
+    assert page.locator(".card .heatmap figcaption").text_content() == f"evidence for {expected.class_name} (HiResCAM)"
+    assert page.outside == []

@@ -102,7 +102,7 @@ BAD_OPTIONS = [
     (["--classes", "a,b", "--data", "fashion-mnist"], "--classes is for IDX files and image folders"),
     (["--data", "/", "--data-dir", "/tmp"], "give either --data-dir or --data PATH"),
     (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
-    (["--out", "FILE"], "is not a folder"),
+    (["--out", "FILE"], "a file, not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
     (["--early-stopping", "-1"], "--early-stopping must be 0 or more"),
@@ -206,14 +206,19 @@ def test_every_option_of_every_command_is_covered():
     options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
                if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")}
     data_options = {"--data", "--classes", "--test-fraction", "--data-dir"}
-    covered = {("data", "--samples"), ("evaluate", "--model"), ("evaluate", "--out"),
+    covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
-               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model")}
-    # data and evaluate: test_short_cli_run, test_data_command, and in tests/test_datasets.py
+               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
+               ("export", "--force"),
+               *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
+                                          "--json")),
+               ("report", "--out"), ("report", "--data-dir")}
+    # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
-    # export: tests/test_export.py; serve: test_serve_passes_its_options_on below
+    # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
+    # serve: test_serve_passes_its_options_on below
     assert options <= covered, options - covered
 
 
@@ -283,3 +288,40 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "fashion_cnn", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("fashion-cnn ")
 
+
+def unwritable_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Places no output can go, with (part of) the one-line error each must get."""
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    cases = {"a file's child": (tmp_path / "notes.txt" / "out", f"{tmp_path / 'notes.txt'}: a file, not a folder")}
+    if Path("/proc/self").is_dir():  # read-only even for root
+        cases["read-only"] = (Path("/proc/fashion-cnn-out"), "/proc: cannot write here")
+    return cases
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_output_folders_that_cannot_be_written_are_one_line_errors_before_any_work(command, tmp_path, capsys):
+    cases = unwritable_outputs(tmp_path)
+    cases["a file"] = (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'}: a file, not a folder")
+    for out, reason in cases.values():
+        # Neither the model nor the data exist: the output is checked before either is looked for.
+        argv = (["evaluate", "--model", "/nonexistent", "--data-dir", "/nonexistent", "--out", str(out)]
+                if command == "evaluate" else
+                ["predict", "/nonexistent.png", "--model", "/nonexistent", "--save-preprocessed", str(out)])
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fashion-cnn: error: ") and err.count("\n") == 1 and reason in err, err
+
+
+def test_data_samples_is_checked_before_the_data_is_loaded(tmp_path, capsys):
+    cases = unwritable_outputs(tmp_path)
+    (tmp_path / "old.png").write_bytes(b"keep me")
+    cases["a folder"] = (tmp_path / "folder", "a folder; name a file")
+    cases["existing"] = (tmp_path / "old.png", "already exists; --force replaces it")
+    for out, reason in cases.values():
+        assert main(["data", "--data-dir", "/nonexistent", "--samples", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("fashion-cnn: error: ") and err.count("\n") == 1 and reason in err, err
+    assert main(["data", "--data-dir", "/nonexistent", "--samples", str(tmp_path / "old.png"), "--force"]) == 1
+    assert "lacks train-images" in capsys.readouterr().err  # --force: on to the data, which is missing
+    assert (tmp_path / "old.png").read_bytes() == b"keep me"

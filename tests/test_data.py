@@ -2,6 +2,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,48 @@ def test_interrupted_download_leaves_no_partial_file(mirror):
     assert no_partial_files(data.cache_dir())
     with FileServer(mirror) as server:  # a later attempt completes the set
         assert len(data.load_fashion_mnist(url=server.url).test_images) == 10
+
+
+# --- hostile files ---------------------------------------------------------------------------------
+
+def gzip_bomb(head: bytes, mib: int) -> bytes:
+    """A valid gzip file: head, then mib MiB of zeros from about 1 KB per MiB (concatenated members)."""
+    return gzip.compress(head) + gzip.compress(bytes(2**20), compresslevel=9) * mib
+
+
+def peak_bytes(job) -> tuple[int, str]:
+    """The most memory Python allocated while job() ran, and the DataError it must raise."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as raised:
+            job()
+        return tracemalloc.get_traced_memory()[1], str(raised.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_gzip_bomb_stops_inflating_at_the_expected_size(tmp_path):
+    """A 4.2 MB .gz inflating to 4 GiB was read whole (34 s, 8.7 GB) before the checksum rejected it."""
+    spec = data.FILES["train_labels"]
+    path = tmp_path / spec.name
+    path.write_bytes(gzip_bomb(idx_bytes(np.zeros(60_000, np.uint8)), 256))  # 256 MiB from 260 KB
+    assert path.stat().st_size < 300_000
+    peak, message = peak_bytes(lambda: data.verify(path, spec))
+    assert message == f"{path}: inflates past the 60,008 bytes expected (a gzip bomb?)"
+    assert peak < 2_000_000
+    # Files of your own (no checksum, any count): the IDX header's dimensions set the limit.
+    own = write_idx_gz(tmp_path / "own.gz", np.zeros(5, np.uint8))
+    own.write_bytes(gzip_bomb(idx_bytes(np.zeros(5, np.uint8)), 256))
+    peak, message = peak_bytes(lambda: read_idx(own, 0x0801))
+    assert message == f"{own}: inflates past the 13 bytes expected (a gzip bomb?)" and peak < 2_000_000
+
+
+def test_the_mirror_is_https():
+    assert data.MIRROR_URL.startswith("https://")
+
+
+def test_a_download_larger_than_the_file_can_be_is_stopped(mirror):
+    name = data.FILES["train_labels"].name
+    with FileServer(mirror | {name: bytes(100_000)}) as server, pytest.raises(DataError, match="more than the file"):
+        data.load_fashion_mnist(url=server.url)
+    assert not (data.cache_dir() / name).exists() and no_partial_files(data.cache_dir())

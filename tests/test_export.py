@@ -3,6 +3,9 @@
 import contextlib
 import io
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +65,53 @@ def test_a_failed_check_writes_nothing(onnx_file, model_file, tmp_path, monkeypa
     with pytest.raises(ValueError, match="disagrees with PyTorch"):
         export.export_onnx(model_file, tmp_path / "bad.onnx", check_images=images, tolerance=-1.0)
     assert list(tmp_path.iterdir()) == [tmp_path / "ok.onnx"]
+
+
+# --- what sits at OUT ------------------------------------------------------------------------------
+
+def export_cli(capsys, *args) -> tuple[int, str]:
+    code = main(["export", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_export_refuses_to_replace_what_it_must_not(model_file, tmp_path, monkeypatch, capsys):
+    """`export --model M M` replaced the model with the ONNX file; a symlink, a FIFO or a device at OUT was
+    replaced by a regular file (as root, /dev/full too)."""
+    monkeypatch.setattr(export, "onnx_bytes", lambda module, meta: pytest.fail("work done before the checks"))
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(model_file.read_bytes())
+    os.link(model, tmp_path / "hard-link.onnx")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    os.mkfifo(tmp_path / "fifo.onnx")
+    (tmp_path / "old.onnx").write_bytes(b"keep me")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("a file")
+    cases = [(model, f"{model}: is the input {model}"), (tmp_path / "hard-link.onnx", "is the input"),
+             (tmp_path / "link.onnx", "a symbolic link; refusing to replace it"),
+             (tmp_path / "fifo.onnx", "not a regular file (a FIFO, device or socket); refusing to replace it"),
+             (tmp_path / "old.onnx", f"{tmp_path / 'old.onnx'}: already exists; --force replaces it"),
+             (tmp_path / "folder", "a folder; name a file"),
+             (tmp_path / "notes.txt" / "m.onnx", f"{tmp_path / 'notes.txt'}: a file, not a folder")]
+    if Path("/proc/self").is_dir():
+        cases.append((Path("/proc/m.onnx"), "/proc: cannot write here"))
+    if os.geteuid() == 0:  # a device node of our own, as /dev/full was (root only)
+        os.mknod(tmp_path / "device.onnx", stat.S_IFCHR | 0o666, os.makedev(1, 7))
+        cases.append((tmp_path / "device.onnx", "not a regular file (a FIFO, device or socket)"))
+    for out, reason in cases:
+        for force in ((), ("--force",)):
+            if force and out == tmp_path / "old.onnx":
+                continue
+            code, err = export_cli(capsys, "--model", model, out, *force)
+            assert code == 1 and err.startswith("fashion-cnn: error: ") and err.count("\n") == 1, err
+            assert reason in err, err
+    assert model.read_bytes() == model_file.read_bytes() and (tmp_path / "old.onnx").read_bytes() == b"keep me"
+    assert (tmp_path / "link.onnx").is_symlink() and stat.S_ISFIFO((tmp_path / "fifo.onnx").lstat().st_mode)
+    assert os.geteuid() != 0 or stat.S_ISCHR((tmp_path / "device.onnx").lstat().st_mode)
+
+
+def test_force_replaces_an_existing_file(onnx_file, model_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "onnx_bytes", lambda module, meta: onnx_file.read_bytes())  # skip tracing
+    out = tmp_path / "old.onnx"
+    out.write_bytes(b"old")
+    assert export_cli(capsys, "--model", model_file, out, "--force")[0] == 0
+    assert out.read_bytes() == onnx_file.read_bytes()

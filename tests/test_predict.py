@@ -278,15 +278,20 @@ BAD_FILES = {
 }
 
 
+def write_bad_files(folder: Path) -> list[Path]:
+    """BAD_FILES in folder (all but the missing one), then a folder without images: their paths, in order."""
+    for name, (data, _) in BAD_FILES.items():
+        if data is not None:
+            write(folder / name, data)
+    (folder / "no-images").mkdir()
+    (folder / "no-images" / "readme.txt").write_text("nothing to see")
+    return [folder / name for name in BAD_FILES] + [folder / "no-images"]
+
+
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")  # as predict.py sets; pytest resets it
 def test_each_bad_file_gets_one_error_line_and_the_others_are_still_predicted(model_file, tmp_path, capsys):
     good = write(tmp_path / "good.png", encode(garment(), "PNG"))
-    for name, (data, _) in BAD_FILES.items():
-        if data is not None:
-            write(tmp_path / name, data)
-    (tmp_path / "no-images").mkdir()
-    (tmp_path / "no-images" / "readme.txt").write_text("nothing to see")
-    inputs = [tmp_path / name for name in BAD_FILES] + [tmp_path / "no-images", good]
+    inputs = write_bad_files(tmp_path) + [good]
     code, out, err = run_cli(capsys, *inputs, "--model", model_file)
     assert code == 1
     assert f"{good}: " in out and out.count("\n") == 2  # the model line and one prediction
@@ -434,3 +439,112 @@ def test_no_invert_and_no_crop_reach_the_preprocessing(model_file, tmp_path, cap
         saved = tmp_path / "-".join(flags or ("default",))
         run_cli(capsys, path, "--model", model_file, "--save-preprocessed", saved, *flags)
         assert np.array_equal(np.asarray(Image.open(next(saved.iterdir()))), np.round(expected * 255))
+
+
+# --- hostile input -----------------------------------------------------------------------------------
+
+def float_tiff(pixels: np.ndarray, compression: str = "tiff_adobe_deflate") -> bytes:
+    return encode(Image.fromarray(pixels.astype(np.float32)), "TIFF", compression=compression)
+
+
+def run_with_memory_cap(code: str, *args: str, cap_mb: int = 700) -> subprocess.CompletedProcess:
+    """code in a fresh interpreter whose address space may grow by only cap_mb after its imports: an
+    allocation past that is a MemoryError there, not gigabytes taken from this machine."""
+    capped = ("import resource, sys\nfrom fashion_cnn.predict import ImageError, preprocess\n"
+              "size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
+              f"resource.setrlimit(resource.RLIMIT_AS, (size + {cap_mb} * 2**20, resource.RLIM_INFINITY))\n"
+              + code)
+    return subprocess.run([sys.executable, "-c", capped, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+def test_float_and_16_bit_images_are_shrunk_before_anything_large_is_allocated(tmp_path):
+    """A 186 KB float TIFF of 40000x1000 pixels took ~7 GB (no early shrink for float images; the square
+    pad allocated side x side floats); every mode now shrinks first."""
+    wide = np.zeros((1000, 40_000), np.float32)
+    wide[100:900, 20_000:22_000] = 0.8
+    tall16 = (wide.T * 65535).astype(np.uint16)
+    files = {"float.tif": float_tiff(wide), "16-bit.png": encode(Image.fromarray(tall16), "PNG"),
+             "16-bit.tif": encode(Image.fromarray(tall16), "TIFF", compression="tiff_adobe_deflate")}
+    for name, data in files.items():
+        assert len(data) < 400_000
+        write(tmp_path / name, data)
+    done = run_with_memory_cap("for path in sys.argv[1:]:\n    for crop in (True, False):\n"
+                               "        x = preprocess(path, crop=crop)\n        print(x.shape, x.max() > 0)",
+                               *(str(tmp_path / n) for n in files))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["(28, 28) True"] * 2 * len(files)
+
+
+def test_sizes_are_checked_before_decoding(tmp_path):
+    """A 3 KB float TIFF 131,100 pixels wide asked for a 64 GiB array; a 1x3000 PNG shrank to 0 pixels."""
+    strip = float_tiff(np.zeros((28, 131_100), np.float32))
+    assert len(strip) < 20_000
+    for data, size in ((strip, "131100x28"), (encode(Image.new("L", (1, 3000), 255), "PNG"), "1x3000")):
+        with pytest.raises(ImageError, match=f"^{size} pixels: one side over 50 times the other"):
+            preprocess(data)
+    assert preprocess(encode(Image.new("L", (50, 1), 255), "PNG")).shape == (28, 28)  # at the limit
+    assert preprocess(np.full((1, 1), 200, np.uint8)).shape == (28, 28)
+
+
+def test_float_tiffs_in_0_255_are_scaled_and_others_refused(reference):
+    gray = np.asarray(garment().convert("L")).astype(np.float32)
+    assert np.abs(preprocess(float_tiff(gray)) - reference).max() <= 1 / 255
+    assert np.abs(preprocess(float_tiff(gray / 255)) - reference).max() <= 1 / 255
+    item = np.zeros((28, 28), np.float32)
+    item[4:24, 8:20] = 200  # a Fashion-MNIST-like item saved as float 0..255 passes through, scaled
+    assert np.array_equal(preprocess(float_tiff(item)), item / np.float32(255))
+    with pytest.raises(ImageError, match="float pixels from -3 to 1000: expected"):
+        preprocess(float_tiff(np.where(gray > 100, 1000, -3)))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_pixels_are_refused_and_json_never_holds_nan(value, model_file, tmp_path, capsys):
+    gray = np.asarray(garment().convert("L")).astype(np.float32) / 255
+    gray[50, 60] = value
+    bad, good = write(tmp_path / "nan.tif", float_tiff(gray)), write(tmp_path / "good.png", encode(garment(), "PNG"))
+    code, out, err = run_cli(capsys, bad, good, "--model", model_file, "--json")
+    assert code == 1 and err.endswith(f"\nfashion-cnn: error: {bad}: float pixels that are NaN or infinite\n")
+    doc = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+    assert doc["predictions"][1]["error"] is None and doc["predictions"][1]["class_name"]
+
+
+def test_non_finite_probabilities_are_an_error_not_a_result(model_file, tmp_path, monkeypatch, capsys):
+    """A broken model (NaN weights) gave NaN probabilities, and `--json` printed NaN, which is not JSON."""
+    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
+    monkeypatch.setattr(predict_module, "predict_logits", lambda model, x: torch.full((len(x), 10), torch.nan))
+    [p] = Predictor(model_file).predict(good)
+    assert p.error == "the model gave non-finite probabilities (a broken model file?)" and p.class_name is None
+    code, out, err = run_cli(capsys, good, "--model", model_file, "--json")
+    doc = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
+    assert code == 1 and doc["predictions"][0]["probabilities"] == {} and "non-finite" in err
+
+
+def test_a_fifo_is_refused_not_waited_for(model_file, tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    good = write(tmp_path / "good.png", encode(garment(), "PNG"))
+    done = subprocess.run([sys.executable, "-m", "fashion_cnn", "predict", str(fifo), str(good),
+                           "--model", str(model_file)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{good}: " in done.stdout
+    assert done.stderr == f"fashion-cnn: error: {fifo}: not a regular file (a FIFO, device or socket)\n"
+
+
+def test_control_characters_in_file_names_cannot_forge_output_lines(model_file, tmp_path, capsys):
+    forged = write(tmp_path / "x.png\nshirt.png: Trouser (0.99)  [Trouser 0.99].png", encode(garment(), "PNG"))
+    missing = tmp_path / "gone\n\x1b[2Jfashion-cnn: all good.png"
+    code, out, err = run_cli(capsys, forged, missing, "--model", model_file)
+    assert code == 1 and len(out.splitlines()) == 2 and len(err.splitlines()) == 1
+    assert out.splitlines()[1].startswith(f"{tmp_path}/x.png\\nshirt.png: Trouser (0.99)  [Trouser 0.99].png: ")
+    assert err == f"fashion-cnn: error: {tmp_path}/gone\\n\\x1b[2Jfashion-cnn: all good.png: no such file\n"
+
+
+def test_a_closed_pipe_ends_predict_quietly(model_file, tmp_path):
+    """`predict ... | head -1` ended in a BrokenPipeError traceback."""
+    images = [str(write(tmp_path / f"{i}.png", encode(garment(), "PNG"))) for i in range(3)]
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before anything is written, as `head` may be
+    done = subprocess.run([sys.executable, "-m", "fashion_cnn", "predict", *images, "--model", str(model_file)],
+                          stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert done.stderr == "" and done.returncode == 141  # as the shell reports a tool killed by SIGPIPE

@@ -1,16 +1,27 @@
 """The HTTP API through FastAPI's test client: answers, limits, and JSON errors for bad input."""
 
 import base64
+import http.client
 import io
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi_offline")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_arrays  # noqa: E402
+from server_harness import free_port, server_process  # noqa: E402
 from fashion_cnn.predict import Predictor  # noqa: E402
 from fashion_cnn.serve import create_app  # noqa: E402
 
@@ -138,13 +149,13 @@ def test_top_k_is_validated(client):
     assert len(probabilities) == 10 and probabilities == sorted(probabilities, reverse=True)
 
 
-def test_samples_are_test_images_when_the_dataset_is_installed(client):
+def test_samples_are_test_images_when_the_dataset_is_installed(client, real_data):
     samples = client.get("/samples").json()
+    assert sorted(s["label"] for s in samples) == sorted(real_data.class_names)  # one per class
     for sample in samples:
         png = client.get(sample["url"])
         assert png.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(png.content)).size == (28, 28)
-    assert len(samples) in (0, 10)  # one per class, or none without the data
     assert client.get(f"/samples/{len(samples)}.png").status_code == 404
 
 
@@ -155,3 +166,176 @@ def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, mo
             response = client.post("/predict", files=upload(("a.jpg", photo())))
         assert response.status_code == 500 and response.json()["detail"] == "internal error (ZeroDivisionError)"
         assert client.post("/predict", files=upload(("a.jpg", photo()))).status_code == 200
+
+
+# --- hardening -------------------------------------------------------------------------------------
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY"}
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/"), ("GET", "/docs"), ("GET", "/health"), ("GET", "/model"),
+                                          ("GET", "/static/app.js"), ("GET", "/openapi.json"),
+                                          ("GET", "/nowhere"), ("POST", "/predict"), ("HEAD", "/")])
+def test_every_answer_carries_the_security_headers(client, method, path):
+    response = client.request(method, path)
+    assert response.status_code in (200, 404, 422)
+    assert {k: response.headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe" not in policy
+
+
+def test_head_of_the_page_is_answered(client):
+    response = client.head("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+
+
+def test_the_page_and_the_docs_have_no_inline_script(client):
+    """The Content-Security-Policy allows scripts from the app's own files only."""
+    for path in ("/", "/docs"):
+        scripts = re.findall(r"<script([^>]*)>(.*?)</script>", client.get(path).text, re.S)
+        assert scripts and all('src="/static' in attributes and not body.strip() for attributes, body in scripts)
+    assert client.get("/static/docs.js").status_code == 200
+
+
+def test_model_metadata_names_no_file_system_path(tmp_path):
+    from fashion_cnn.data import CLASS_NAMES
+    from fashion_cnn.models import create_model
+    from fashion_cnn.runs import save_model
+
+    path = tmp_path / "model.safetensors"
+    save_model(path, create_model("baseline"), {
+        "architecture": "baseline", "class_names": list(CLASS_NAMES),
+        "config": {"epochs": 3, "out": "/home/someone/secret/runs", "data_dir": "/home/someone/secret/data"},
+        "data": {"source": "/home/someone/secret/data", "sha256": {"x.gz": "ab"}},
+        "notes": "~/secret/notes.txt", "class_count": 10})
+    with TestClient(create_app(path)) as client:
+        meta = client.get("/model").json()
+    assert "/home/someone" not in json.dumps(meta)
+    assert meta["config"] == {"epochs": 3} and meta["data"] == {"sha256": {"x.gz": "ab"}}
+    assert meta["file"] == "model.safetensors" and meta["architecture"] == "baseline" and meta["class_count"] == 10
+
+
+def test_a_422_quotes_a_nameless_file_part_only_in_part(client):
+    """A file part with an empty file name is a text field to the form parser: its whole content was
+    echoed back in the 422."""
+    response = client.post("/predict", files=[("files", ("", b"A" * 50_000, "image/png"))])
+    assert response.status_code == 422 and len(response.content) < 1_000
+    assert response.json()["detail"][0]["input"].endswith("... (50,000 characters)")
+    bad_query = client.post("/predict?top_k=many", files=upload(("a.jpg", photo()))).json()["detail"][0]
+    assert bad_query["input"] == "many"  # short input is still quoted whole
+
+
+def test_non_finite_probabilities_are_an_error_not_a_500(client, monkeypatch):
+    import fashion_cnn.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "predict_logits", lambda model, x: torch.full((len(x), 10), torch.nan))
+    response = client.post("/predict", files=upload(("a.jpg", photo())))
+    assert response.status_code == 422 and "non-finite probabilities" in response.json()["detail"]
+
+
+# --- a real server, in a child process on 127.0.0.1 ------------------------------------------------
+
+def test_serving_on_is_printed_only_once_the_port_listens(model_file):
+    command = [sys.executable, "-m", "fashion_cnn", "serve", "--model", str(model_file), "--port"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*command, str(port)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "serving on" not in done.stdout
+    assert done.stderr == f"fashion-cnn: error: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
+
+    port = free_port()
+    server = subprocess.Popen([*command, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout.readline() == f"serving on http://127.0.0.1:{port}/ (API docs at /docs)\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:  # no retry
+            assert response.status == 200
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+class Trickle:
+    """count connections to 127.0.0.1:port that send a request head a byte at a time and never finish it
+    (slowloris); one the server closes is opened again, as an attacker would."""
+
+    def __init__(self, port: int, count: int, interval: float = 0.3) -> None:
+        self.port, self.count, self.interval = port, count, interval
+        self.sockets: list[socket.socket | None] = []
+        self.reopened = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.trickle, daemon=True)
+
+    def connect(self) -> socket.socket | None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            return sock
+        except OSError:
+            return None
+
+    def trickle(self) -> None:
+        while not self.stop.wait(self.interval):
+            for i, sock in enumerate(self.sockets):
+                try:
+                    if sock is None:
+                        raise OSError
+                    sock.send(b"X")
+                except OSError:
+                    if sock is not None:
+                        sock.close()
+                    self.reopened += 1
+                    self.sockets[i] = self.connect()
+
+    def __enter__(self) -> "Trickle":
+        self.sockets = [self.connect() for _ in range(self.count)]
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        for sock in self.sockets:
+            if sock is not None:
+                sock.close()
+
+
+def test_slow_connections_do_not_lock_out_real_requests(model_file):
+    """1,100 connections trickling a byte each used up a 1024-descriptor server's descriptors; here 300
+    of them against 256 descriptors, while real requests must still be answered promptly."""
+    with server_process(model_file, fd_limit=256) as url, Trickle(int(url.rsplit(":", 1)[1]), 300) as slow:
+        for _ in range(3):
+            start = time.monotonic()
+            with urllib.request.urlopen(url + "/health", timeout=10) as response:
+                assert response.status == 200
+            assert time.monotonic() - start < 5
+            time.sleep(0.5)
+        assert slow.reopened > 0  # the cap closed waiting connections to make room
+
+
+def test_a_request_head_must_arrive_within_the_header_timeout(model_file):
+    with server_process(model_file, header_timeout=1.0) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            start = time.monotonic()
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            for _ in range(20):  # trickling does not move the deadline
+                time.sleep(0.2)
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    break
+            try:
+                closed = sock.recv(100) == b""
+            except ConnectionResetError:
+                closed = True
+            assert closed and 0.9 < time.monotonic() - start < 4
+        prompt, used = http.client.HTTPConnection("127.0.0.1", port, timeout=10), []
+        for _ in range(3):  # a prompt client is served, on one kept-alive connection
+            prompt.request("GET", "/health")
+            response = prompt.getresponse()
+            assert response.status == 200 and response.read() and not response.will_close
+            used.append(prompt.sock)
+        assert all(sock is used[0] for sock in used)
+        prompt.close()

@@ -13,15 +13,16 @@ import importlib
 from .version import __version__
 
 _EXPORTS = {
-    "crossval": ("CVConfig", "cross_validate", "kfold_splits"),
+    "crossval": ("CVConfig", "CVResult", "cross_validate", "kfold_splits"),
     "data": ("CLASS_NAMES", "DataError", "Dataset", "FashionMNIST", "load_fashion_mnist"),
     "datasets": ("load_dataset",),
     "evaluate": ("evaluate_model",),
     "inference": ("predict_logits",),
     "models": ("count_parameters", "create_model", "list_models"),
+    "plots": ("confusion_matrix_figure", "fold_boxplot", "learning_curves", "save_figure"),
     "predict": ("ImageError", "Prediction", "Predictor", "predict"),
     "runs": ("ModelFileError", "load_model", "save_model"),
-    "train": ("TrainConfig", "fit", "train_final"),
+    "train": ("TrainConfig", "TrainResult", "TrainState", "fit", "train_final"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF) + ["__version__"]

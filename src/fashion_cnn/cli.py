@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 import tomllib
 import types
@@ -123,7 +125,10 @@ def load_job_data(args: argparse.Namespace):
 
 def cmd_data(args: argparse.Namespace) -> None:
     from .datasets import describe
+    from .runs import check_output_file
 
+    if args.samples:
+        check_output_file(args.samples, args.force)
     data = load_job_data(args)
     print("\n".join(describe(data)))
     if args.samples:
@@ -152,45 +157,88 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
+    from .evaluate import evaluate_file, format_confusion_matrix, format_per_class
     from .predict import resolve_model_path
-    from .runs import load_model
 
-    path = resolve_model_path(args.model)
-    model, meta = load_model(path)
-    data = load_job_data(args)
-    if meta["class_names"] != list(data.class_names):
-        raise ValueError(f"{path} predicts other classes ({', '.join(meta['class_names'])}) than "
-                         f"{data.source} has ({', '.join(data.class_names)})")
-    print(f"model: {path} ({meta['architecture']})")
-    report = evaluate_model(model, data.test_images, data.test_labels, meta["class_names"])
-    print(format_per_class(report) + "\n\n" + format_confusion_matrix(report))
-    print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} images")
-    if args.out:
-        paths = write_reports(report, Path(args.out))
-        print("written: " + ", ".join(map(str, paths)))
+    from .runs import check_output_dir
+
+    out = check_output_dir(args.out) if args.out else None  # before the data is read: it takes a while
+    result = evaluate_file(resolve_model_path(args.model), load_job_data(args), out)
+    print(f"model: {result.model_path} ({result.meta['architecture']})")
+    print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
+    images = sum(row["support"] for row in result.report["per_class"])
+    print(f"test accuracy: {100 * result.report['accuracy']:.2f}% on {images:,} images")
+    if result.html:
+        print("written: " + ", ".join(map(str, result.written)) + f"\nreport: {result.html}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor, as_json, format_line, save_preprocessed, write_csv
+    from .runs import check_output_dir
 
+    if args.save_preprocessed:
+        check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
     if args.format == "json":
-        print(json.dumps(as_json(predictions, predictor), indent=2))
+        print(json.dumps(as_json(predictions, predictor), indent=2, allow_nan=False))
     elif args.format == "csv":
         write_csv(predictions, predictor.class_names, sys.stdout)
     for p in predictions:
         if p.error:
-            print(f"fashion-cnn: error: {p.source}: {p.error}", file=sys.stderr)
+            print_error(p)
         elif args.format == "text":
             print(format_line(p))
     if args.save_preprocessed:
         saved = save_preprocessed(predictions, args.save_preprocessed)
         print(f"{len(saved)} preprocessed images saved to {args.save_preprocessed}", file=sys.stderr)
     return 1 if any(p.error for p in predictions) else 0
+
+
+def print_error(p) -> None:
+    """An input that could not be used, as `predict` and `explain` report it: one line on stderr (control
+    characters in a file's name escaped, so a name cannot forge another line)."""
+    from .terminal import printable
+
+    print(printable(f"fashion-cnn: error: {p.source}: {p.error}"), file=sys.stderr)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+
+    import numpy as np
+
+    from .explain import explain_files
+    from .predict import as_json, format_line
+
+    predictor, predictions, heats, paths = explain_files(
+        args.images, args.model, args.out, args.force, args.top_k,
+        invert=False if args.no_invert else None, crop=not args.no_crop)
+    print(predictor.describe(), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        document = as_json(predictions, predictor)
+        for record, heat, path in zip(document["predictions"], heats, paths):
+            record["explanation"] = None if path is None else str(path)
+            record["heatmap"] = None if heat is None else np.round(heat, 3).tolist()
+        print(json.dumps(document, indent=2))
+    for p, path in zip(predictions, paths):
+        if p.error:
+            print_error(p)
+        elif not args.json:
+            print(f"{format_line(p)}  -> {path}")
+    return 1 if any(p.error for p in predictions) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_comparison, write_report
+
+    if len(args.runs) == 1:
+        print(f"report: {write_report(args.runs[0], out=args.out, data_dir=args.data_dir)}")
+    elif args.data_dir:
+        raise ValueError("--data-dir is for the report of one run; a comparison reads only the runs' files")
+    else:
+        print(f"report: {write_comparison(args.runs, out=args.out)}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -203,7 +251,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    report = export_onnx(resolve_model_path(args.model), args.out)
+    report = export_onnx(resolve_model_path(args.model), args.out, force=args.force)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
           "output probabilities (N, classes)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
@@ -226,6 +274,16 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
                         "else the packaged model)")
 
 
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """How images become model inputs, and how many classes to show, as predict and explain take them."""
+    parser.add_argument("--top-k", type=int, default=3,
+                        help="how many classes to list per image (default: %(default)s)")
+    parser.add_argument("--no-invert", action="store_true",
+                        help="never invert (default: invert when the border is light, as in photos)")
+    parser.add_argument("--no-crop", action="store_true",
+                        help="keep the whole picture instead of cropping to the object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .crossval import CVConfig
     from .train import TrainConfig
@@ -243,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("data", "show where the data came from, its class counts and import findings", cmd_data)
     add_data_options(p)
     p.add_argument("--samples", metavar="PNG", help="also save a grid of sample images per class")
+    p.add_argument("--force", action="store_true", help="replace an existing --samples file")
 
     add_job_options(command("cv", "k-fold cross-validation with learning curves", cmd_cv), CVConfig)
     add_job_options(command("train", "train the final model on all training images, test it once, save it",
@@ -257,17 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("predict", "predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)", cmd_predict)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
     add_model_option(p)
-    p.add_argument("--top-k", type=int, default=3,
-                   help="how many classes to list per image (default: %(default)s)")
+    add_image_options(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", dest="format", action="store_const", const="json", default="text",
                         help="one JSON document on stdout")
     output.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV on stdout")
-    p.add_argument("--no-invert", action="store_true",
-                   help="never invert (default: invert when the border is light, as in photos)")
-    p.add_argument("--no-crop", action="store_true",
-                   help="keep the whole picture instead of cropping to the object")
     p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
+
+    p = command("explain", "heat maps of where in each image the model found its evidence", cmd_explain)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    add_model_option(p)
+    add_image_options(p)
+    p.add_argument("--out", default="explanations",
+                   help="folder for one PNG per image, <index>-<name>.png (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace files already in --out (never an input)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON document on stdout: predictions, picture paths and 28x28 heat maps")
+
+    p = command("report", "an HTML report of a run; of several runs, one comparing them", cmd_report)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train or evaluate --out)")
+    p.add_argument("--out", help="the HTML file to write (default: RUN/report.html; for several runs "
+                   "<timestamp>-compare.html beside the first)")
+    add_config_options(p, TrainConfig, only=("data_dir",))
+    p.set_defaults(data_dir=None)
 
     p = command("serve", "web demo and JSON API (page at /, API docs at /docs)", cmd_serve)
     add_model_option(p)
@@ -277,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "write a model as ONNX, checked against PyTorch with onnxruntime", cmd_export)
     p.add_argument("out", metavar="OUT", help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--force", action="store_true", help="replace an existing file at OUT")
     add_model_option(p)
 
     command("models", "list the registered models and their recipes", cmd_models)
@@ -294,15 +366,22 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed
     from .data import DataError
     from .runs import ModelFileError
+    from .terminal import printable
 
     with distributed.quiet_unless_main():  # under torchrun, one usage error (or --help), not one per process
         args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is seen below
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as Unix tools do, with the status a shell shows
+        # for a tool killed by SIGPIPE; stdout goes to /dev/null so Python's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except distributed.Quiet:  # rank 0 reports it
         return 1
     except (DataError, ModelFileError, OSError, ValueError) as e:
-        print(f"fashion-cnn: error: {distributed.rank_prefix()}{e}", file=sys.stderr)
+        print(printable(f"fashion-cnn: error: {distributed.rank_prefix()}{e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)

@@ -52,6 +52,7 @@ def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
 
 
 def summarize(fold_accuracies: list[float]) -> dict:
+    """The fold accuracies with their mean and (population) standard deviation, as the tutorial reports them."""
     acc = np.array(fold_accuracies)
     return {"fold_accuracies": fold_accuracies, "mean": float(acc.mean()), "std": float(acc.std())}
 
@@ -82,6 +83,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size; under
     torchrun, the folds spread over the processes, with the numbers one process gives (same --threads)."""
     from .plots import fold_boxplot, learning_curves, save_figure
+    from .report import write_report
 
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
         cfg = job_config(CVConfig, cfg, resume)
@@ -145,6 +147,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)})\n"
                  f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
                  f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
+                 f"report: {write_report(run.dir, data)}\n"
                  f"next: {train_command(cfg)}  (the final model on all training images)")
     return CVResult(run.dir, histories, summary)
 

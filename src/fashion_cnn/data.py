@@ -26,7 +26,10 @@ CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-MIRROR_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# The dataset authors' S3 bucket through its REST endpoint, which serves https (its website endpoint,
+# http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/, serves only http). The checksums below
+# stay the integrity guard either way.
+MIRROR_URL = "https://fashion-mnist.s3.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_CNN_DATA"
 
@@ -37,6 +40,12 @@ class IdxFile:
     magic: int  # 0x0803: uint8 images (3 dims), 0x0801: uint8 labels (1 dim)
     count: int
     sha256: str  # of the decompressed bytes: Debian recompresses the .gz files
+
+    @property
+    def size(self) -> int:
+        """Bytes once decompressed: magic, one 4-byte size per dimension, then count items."""
+        ndim = self.magic & 0xFF
+        return 4 + 4 * ndim + self.count * (28 * 28 if ndim == 3 else 1)
 
 
 FILES = {
@@ -76,23 +85,36 @@ class Dataset:
 FashionMNIST = Dataset  # its name before other data sets could be loaded
 
 
-def decompress(path: Path, max_bytes: int | None = None, gzipped: bool = True) -> bytes:
-    """The bytes of a gzipped file (or a plain one); with max_bytes, a file that would decompress to more
-    is refused (a gzip bomb from an untrusted folder)."""
+def inflate(path: Path, limit: int | None, gzipped: bool = True) -> bytes:
+    """Up to limit + 1 bytes of path, decompressed (a plain file as it is; None: all of it): reading stops
+    there, however much more it holds."""
     try:
         with (gzip.open if gzipped else open)(path, "rb") as f:
-            raw = f.read(-1 if max_bytes is None else max_bytes + 1)
-        if max_bytes is not None and len(raw) > max_bytes:
-            raise DataError(f"{path}: over the {max_bytes:,}-byte limit")
-        return raw
+            return f.read(-1 if limit is None else limit + 1)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
 
 
-def parse_idx(raw: bytes, name: str, magic: int, count: int | None = None) -> np.ndarray:
-    """Validate an IDX byte string (magic, dimensions, size) and return it as a uint8 array."""
+def decompress(path: Path, limit: int | None = None, gzipped: bool = True) -> bytes:
+    """path's decompressed bytes, refused once they pass limit, the size expected: a gzip bomb (4 GiB
+    from 4 MB) is stopped after limit + 1 bytes instead of being inflated whole."""
+    raw = inflate(path, limit, gzipped)
+    if limit is not None and len(raw) > limit:
+        raise DataError(f"{path}: inflates past the {limit:,} bytes expected (a gzip bomb?)")
+    return raw
+
+
+def idx_size(path: Path, magic: int, count: int | None = None) -> int:
+    """The decompressed size path's IDX header promises, read from its first bytes only."""
+    header = 4 + 4 * (magic & 0xFF)
+    dims = parse_header(inflate(path, header)[:header], str(path), magic, count)
+    return header + int(np.prod(dims))
+
+
+def parse_header(raw: bytes, name: str, magic: int, count: int | None = None) -> tuple[int, ...]:
+    """The dimensions an IDX byte string's header declares, after checking its magic, image size and count."""
     if len(raw) < 4:
         raise DataError(f"{name}: too short to be an IDX file ({len(raw)} bytes)")
     (found,) = struct.unpack(">I", raw[:4])
@@ -107,6 +129,13 @@ def parse_idx(raw: bytes, name: str, magic: int, count: int | None = None) -> np
         raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28")
     if count is not None and dims[0] != count:
         raise DataError(f"{name}: holds {dims[0]} items, expected {count}")
+    return dims
+
+
+def parse_idx(raw: bytes, name: str, magic: int, count: int | None = None) -> np.ndarray:
+    """Validate an IDX byte string (magic, dimensions, size) and return it as a uint8 array."""
+    dims = parse_header(raw, name, magic, count)
+    header = 4 + 4 * len(dims)
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
         raise DataError(f"{name}: {len(raw) - header} data bytes, header promises {expected} (truncated?)")
@@ -114,8 +143,9 @@ def parse_idx(raw: bytes, name: str, magic: int, count: int | None = None) -> np
 
 
 def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
-    """Read and validate one gzipped IDX file."""
-    return parse_idx(decompress(Path(path)), str(path), magic, count)
+    """Read and validate one gzipped IDX file, inflating no more than its header promises."""
+    path = Path(path)
+    return parse_idx(decompress(path, idx_size(path, magic, count)), str(path), magic, count)
 
 
 def cache_dir() -> Path:
@@ -167,6 +197,8 @@ def download_file(url: str, target: Path, spec: IdxFile) -> None:
                 while chunk := resp.read(1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
+                    if out.tell() > 2 * spec.size + 1024:  # gzip never grows data that much: not our file
+                        raise DataError(f"{url}: over {out.tell():,} bytes, more than the file can be")
             if total is not None and out.tell() != total:
                 raise DataError(f"{url}: transfer interrupted ({out.tell()} of {total} bytes)")
             out.close()
@@ -176,7 +208,7 @@ def download_file(url: str, target: Path, spec: IdxFile) -> None:
 
 
 def verify(path: Path, spec: IdxFile, label: str | None = None) -> bytes:
-    raw = decompress(path)
+    raw = decompress(path, spec.size)
     digest = hashlib.sha256(raw).hexdigest()
     if digest != spec.sha256:
         raise DataError(f"{label or path}: SHA-256 of the decompressed data is {digest}, "
@@ -209,7 +241,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None, download: bool = True
             raw = verify(path, spec)
             newly_verified.add(stamp)
         else:
-            raw = decompress(path)
+            raw = decompress(path, idx_size(path, spec.magic, spec.count if check else None))
         arrays[key] = parse_idx(raw, str(path), spec.magic, spec.count if check else None)
     if newly_verified:
         with contextlib.suppress(OSError):  # the log only saves time; a read-only cache must not stop training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from .data import Dataset
 from .inference import predict_logits
-from .runs import write_atomic, write_json
+from .runs import check_output_dir, load_model, write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
 
@@ -20,7 +22,11 @@ log = logging.getLogger("fashion_cnn")
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    class_names: Sequence[str], batch_size: int = 1000) -> dict:
     """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values."""
-    logits = predict_logits(model, images, batch_size, desc="evaluating")
+    return score(predict_logits(model, images, batch_size, desc="evaluating"), labels, class_names)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """evaluate_model's report from logits already computed."""
     labels = labels.cpu()
     pred = logits.argmax(1).numpy()
     truth = labels.numpy()
@@ -40,6 +46,7 @@ def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 
 def format_per_class(report: dict) -> str:
+    """The per-class precision, recall, F1 and support as a text table, with accuracy and macro-F1."""
     width = max(12, *(len(row["class"]) for row in report["per_class"]))
     lines = [f"{'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for row in report["per_class"]:
@@ -72,3 +79,33 @@ def write_reports(report: dict, out_dir: Path) -> list[Path]:
     save_figure(confusion_matrix_figure(report["confusion_matrix"], [row["class"] for row in report["per_class"]]),
                 paths[2])
     return paths
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` found: the report, and the files it wrote."""
+
+    model_path: Path
+    meta: dict
+    report: dict
+    written: list[Path]  # the tables and the confusion matrix
+    html: Path | None  # the HTML report
+
+
+def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None) -> Evaluation:
+    """The `evaluate` job: score a model file on data's test set; with `out`, write the tables, the
+    confusion matrix and the HTML report there."""
+    from .report import write_report
+
+    if out is not None:
+        check_output_dir(out)
+    model, meta = load_model(model_path)
+    if meta["class_names"] != list(data.class_names):
+        raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "
+                         f"{data.source} has ({', '.join(data.class_names)})")
+    logits = predict_logits(model, data.test_images, desc="evaluating")
+    report = score(logits, data.test_labels, meta["class_names"])
+    if out is None:
+        return Evaluation(model_path, meta, report, [], None)
+    written = write_reports(report, out)
+    return Evaluation(model_path, meta, report, written, write_report(out, data, model_path, logits=logits))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import DataError, load_fashion_mnist, to_float
-from .runs import load_model, write_atomic
+from .runs import check_output_file, load_model, write_atomic
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -83,13 +83,16 @@ def compare_with_torch(data: bytes, module: nn.Module, images: np.ndarray) -> di
 
 
 def export_onnx(model_path: str | Path, out_path: str | Path, check_images: np.ndarray | None = None,
-                tolerance: float = TOLERANCE) -> dict:
+                tolerance: float = TOLERANCE, force: bool = False) -> dict:
     """Write model_path as ONNX to out_path, after checking it against PyTorch; returns the check's report.
 
     check_images: float32 (N, 28, 28) in [0, 1]; by default the first test images. The check runs on a
     batch of another size than the one traced, so it also proves the batch dimension dynamic. A model
-    that fails the check raises ValueError and writes nothing.
+    that fails the check raises ValueError and writes nothing. out_path is checked first
+    (runs.check_output_file): never the model itself, a link, FIFO or device, nor an existing file
+    unless force.
     """
+    check_output_file(out_path, force, inputs=(model_path,))
     model, meta = load_model(model_path)
     module = Probabilities(model).eval()
     if check_images is None:

@@ -77,6 +77,7 @@ def fold_boxplot(fold_accuracies: Sequence[float]) -> Figure:
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
+    """Counts per (true class, predicted class), rows true, with the overall accuracy in the title."""
     m = np.asarray(matrix)
     fig = Figure(figsize=(7.5, 6.5))
     ax = fig.subplots()

@@ -8,15 +8,19 @@ crop to the object, pad to a square, resize to 28x28.
 
 from __future__ import annotations
 
+import base64
 import csv
+import ctypes
 import io
+import os
 import re
-import struct
+import stat
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Iterable, Union
+from typing import IO, Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -25,11 +29,13 @@ from PIL import Image, ImageFilter, ImageOps
 from .data import CLASS_NAMES, to_float
 from .inference import predict_logits
 from .runs import ModelFileError, load_model, write_atomic
+from .terminal import printable
 
 RUNS_DIR = Path("runs")
 DEFAULT_MODEL = "weights/default.safetensors"  # inside the package: the strong model (README)
 MAX_PIXELS = 40_000_000  # a 12-megapixel phone photo is far below; a decompression bomb far above
 MAX_BYTES = 20_000_000
+MAX_ASPECT = 50  # a longer strip is no picture of one object; also bounds each side to ~45,000 pixels
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # no EPS (Ghostscript), PSD, ICO... from strangers
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SIZE = 28
@@ -41,8 +47,28 @@ Image.init()  # register every plugin now: Image.open(formats=...) fails on ones
 # Pillow only warns between its limit and twice its limit; make that an error (decode() also checks).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.simplefilter("error", Image.DecompressionBombWarning)
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
-                 Image.DecompressionBombError, Image.DecompressionBombWarning)
+# Corrupt files make Pillow warn about each odd tag; the file's one-line error says enough.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+def silence_libtiff() -> None:
+    """libtiff prints its own complaints about a corrupt TIFF on stderr, beside our one-line error for
+    the file (Pillow raises an OSError for them as well): turn them off. Linux only, where the library
+    Pillow loaded is found in /proc/self/maps; elsewhere they stay."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    # Each line: address, permissions, offset, device, inode, then the file's path (which may hold spaces).
+    paths = {fields[5] for fields in (line.split(maxsplit=5) for line in maps.splitlines())
+             if len(fields) == 6 and "/libtiff" in fields[5]}
+    for path in paths:
+        libtiff = ctypes.CDLL(path)  # the library already loaded, not a second copy
+        libtiff.TIFFSetErrorHandler(None)
+        libtiff.TIFFSetWarningHandler(None)
+
+
+silence_libtiff()
 
 Source = Union[str, Path, bytes, Image.Image, np.ndarray]
 
@@ -85,16 +111,60 @@ def over_limit(max_pixels: int, size: tuple[int, int] | None = None) -> ImageErr
     return ImageError(f"{found}over the {max_pixels:,}-pixel limit (decompression bomb?)")
 
 
-def read_limited(path: Path) -> bytes:
-    if path.is_dir():
-        raise ImageError("a folder, not an image file")
+def check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse, before any pixel is decoded, a size that is empty, over the limit or a thin strip."""
+    width, height = size
+    if width * height > max_pixels:
+        raise over_limit(max_pixels, size)
+    if min(size) < 1:
+        raise ImageError(f"{width}x{height} pixels: no picture")
+    if max(size) > MAX_ASPECT * min(size):
+        raise ImageError(f"{width}x{height} pixels: one side over {MAX_ASPECT} times the other, not a picture")
+
+
+@contextmanager
+def pillow_errors() -> Iterator[None]:
+    """Whatever Pillow raises inside this block becomes an ImageError.
+
+    On hostile bytes Pillow's plugins raise far more than the OSError they document: TypeError,
+    KeyError, ZeroDivisionError, ... (fuzzing found them; tests/fuzz_corpus keeps examples). So the
+    blocks this wraps hold only Pillow's work on one untrusted image (decoding, converting, resizing):
+    an exception there is the image's fault, not a bug of ours to hide.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read(MAX_BYTES + 1)  # enough to tell it is over the limit
+        yield
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"not a {'/'.join(FORMATS)} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise over_limit(MAX_PIXELS) from None  # Pillow's own guard, past twice its limit
+    except MemoryError:
+        raise ImageError("too large to decode") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        reason = " ".join(str(e).split())[:200] or type(e).__name__  # one line, bounded
+        raise ImageError(f"truncated or corrupt image ({reason})") from None
+
+
+def read_limited(path: Path) -> bytes:
+    """A regular file's bytes, up to one past the limit. O_NONBLOCK: opening a FIFO must not wait for a
+    writer; its type is then checked on the open descriptor, so it cannot be swapped in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except OSError as e:
         raise ImageError(f"cannot read ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISDIR(kind):
+            raise ImageError("a folder, not an image file")
+        if not stat.S_ISREG(kind):
+            raise ImageError("not a regular file (a FIFO, device or socket)")
+        try:
+            return f.read(MAX_BYTES + 1)  # enough to tell it is over the limit
+        except OSError as e:
+            raise ImageError(f"cannot read ({e.strerror or e})") from None
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:
@@ -116,22 +186,18 @@ def image_from_array(array: np.ndarray) -> Image.Image:
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode fully (so truncation shows here), first frame only, EXIF orientation applied."""
+    """Decode fully (so truncation shows here), first frame only, EXIF orientation applied; the size is
+    checked from the header, before any pixel is decoded."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     if len(data) > MAX_BYTES:
         raise ImageError(f"over the {MAX_BYTES:,}-byte limit")
-    try:
+    with pillow_errors():
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-        if image.width * image.height > max_pixels:
-            raise over_limit(max_pixels, image.size)
-        return ImageOps.exif_transpose(image)  # a loaded copy: decoding errors surface here
-    except Image.UnidentifiedImageError:
-        raise ImageError(f"not a {'/'.join(FORMATS)} image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise over_limit(max_pixels) from None  # Pillow's own guard, past twice its limit
-    except DECODE_ERRORS as e:
-        raise ImageError(f"truncated or corrupt image ({e})") from None
+        check_size(image.size, max_pixels)
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second copy of a large image
+    return image
 
 
 def load_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -147,29 +213,51 @@ def load_image(source: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, bytes):
         return decode(source, max_pixels)
     image = source if isinstance(source, Image.Image) else image_from_array(source)
-    if image.width * image.height > max_pixels:
-        raise over_limit(max_pixels, image.size)
-    return ImageOps.exif_transpose(image)
+    check_size(image.size, max_pixels)
+    with pillow_errors():
+        return ImageOps.exif_transpose(image)
 
 
 # --- preprocessing -------------------------------------------------------------------------------
 
-def to_grayscale(image: Image.Image) -> np.ndarray:
-    """float32 (H, W) in [0, 1]: transparency composited onto white, any mode through 8-bit gray.
-
-    Float images (from float arrays) keep their values; large images shrink to WORKING_SIZE.
-    """
+def working_image(image: Image.Image) -> Image.Image:
+    """Any decoded image as 8-bit gray ("L"), or "F" for float images, at most WORKING_SIZE on its long
+    side. Every mode shrinks first, so nothing after this holds more than WORKING_SIZE² pixels, however
+    large the input; transparency is composited onto white."""
+    if image.mode in ("1", "P", "PA"):  # Pillow resizes these by nearest neighbour; convert first
+        image = image.convert("RGBA" if image.has_transparency_data else "L" if image.mode == "1" else "RGB")
+    if max(image.size) > WORKING_SIZE:
+        image = ImageOps.contain(image, (WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
     if image.mode == "F":
-        return np.asarray(image, dtype=np.float32)
+        return image
     if image.mode.startswith("I"):  # 16-bit: Pillow's convert("L") would clip to 255, not scale
-        image = Image.fromarray(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8))
+        return Image.fromarray(np.clip(np.asarray(image) >> 8, 0, 255).astype(np.uint8))
     if image.has_transparency_data:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    gray = image if image.mode == "L" else image.convert("RGB").convert("L")
-    if max(gray.size) > WORKING_SIZE:
-        gray = ImageOps.contain(gray, (WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
-    return as_float(gray)
+    return image if image.mode == "L" else image.convert("RGB").convert("L")
+
+
+def float_pixels(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A float image in [0, 1]: as it is if its pixels (from low to high) are in [0, 1], divided by 255
+    if they are in [0, 255] (TIFFs saved from 8-bit data); anything else has no meaning we can know."""
+    if not np.isfinite(x).all():  # also after shrinking: a box filter spreads NaN and inf, never hides them
+        raise ImageError("float pixels that are NaN or infinite")
+    if low >= 0 and high <= 1:
+        return x
+    if low >= 0 and high <= 255:
+        return x / np.float32(255)
+    raise ImageError(f"float pixels from {low:g} to {high:g}: expected [0, 1] or [0, 255]")
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """float32 (H, W) in [0, 1], at most WORKING_SIZE on the long side (see working_image)."""
+    with pillow_errors():
+        extrema = image.getextrema() if image.mode == "F" else None  # of every pixel, before shrinking
+        gray = working_image(image)
+    if extrema is None:
+        return as_float(gray)
+    return float_pixels(np.asarray(gray, dtype=np.float32), *extrema)
 
 
 def as_float(gray: Image.Image) -> np.ndarray:
@@ -307,12 +395,19 @@ class Predictor:
     def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
                 crop: bool = True) -> list[Prediction]:
         """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise."""
+        return self.predict_prepared([prepare(name, source, invert, crop)
+                                      for name, source in expand_sources(images)], top_k)
+
+    def predict_prepared(self, predictions: list[Prediction], top_k: int = 3) -> list[Prediction]:
+        """Fill in the classes of predictions made by `prepare` (those with an `error` stay as they are)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
-        predictions = [prepare(name, source, invert, crop) for name, source in expand_sources(images)]
         ok = [p for p in predictions if p.error is None]
         if ok:
             for p, probs in zip(ok, self.predict_arrays(np.stack([p.image for p in ok]))):
+                if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON
+                    p.error, p.image = "the model gave non-finite probabilities (a broken model file?)", None
+                    continue
                 order = np.argsort(-probs, kind="stable")
                 p.class_index = int(order[0])
                 p.class_name = self.class_names[order[0]]
@@ -337,7 +432,7 @@ def predict(images: Source | Iterable[Source], model: str | Path | None = None, 
 def format_line(p: Prediction) -> str:
     """`shoe.jpg: Sneaker (0.93)  [Sneaker 0.93, Sandal 0.05, Ankle boot 0.01]`"""
     ranked = ", ".join(f"{name} {prob:.2f}" for name, prob in p.top_k)
-    return f"{p.source}: {p.class_name} ({p.top_k[0][1]:.2f})  [{ranked}]"
+    return f"{printable(p.source)}: {p.class_name} ({p.top_k[0][1]:.2f})  [{ranked}]"
 
 
 def as_record(p: Prediction, class_names: list[str]) -> dict:
@@ -375,14 +470,24 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def data_url(png: bytes) -> str:
+    """PNG bytes as a data URL, which a page shows without another request or file."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def output_name(index: int, source: str) -> str:
+    """<index>-<name>.png for the index-th input: unique, in input order, safe as a file name."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(source).stem).strip("_") or "image"
+    return f"{index:04d}-{stem}.png"
+
+
 def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
     """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order."""
     paths = []
     for i, p in enumerate(predictions):
         if p.image is None:
             continue
-        stem = re.sub(r"[^\w.-]+", "_", Path(p.source).stem).strip("_") or "image"
-        path = Path(out_dir) / f"{i:04d}-{stem}.png"
+        path = Path(out_dir) / output_name(i, p.source)
         write_atomic(path, png_bytes(p.image))
         paths.append(path)
     return paths

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,50 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def check_output_file(path: str | Path, force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse, before any work, a user-named output file that write_atomic must not or cannot replace:
+    one of the inputs, a folder, a symbolic link, a FIFO, device or socket, an existing file unless
+    force, or a place that cannot be written (see check_output_dir). ValueError with one line."""
+    path = Path(path)
+    try:
+        found = path.lstat()
+    except OSError:  # missing, or under a file that check_output_dir names
+        found = None
+    if found is not None:
+        if stat.S_ISDIR(found.st_mode):
+            raise ValueError(f"{path}: a folder; name a file to write")
+        if stat.S_ISLNK(found.st_mode):
+            raise ValueError(f"{path}: a symbolic link; refusing to replace it")
+        if not stat.S_ISREG(found.st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, device or socket); refusing to replace it")
+        if same := next((i for i in inputs if os.path.exists(i) and os.path.samefile(path, i)), None):
+            raise ValueError(f"{path}: is the input {same}; choose another output")
+        if not force:
+            raise ValueError(f"{path}: already exists; --force replaces it")
+    check_output_dir(path.parent)
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work, a folder to write into (created when missing, as write_atomic does) that
+    cannot be: a file at it or at a parent, or a nearest existing folder where no file can be made (read-
+    only, no permission). The test is a real file made and removed there: even root cannot write to a
+    read-only mount. ValueError with one line."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: a file, not a folder; cannot write {path}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".fashion-cnn-probe-")
+    except OSError as e:
+        raise ValueError(f"{existing}: cannot write here ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def write_json(path: str | Path, obj) -> None:
+    """obj as indented JSON, written atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -110,17 +154,6 @@ def read_config(run_dir: str | Path) -> dict:
     if not isinstance(config, dict):
         raise RunError(f"{path}: not a run's config (a JSON object is expected)")
     return config
-
-
-def check_output_dir(root: str | Path) -> Path:
-    """--out: a folder we can create run directories in (checked before any work starts)."""
-    root = Path(root)
-    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ValueError(f"--out {root}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {root}: {existing} is not writable")
-    return root
 
 
 def create_run_dir(root: str | Path, job: str, config: dict) -> Path:
@@ -174,6 +207,7 @@ def start_log(run_dir: Path | None) -> None:
 
 
 def stop_log() -> None:
+    """Detach and close the handlers start_log added."""
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
@@ -220,11 +254,13 @@ def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None
 # --- tensors, checkpoints and model files ----------------------------------------------------------------
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Tensors as safetensors with `meta` as JSON in the header, written atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file save_tensors wrote; ModelFileError for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
@@ -259,6 +295,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The inverse of optimizer_tensors."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)

@@ -8,27 +8,39 @@ page, its assets and the OpenAPI docs' Swagger UI are all served by the app (no 
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from fastapi import File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .connections import BACKLOG, HEADER_TIMEOUT, connection_cap, guarded_protocol
 from .version import __version__
 from .data import FILES, DataError, find_data_dir, read_idx
-from .predict import MAX_BYTES, Prediction, Predictor, as_record, png_bytes
+from .explain import explain_predictions, overlay_png
+from .predict import MAX_BYTES, Prediction, Predictor, as_record, data_url, png_bytes
 
 MAX_FILES = 16
 MAX_BODY = 64_000_000  # a whole request; each file is further held to MAX_BYTES
+MAX_HEAD = 16 * 1024  # bytes of request line and headers (h11's default, stated): more is a 400
+MAX_ECHO = 100  # characters of a request's content that a 422 may quote back
 STATIC = Path(str(resources.files(__package__) / "static"))
+# Only the app's own scripts, styles and pages; images also as data: URLs (the 28x28 previews); never framed.
+CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+PATH_KEYS = {"source", "out", "data_dir"}  # metadata fields that name files or folders
 
 
 class Ranked(BaseModel):
@@ -43,6 +55,8 @@ class FileResult(BaseModel):
     probabilities: dict[str, float] = Field(default_factory=dict, description="one per class")
     top_k: list[Ranked] = Field(default_factory=list, description="the most probable classes, best first")
     image: str | None = Field(None, description="the 28x28 image the model saw, as a PNG data URL")
+    heatmap: str | None = Field(None, description="with explain=true: where the model found its evidence for "
+                                                  "the class (HiResCAM over the image), as a PNG data URL")
     error: str | None = Field(None, description="why this file could not be used; the rest is then empty")
 
 
@@ -58,8 +72,8 @@ class Sample(BaseModel):
 
 
 def png_data_url(image: np.ndarray) -> str:
-    """A float image in [0, 1] as a data URL the page can show directly."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    """An image (as png_bytes takes it) as a data URL the page can show directly."""
+    return data_url(png_bytes(image))
 
 
 def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
@@ -74,9 +88,17 @@ def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
     return [(class_names[labels[i]], png_bytes(images[i])) for i in firsts]
 
 
-def file_result(filename: str, p: Prediction, class_names: list[str]) -> FileResult:
+def file_result(filename: str, p: Prediction, class_names: list[str], heat: np.ndarray | None = None
+                ) -> FileResult:
     record = as_record(p, class_names)  # its source and probability are not FileResult fields: ignored
-    return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image))
+    return FileResult(**record, filename=filename, image=None if p.image is None else png_data_url(p.image),
+                      heatmap=None if heat is None else data_url(overlay_png(p.image, heat)))
+
+
+def predict_and_explain(predictor: Predictor, blobs: list[bytes], top_k: int, explain: bool
+                        ) -> tuple[list[Prediction], list[np.ndarray | None]]:
+    predictions = predictor.predict(blobs, top_k)
+    return predictions, (explain_predictions(predictor, predictions) if explain else [None] * len(predictions))
 
 
 class DeclaredSizeLimit:
@@ -98,6 +120,41 @@ class DeclaredSizeLimit:
         await self.app(scope, receive, send)
 
 
+class SecurityHeaders:
+    """The headers that keep a browser from running, framing or sniffing anything but the app's own files."""
+
+    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+               (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def public_metadata(meta: dict) -> dict:
+    """The model's metadata without file system paths (where its training data and runs were): the
+    fields known to hold one, and any other value that is an absolute path."""
+    return {key: public_metadata(value) if isinstance(value, dict) else value for key, value in meta.items()
+            if key not in PATH_KEYS and not (isinstance(value, str) and value.startswith(("/", "~", "\\")))}
+
+
+def bounded_errors(errors: Iterable[dict]) -> list[dict]:
+    """Validation errors with what they quote of the request cut short: a file part sent without a
+    file name is validated as text and would be echoed whole."""
+    def short(value) -> object:
+        text = value if isinstance(value, str) else json.dumps(jsonable_encoder(value))
+        return value if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text):,} characters)"
+
+    return [{**e, "input": short(e["input"])} if "input" in e else e for e in jsonable_encoder(errors)]
+
+
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
                max_body: int = MAX_BODY) -> FastAPIOffline:
     """The application for one model file or run directory (default: the newest under runs/)."""
@@ -106,19 +163,29 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     # One worker: inference never blocks the event loop, and torch, which already uses every core for
     # one batch, never runs several batches at once.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-    app = FastAPIOffline(title="fashion-cnn", version=__version__,
-                         description="Classify images of clothing with a CNN trained on Fashion-MNIST.",
-                         swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+    # The API docs page is ours (static/docs.html): the library's has an inline script, which the CSP
+    # forbids. No ReDoc page.
+    app = FastAPIOffline(title="fashion-cnn", version=__version__, docs_url=None, redoc_url=None,
+                         description="Classify images of clothing with a CNN trained on Fashion-MNIST.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(Exception)
     async def json_500(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    @app.get("/", include_in_schema=False)
+    @app.exception_handler(RequestValidationError)
+    async def json_422(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": bounded_errors(exc.errors())}, status_code=422)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
 
     @app.get("/health")
     async def health() -> dict:
@@ -127,7 +194,7 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     @app.get("/model")
     async def model_metadata() -> dict:
         """The model file's metadata: architecture, class names, input format, test accuracy, ..."""
-        return {"file": predictor.path.name, **predictor.meta}
+        return {"file": predictor.path.name, **public_metadata(predictor.meta)}
 
     @app.get("/samples")
     async def list_samples() -> list[Sample]:
@@ -149,16 +216,20 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
                                               f"{max_body:,} bytes"},
                          422: {"model": PredictResponse, "description": "no file could be used"}})
     async def predict(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
-                      top_k: int = Query(3, ge=1, le=len(predictor.class_names))) -> JSONResponse:
+                      top_k: int = Query(3, ge=1, le=len(predictor.class_names)),
+                      explain: bool = Query(False, description="also return each image's heat map")
+                      ) -> JSONResponse:
         """Classify each uploaded image; a file that is not a usable image gets its own `error`."""
         for i, f in enumerate(files):
             if f.size is not None and f.size > max_bytes:
                 raise HTTPException(413, f"{f.filename or f'file {i}'}: {f.size:,} bytes, "
                                          f"over the {max_bytes:,}-byte limit")
-        blobs = [await f.read() for f in files]
-        found = await asyncio.get_running_loop().run_in_executor(worker, predictor.predict, blobs, top_k)
-        results = [file_result(f.filename or f"file {i}", p, predictor.class_names)
-                   for i, (f, p) in enumerate(zip(files, found))]
+        # Read in the worker: requests queued behind it hold their files on disk (Starlette spools them),
+        # not up to max_body bytes each in memory.
+        found, heats = await asyncio.get_running_loop().run_in_executor(
+            worker, lambda: predict_and_explain(predictor, [f.file.read() for f in files], top_k, explain))
+        results = [file_result(f.filename or f"file {i}", p, predictor.class_names, heat)
+                   for i, (f, p, heat) in enumerate(zip(files, found, heats))]
         if all(r.error for r in results):
             detail = "no usable image: " + "; ".join(f"{r.filename}: {r.error}" for r in results)
             return JSONResponse(PredictResponse(predictions=results, detail=detail).model_dump(),
@@ -168,8 +239,37 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     return app
 
 
-def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network."""
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address host resolves to, as uvicorn would open them; a one-line
+    ValueError when that fails (port taken, no such address, ...)."""
+    if not 0 <= port <= 65535:  # getaddrinfo would quietly take 70000 as 4464
+        raise ValueError(f"port {port} is not in 0..65535")
+    sockets = []
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(found):  # once each, in order
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sockets
+
+
+def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+        header_timeout: float = HEADER_TIMEOUT) -> None:
+    """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network.
+
+    "serving on ..." is printed once the port is bound and listening: a client may connect from then on.
+    header_timeout and a cap on open connections (from the descriptor limit) keep slow clients from
+    locking out the others (see connections.py).
+    """
     import torch
     import uvicorn
 
@@ -177,5 +277,10 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     # under load those threads wait for each other (single-image latency 2 ms with one, 10-70 with two).
     torch.set_num_threads(1)
     app = create_app(model)
-    print(f"serving on http://{host}:{port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    sockets = listen(host, port)
+    bound = sockets[0].getsockname()[1]
+    print(f"serving on http://{f'[{host}]' if ':' in host else host}:{bound}/ (API docs at /docs)", flush=True)
+    protocol = guarded_protocol(header_timeout, connection_cap())
+    config = uvicorn.Config(app, http=protocol, ws="none", log_level="info", backlog=BACKLOG,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=MAX_HEAD, server_header=False)
+    uvicorn.Server(config).run(sockets=sockets)

@@ -37,6 +37,7 @@ Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 28, 28), int64 lab
 # --- the config: every option with its default, the reason for it, and its valid range -----------------
 
 def check(rule: str, test: Callable[[Any], bool]) -> dict:
+    """A valid range for opt/recipe: `test` accepts a value, `rule` says which in error messages."""
     return {"rule": rule, "test": test}
 
 
@@ -180,10 +181,12 @@ def fits_type(value, annotation: str) -> bool:
 
 
 def type_words(annotation: str) -> str:
+    """"int | None" as "a whole number or unset", for error messages."""
     return " or ".join(TYPE_WORDS[a.strip()] for a in annotation.split("|"))
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device as a torch device: auto takes CUDA where there is a GPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -197,6 +200,7 @@ def derived_seed(seed: int, *keys: int) -> int:
 # --- the pieces a run trains: model, optimizer, EMA, best weights ------------------------------------------
 
 def make_model(cfg: TrainConfig, num_classes: int, *keys: int) -> torch.nn.Module:
+    """cfg.model with fresh weights seeded by (cfg.seed, *keys), on cfg.device."""
     torch.manual_seed(derived_seed(cfg.seed, *keys))
     return create_model(cfg.model, num_classes=num_classes, tta=cfg.tta).to(resolve_device(cfg.device))
 
@@ -455,10 +459,12 @@ def load_data(data: str | None = None, classes: str | None = None, test_fraction
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
+    """The data set a job's config names."""
     return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir)
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
+    """The first `limit` images and labels (all of them for None)."""
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
@@ -539,6 +545,7 @@ def machine_name(device: torch.device) -> str:
 
 
 def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: Dataset, **results) -> dict:
+    """What a model file says about itself: architecture, classes, input format, config, data, results."""
     return {
         "architecture": cfg.model,
         "parameters": count_parameters(model),
@@ -579,8 +586,10 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     only raise the epochs; see resumed_config). Under torchrun, the processes train the model together,
     --batch-size being the global batch (distributed.py).
     """
-    from .evaluate import evaluate_model, write_reports
+    from .evaluate import score, write_reports
+    from .inference import predict_logits
     from .plots import learning_curves, save_figure
+    from .report import write_report
 
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
         cfg = job_config(TrainConfig, cfg, resume)
@@ -604,7 +613,9 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
 
         fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics], data_parallel=True)
         final = state.final.eval()
-        report = evaluate_model(final, data.test_images, data.test_labels, data.class_names, cfg.eval_batch_size)
+        logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
+                                desc="testing" if distributed.is_main() else None)
+        report = score(logits, data.test_labels, data.class_names)
         if not distributed.is_main():
             return TrainResult(run.dir, final, state.history, report, state.best_epoch)  # rank 0 writes the files
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
@@ -618,8 +629,9 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         model_path = run.dir / "model.safetensors"
         save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
         write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
-        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images "
-                 f"(training took {results['train_seconds']:.0f}s)\n"
+        written.append(write_report(run.dir, data, logits=logits))
+        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images, "
+                 f"macro-F1 {report['macro_f1']:.4f} (training took {results['train_seconds']:.0f}s)\n"
                  f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
                  f"next: fashion-cnn predict IMAGE --model {run.dir}")
     return TrainResult(run.dir, final, state.history, report, state.best_epoch)

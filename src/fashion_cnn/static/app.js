@@ -42,7 +42,19 @@ function card(result) {
   const bars = element("div", "bars");
   bars.append(...result.top_k.map(bar));
   node.append(picture, head, bars);
+  if (result.heatmap) node.append(heatmap(result));
   return node;
+}
+
+function heatmap(result) {
+  // Where the model found its evidence for the class, over the image it saw.
+  const figure = element("figure", "heatmap");
+  const picture = element("img");
+  picture.src = result.heatmap;
+  picture.alt = `where the model found its evidence for ${result.class_name}`;
+  picture.title = picture.alt;
+  figure.append(picture, element("figcaption", "", `evidence for ${result.class_name} (HiResCAM)`));
+  return figure;
 }
 
 async function predict(files) {
@@ -51,7 +63,7 @@ async function predict(files) {
   files.forEach((f) => form.append("files", f, f.name));
   $("status").textContent = `classifying ${files.length} image${files.length > 1 ? "s" : ""}…`;
   try {
-    const response = await fetch("/predict?top_k=5", { method: "POST", body: form });
+    const response = await fetch("/predict?top_k=5&explain=true", { method: "POST", body: form });
     const answer = await response.json();
     $("results").replaceChildren(...(answer.predictions || []).map(card));
     $("status").textContent = response.ok ? "" : `error ${response.status}: ${detail(answer)}`;

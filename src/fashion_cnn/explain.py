@@ -1,0 +1,187 @@
+"""Explanations of single predictions: where in the 28x28 input the model found its evidence for a class.
+
+The heat map is HiResCAM (Draelos & Carin, 2020), computed with captum: the gradient of the class's logit
+times the activations of the model's last convolutional stage (the module its registry spec names as
+`cam_layer`), summed over channels, kept where positive and upsampled to 28x28. For a model that ends in
+global average pooling (strong) this is exactly Grad-CAM. For models whose dense layer reads every position
+(baseline, fast), Grad-CAM averages the gradient over positions first, and on the trained baseline its map
+lit up the background instead of the garment (benchmarks/explain_sanity.py); HiResCAM keeps each position's
+own gradient. Models evaluated with test-time augmentation get the mean of the maps of both views.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import nn
+
+from .models import spec_of, unknown
+from .predict import (FOREGROUND, SIZE, Prediction, Predictor, Source, expand_sources, output_name, png_bytes,
+                      prepare)
+from .runs import write_atomic
+
+METHOD = "HiResCAM"
+OVERLAY_SCALE = 4  # 28x28 inputs are shown 112x112
+
+
+def cam_layer(model: nn.Module) -> nn.Module:
+    """The module whose activations the heat map is computed on, as the model's registry spec names it."""
+    spec = spec_of(model)
+    if not spec.cam_layer:
+        raise ValueError(f"model {spec.name!r} names no layer to explain (ModelSpec.cam_layer)")
+    return model.get_submodule(spec.cam_layer)
+
+
+def class_activation(model: nn.Module, method: str = METHOD) -> Callable:
+    """(images, targets) -> the layer's map (N, 1, h, w) before the ReLU: HiResCAM, or Grad-CAM for comparison
+    (benchmarks/explain_sanity.py)."""
+    from captum.attr import LayerGradCam, LayerGradientXActivation
+
+    if method == "HiResCAM":
+        per_channel = LayerGradientXActivation(model.logits, cam_layer(model))
+        return lambda x, target: per_channel.attribute(x, target=target).sum(1, keepdim=True)
+    if method == "Grad-CAM":
+        return LayerGradCam(model.logits, cam_layer(model)).attribute
+    raise unknown("explanation method", method, ("HiResCAM", "Grad-CAM"))
+
+
+def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Sequence[int],
+             batch_size: int = 200, method: str = METHOD) -> np.ndarray:
+    """float32 (N, 28, 28) in [0, 1], each map scaled to a maximum of 1 (all 0 where the layer holds no
+    positive evidence), for float images (N, 28, 28) in [0, 1] and one target class per image."""
+    from captum.attr import LayerAttribution
+
+    images = torch.as_tensor(np.asarray(images, np.float32)).unsqueeze(1)
+    targets = torch.as_tensor(np.asarray(targets, np.int64))
+    device = next(model.parameters()).device
+    attribute = class_activation(model, method)
+    flips = (False, True) if model.tta else (False,)
+    was_training = model.training
+    model.eval()
+    maps = []
+    with torch.enable_grad():
+        for start in range(0, len(images), batch_size):
+            x, target = images[start:start + batch_size].to(device), targets[start:start + batch_size].to(device)
+            total = 0
+            for flip in flips:  # each view's map, upsampled, then mirrored back onto the input
+                layer_map = attribute(x.flip(3) if flip else x, target)
+                view = LayerAttribution.interpolate(layer_map.float(), (SIZE, SIZE), interpolate_mode="bilinear")
+                total = total + (view.flip(3) if flip else view)
+            maps.append(total[:, 0].detach().clamp(min=0).cpu())
+    model.train(was_training)
+    if not maps:
+        return np.zeros((0, SIZE, SIZE), np.float32)
+    out = torch.cat(maps).numpy()
+    peak = out.max(axis=(1, 2), keepdims=True)
+    return np.divide(out, peak, out=np.zeros_like(out), where=peak > 0)
+
+
+def evidence_on_object(heats: np.ndarray, images: np.ndarray, threshold: float = FOREGROUND
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the share of the heat map's mass on the object (pixels brighter than threshold; NaN for
+    an empty map), and the share of the image the object covers. A map that ignored the image would put
+    about the covered share of its mass there."""
+    on = images > threshold
+    total = heats.sum(axis=(1, 2))
+    inside = (heats * on).sum(axis=(1, 2))
+    share = np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
+    return share, on.mean(axis=(1, 2))
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, scale: int = OVERLAY_SCALE) -> np.ndarray:
+    """uint8 RGB (28*scale, 28*scale, 3): the image in gray, the heat map over it in colour, opaque where
+    the evidence is strongest and absent where there is none."""
+    from matplotlib import colormaps
+
+    size = (SIZE * scale, SIZE * scale)
+    gray = np.asarray(Image.fromarray(np.asarray(image, np.float32)).resize(size, Image.Resampling.NEAREST))
+    warm = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize(size, Image.Resampling.BILINEAR))
+    warm = np.clip(warm, 0, 1)
+    alpha = 0.65 * warm[..., None]
+    rgb = (1 - alpha) * gray[..., None] + alpha * colormaps["jet"](warm)[..., :3]
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def explanation_png(p: Prediction, heat: np.ndarray) -> bytes:
+    """One picture: the 28x28 input the model saw, the heat map of its predicted class, the top classes."""
+    fig = Figure(figsize=(8.4, 2.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    seen, cam, bars = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
+    seen.imshow(p.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    seen.set_title("the 28x28 input the model saw", fontsize=9)
+    cam.imshow(overlay(p.image, heat))
+    cam.set_title(f"{METHOD}: {p.class_name}", fontsize=9)
+    for ax in (seen, cam):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    names = [name for name, _ in p.top_k][::-1]
+    probs = [prob for _, prob in p.top_k][::-1]
+    bars.barh(names, probs, color="tab:blue")
+    bars.set_xlim(0, 1)
+    bars.set_title("top classes", fontsize=9)
+    bars.tick_params(labelsize=8)
+    for y, prob in enumerate(probs):  # the value beside its bar, or inside it in white where it is long
+        inside = prob > 0.8
+        bars.text(prob - 0.02 if inside else prob + 0.02, y, f"{prob:.2f}", va="center", fontsize=8,
+                  ha="right" if inside else "left", color="white" if inside else "black")
+    fig.suptitle(Path(p.source).name, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def explain_predictions(predictor: Predictor, predictions: list[Prediction]) -> list[np.ndarray | None]:
+    """The heat map of each prediction's class (None for inputs that could not be used)."""
+    ok = [p for p in predictions if p.error is None]
+    found = iter(heatmaps(predictor.model, np.stack([p.image for p in ok]), [p.class_index for p in ok])
+                 if ok else [])
+    return [None if p.error else next(found) for p in predictions]
+
+
+def output_paths(predictions: list[Prediction], sources: list[tuple[str, Source]], out_dir: Path,
+                 force: bool) -> list[Path | None]:
+    """Where each usable input's picture goes; refuses to replace an input, or any file without force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: not a folder; --out names the folder for the pictures")
+    inputs = {Path(source).resolve() for _, source in sources if isinstance(source, (str, Path))}
+    paths: list[Path | None] = []
+    for i, p in enumerate(predictions):
+        path = None if p.error else out_dir / output_name(i, p.source)
+        if path is not None and path.resolve() in inputs:
+            raise ValueError(f"{path}: is one of the input images; choose another --out")
+        if path is not None and os.path.lexists(path) and not force:
+            raise ValueError(f"{path}: exists; pass --force to replace it")
+        paths.append(path)
+    return paths
+
+
+def explain_files(images: Source | Iterable[Source], model: str | Path | None = None,
+                  out_dir: str | Path = "explanations", force: bool = False, top_k: int = 3,
+                  invert: bool | None = None, crop: bool = True,
+                  ) -> tuple[Predictor, list[Prediction], list[np.ndarray | None], list[Path | None]]:
+    """Predict and explain images as `fashion-cnn predict` preprocesses them; one PNG per usable image in
+    out_dir (<index>-<name>.png). Returns the predictor, the predictions, their heat maps and PNG paths
+    (None where an input could not be used: its Prediction has `error`)."""
+    predictor = Predictor(model)
+    sources = expand_sources(images)
+    predictions = [prepare(name, source, invert, crop) for name, source in sources]
+    paths = output_paths(predictions, sources, Path(out_dir), force)  # refused before any work is done
+    predictor.predict_prepared(predictions, top_k)
+    heats = explain_predictions(predictor, predictions)
+    for p, heat, path in zip(predictions, heats, paths):
+        if path is not None:
+            write_atomic(path, explanation_png(p, heat))
+    return predictor, predictions, heats, paths
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray, scale: int = OVERLAY_SCALE) -> bytes:
+    """The heat map over its image as a PNG (the web page's and the report's pictures)."""
+    return png_bytes(overlay(image, heat, scale))

@@ -1,0 +1,809 @@
+"""HTML reports: `write_report(run_dir)` for one run (cv, train or `evaluate --out`), `write_comparison(runs)`
+for several side by side.
+
+A report is one self-contained file: every picture is a data: URL, the styles and the gallery's script are
+inline, so it opens from disk, offline, with no server. It shows what ran, the learning curves, the per-fold
+table (cv), the test results, a confusion matrix whose cells open the gallery of their test images, the
+most-confused pairs, the highest-loss examples with heat maps (explain.py), and calibration.
+
+Per-example results come from `predictions.safetensors` in the run directory: the model's logits on the
+test set, computed once (with `inference.predict_logits`, as evaluation does) and reused while the model
+file is unchanged, so a later `fashion-cnn report` does not run the model again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .data import CLASS_NAMES, DataError, Dataset, to_float
+from .inference import predict_logits
+from .plots import fold_boxplot, learning_curves
+from .predict import data_url, png_bytes
+from .runs import ModelFileError, load_model, load_tensors, read_config, save_tensors, write_atomic
+from .version import __version__
+
+REPORT = "report.html"
+PREDICTIONS = "predictions.safetensors"
+ECE_BINS = 15
+HIGHEST_LOSSES = 24
+CONFUSED_PAIRS = 10
+SCALE = 3  # gallery thumbnails: 28x28 shown as 84x84
+SPRITE_COLUMNS = 100
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+
+
+# --- what a run directory holds ------------------------------------------------------------------
+
+@dataclass
+class Run:
+    path: Path
+    job: str  # cv, train or evaluate
+    config: dict  # config.json; {} for the output of `evaluate --out`
+    history: list[dict]  # metrics.csv, one row per epoch (and fold)
+    cv: dict | None  # cv_results.json
+    metrics: dict | None  # metrics.json
+    test: dict | None  # test_report.json
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory's files; one without config.json (cv, train) or test_report.json (evaluate) is refused."""
+    path = Path(path)
+    test = read_json(path / "test_report.json") if path.is_dir() else None
+    if (path / "config.json").is_file():
+        config = read_config(path)
+    elif test is not None:
+        config = {"job": "evaluate"}
+    else:
+        raise FileNotFoundError(f"{path}: not a run directory (no config.json or test_report.json)")
+    return Run(path, config.get("job", "train"), config, read_history(path / "metrics.csv"),
+               read_json(path / "cv_results.json"), read_json(path / "metrics.json"), test)
+
+
+def folds(history: list[dict]) -> list[list[dict]]:
+    """The per-epoch rows of each fold, in fold order (a train run is one fold)."""
+    by_fold: dict = {}
+    for row in history:
+        by_fold.setdefault(row.get("fold", 0), []).append(row)
+    return [by_fold[k] for k in sorted(by_fold)]
+
+
+# --- per-example results -------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    """The model's answers on every test image, with the images themselves."""
+
+    probabilities: np.ndarray  # float (N, classes)
+    data: Dataset  # its test set is what the probabilities are of
+    class_names: list[str]
+    meta: dict  # the model file's metadata
+    model_path: Path | None
+    model: torch.nn.Module | None  # None when the model file is gone: no heat maps then
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.test_labels.numpy()
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.data.test_images.numpy()
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Cross-entropy of each example's true class."""
+        true = self.probabilities[np.arange(len(self.labels)), self.labels]
+        return -np.log(np.maximum(true, np.finfo(np.float32).tiny))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_data(config: dict, data_dir: str | None = None) -> Dataset:
+    """The data a run was made on, from its config's data options (data_dir, given, overrides them);
+    never downloaded."""
+    from .datasets import load_dataset
+
+    if data_dir:
+        return load_dataset(None, data_dir=data_dir, download=False)
+    return load_dataset(config.get("data"), classes=config.get("classes"), data_dir=config.get("data_dir"),
+                        test_fraction=config.get("test_fraction", 0.2), download=False)
+
+
+def model_of(run: Run, model: str | Path | None, cached_meta: dict | None) -> Path | None:
+    """The model file a run's per-example results come from: given, the run's own, or the one recorded."""
+    for candidate in (model, run.path / "model.safetensors", (cached_meta or {}).get("model")):
+        if isinstance(candidate, (str, Path)) and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def read_kept(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The kept per-example results and what made them; ({}, None) where there are none, or none usable
+    (a damaged file is made again, or left out of the report where the model is gone too)."""
+    try:
+        tensors, meta = load_tensors(path)
+    except ModelFileError:
+        return {}, None
+    logits, labels = tensors.get("logits"), tensors.get("labels")
+    usable = (logits is not None and labels is not None and logits.ndim == 2 and labels.ndim == 1
+              and len(logits) == len(labels) and logits.is_floating_point() and not labels.is_floating_point()
+              and isinstance(meta.get("model_sha256"), str) and isinstance(meta.get("model_meta"), dict))
+    return (tensors, meta) if usable else ({}, None)
+
+
+def evaluation_of(run: Run, data: Dataset | None = None, model: str | Path | None = None,
+                  data_dir: str | None = None, logits: torch.Tensor | None = None) -> Evaluation | None:
+    """The run's per-example test results: `logits` where the caller has just computed them, else those
+    kept in predictions.safetensors while the model file is the same, else computed; kept for the next
+    report. None for a run without a model or kept results (cv)."""
+    cache = run.path / PREDICTIONS
+    tensors, cached = read_kept(cache)
+    path = model_of(run, model, cached)
+    if path is None and cached is None:
+        return None
+    loaded, meta = load_model(path) if path else (None, cached["model_meta"])
+    digest = sha256(path) if path else cached["model_sha256"]
+    data = data or run_data(run.config if run.job != "evaluate" else meta.get("config", {}), data_dir)
+    labels = data.test_labels.numpy()
+    fresh = (cached is not None and cached["model_sha256"] == digest
+             and np.array_equal(tensors["labels"].numpy(), labels))
+    if fresh and logits is None:
+        logits = tensors["logits"]
+    elif logits is not None or loaded is not None:
+        if logits is None:
+            logits = predict_logits(loaded, data.test_images, run.config.get("eval_batch_size", 1000))
+        save_tensors(cache, {"logits": logits, "labels": data.test_labels},
+                     {"model": str(path), "model_sha256": digest, "model_meta": meta, "data": data.source})
+    else:
+        raise DataError(f"{cache}: made on other test data than {data.source}, and its model is gone")
+    return Evaluation(torch.softmax(logits.float(), 1).numpy(), data, list(meta.get("class_names") or CLASS_NAMES),
+                      meta, path, loaded)
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin ((k/bins, (k+1)/bins]): count, mean confidence, accuracy."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    seen = np.maximum(counts, 1)
+    return (counts, np.bincount(which, confidence, bins) / seen,
+            np.bincount(which, correct.astype(float), bins) / seen)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the mean gap between confidence and accuracy over equal-width confidence bins, weighted by
+    the share of examples in each (Guo et al., 2017)."""
+    counts, confidence, accuracy = reliability(probabilities, labels, bins)
+    return float(np.sum(counts * np.abs(accuracy - confidence)) / max(len(labels), 1))
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_url(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return data_url(buffer.getvalue())
+
+
+def curve_panels(fig: Figure) -> list:
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set(xlabel="epoch", ylabel=metric, title="Cross-entropy loss" if metric == "loss" else "Accuracy")
+        ax.grid(alpha=0.3)
+    return axes
+
+
+def mean_curve(rows_per_fold: list[list[dict]], key: str) -> tuple[list[int], list[float]]:
+    """Epochs and the mean over folds of one metric (folds run the same epochs)."""
+    epochs = [row["epoch"] for row in rows_per_fold[0]]
+    return epochs, [float(np.mean([rows[i][key] for rows in rows_per_fold if i < len(rows)]))
+                    for i in range(len(epochs))]
+
+
+def comparison_curves(runs: list[Run]) -> str:
+    """Training loss and validation accuracy (training accuracy where a run validated on nothing), one
+    colour per run; cross-validation runs as their mean over folds."""
+    fig = new_figure(10, 3.8)
+    loss_ax, acc_ax = curve_panels(fig)
+    acc_ax.set_title("Validation accuracy (dashed: training)")
+    for k, run in enumerate(r for r in runs if r.history):
+        color = f"C{k % 10}"
+        per_fold = folds(run.history)
+        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=run.name)
+        validated = "val_accuracy" in per_fold[0][0]
+        acc_ax.plot(*mean_curve(per_fold, "val_accuracy" if validated else "accuracy"), ".-" if validated else ".--",
+                    color=color, label=run.name)
+    loss_ax.legend(fontsize=7)
+    return figure_url(fig)
+
+
+def reliability_diagram(probabilities: np.ndarray, labels: np.ndarray) -> str:
+    counts, confidence, accuracy = reliability(probabilities, labels)
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    fig = new_figure(7.5, 3.6)
+    diagram, histogram = fig.subplots(1, 2)
+    used = counts > 0
+    diagram.bar(edges[:-1][used], accuracy[used], width=1 / ECE_BINS, align="edge", color="tab:blue",
+                edgecolor="white", label="accuracy")
+    diagram.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
+    diagram.plot(confidence[used], accuracy[used], "o", color="tab:orange", markersize=3,
+                 label="mean confidence in the bin")
+    diagram.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+                title="Reliability diagram")
+    diagram.legend(fontsize=7, loc="upper left")
+    histogram.bar(edges[:-1], counts, width=1 / ECE_BINS, align="edge", color="tab:gray", edgecolor="white")
+    histogram.set(xlim=(0, 1), yscale="log", xlabel="confidence", ylabel="test images",
+                  title="Confidence histogram")
+    return figure_url(fig)
+
+
+def sprite_url(images: np.ndarray) -> str:
+    """All images in one PNG, SPRITE_COLUMNS a row: one picture that every thumbnail is a window on."""
+    columns = min(SPRITE_COLUMNS, max(len(images), 1))
+    rows = -(-len(images) // columns)
+    sheet = np.zeros((rows * 28, columns * 28), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28] = image
+    return data_url(png_bytes(sheet))
+
+
+# --- HTML pieces ---------------------------------------------------------------------------------
+
+def esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def value(x: float, text: str, name: str | None = None) -> str:
+    """A number as shown, with the exact value it shows in data-value (for readers and tests)."""
+    named = f' data-name="{esc(name)}"' if name else ""
+    return f'<span class="value" data-value="{x!r}"{named}>{esc(text)}</span>'
+
+
+def table(head: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
+    """Cells are HTML already (escape text first)."""
+    head_html = "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>" if head else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}">{head_html}<tbody>{body}</tbody></table>'
+
+
+Section = tuple[str, str, str]  # id, title, HTML body
+
+
+def image(url: str, alt: str, cls: str = "figure") -> str:
+    return f'<img class="{cls}" src="{url}" alt="{esc(alt)}">'
+
+
+def thumb(index: int) -> str:
+    """A window on the sprite showing test image `index` (the gallery's script draws the same)."""
+    r, c = divmod(index, SPRITE_COLUMNS)
+    size = 28 * SCALE
+    return (f'<div class="thumb" role="img" aria-label="test image {index}" '
+            f'style="background-position:-{c * size}px -{r * size}px"></div>')
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def command_line(run: Run, evaluation: Evaluation | None) -> str:
+    """The command that made the run: its options that differ from the defaults of its model."""
+    if run.job == "evaluate":
+        model = evaluation.model_path if evaluation else "MODEL"
+        return f"fashion-cnn evaluate --model {shlex.quote(str(model))} --out {shlex.quote(str(run.path))}"
+    from .crossval import CVConfig
+    from .train import TrainConfig
+
+    kind = CVConfig if run.job == "cv" else TrainConfig
+    try:
+        defaults = asdict(kind.from_dict({"model": run.config.get("model", "baseline")}))
+    except ValueError:  # a model no longer registered: every option is shown
+        defaults = {}
+    words = ["fashion-cnn", run.job]
+    for key, setting in run.config.items():
+        if key == "job" or setting is None or defaults.get(key, object()) == setting:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(setting, bool):
+            words.append(flag if setting else "--no-" + flag[2:])
+        else:
+            words += [flag, shlex.quote(str(setting))]
+    return " ".join(words)
+
+
+def log_times(run: Run) -> tuple[str, str] | None:
+    path = run.path / "log.txt"
+    stamps = [m.group(1) for line in (path.read_text().splitlines() if path.is_file() else [])
+              if (m := LOG_TIME.match(line))]
+    return (stamps[0], stamps[-1]) if stamps else None
+
+
+def class_counts(labels: np.ndarray, class_names: list[str]) -> list[int]:
+    return np.bincount(labels, minlength=len(class_names)).tolist()
+
+
+def what_ran(run: Run, evaluation: Evaluation | None, data: Dataset | None) -> Section:
+    meta = evaluation.meta if evaluation else {}
+    config = run.config if run.job != "evaluate" else meta.get("config", {})
+    arch = meta.get("architecture") or config.get("model", "?")
+    parameters = meta.get("parameters") or registered_size(arch)
+    machine = (run.metrics or {}).get("machine") or meta.get("machine") or "not recorded"
+    rows = [("command", f"<code>{esc(command_line(run, evaluation))}</code>"),
+            ("model", esc(f"{arch}, {parameters:,} parameters" if parameters else arch)
+             + (" (evaluated with test-time augmentation: each image and its mirror image)"
+                if meta.get("tta") else "")),
+            ("machine", esc(machine))]
+    if evaluation and evaluation.model_path:
+        rows.append(("model file", f"<code>{esc(evaluation.model_path)}</code>"))
+    source = data.source if data else (meta.get("data") or {}).get("source", config.get("data_dir"))
+    rows.append(("data", esc(source or "not recorded")))
+    if (times := log_times(run)):
+        rows.append(("started, last logged", esc(f"{times[0]}, {times[1]}")))
+    seconds = sum(row.get("seconds", 0) for row in run.history)
+    cpu = sum(row.get("cpu_seconds", 0) for row in run.history)
+    if seconds:
+        rows.append(("training time", esc(f"{seconds:.1f} s ({cpu:.1f} s of CPU time, all threads)")))
+    if (version := (run.metrics or {}).get("version") or meta.get("version")):
+        rows.append(("fashion-cnn version", esc(version)))
+    out = table(None, [[k, v] for k, v in rows], "facts")
+    if data is not None:
+        out += data_counts(run, config, data, evaluation)
+    settings = [[esc(k), f"<code>{esc(json.dumps(v))}</code>"] for k, v in config.items()]
+    out += (f"<details><summary>all {len(settings)} settings</summary>"
+            f"{table(['setting', 'value'], settings)}</details>")
+    return "run", "What ran", out
+
+
+def registered_size(arch: str) -> int | None:
+    """The parameter count of a registered architecture (10 classes), for runs that kept no model."""
+    from .models import count_parameters, create_model, list_models
+
+    return count_parameters(create_model(arch)) if arch in list_models() else None
+
+
+def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | None) -> str:
+    """Images per class: the training images the run used and the test set."""
+    names = evaluation.class_names if evaluation else list(CLASS_NAMES)
+    limit = config.get("limit")
+    train = data.train_labels.numpy()[:limit]
+    columns = [("training images" + (f" (first {limit})" if limit else "")
+                + (f", {config['val_size']} of them held out for validation" if config.get("val_size") else ""),
+                class_counts(train, names))]
+    if run.job != "cv":
+        columns.append(("test images", class_counts(data.test_labels.numpy(), names)))
+    head = ["class"] + [esc(title) for title, _ in columns]
+    rows = [[esc(name)] + [f"{counts[i]:,}" for _, counts in columns] for i, name in enumerate(names)]
+    rows.append(["<strong>all</strong>"] + [f"<strong>{sum(counts):,}</strong>" for _, counts in columns])
+    return f"<h3>Images per class</h3>{table(head, rows, 'numbers')}"
+
+
+def curves_section(run: Run) -> Section | None:
+    if not run.history:
+        return None
+    per_fold = folds(run.history)
+    what = f"{len(per_fold)} folds, one colour each: " if len(per_fold) > 1 else ""
+    return ("curves", "Learning curves", f"<p>{what}training solid, validation dashed.</p>"
+            + image(figure_url(learning_curves({f"fold {k}": rows for k, rows in enumerate(per_fold, 1)}
+                                               if len(per_fold) > 1 else per_fold[0])), "learning curves"))
+
+
+def folds_section(run: Run) -> Section | None:
+    if not run.cv:
+        return None
+    per_fold = folds(run.history)
+    rows = []
+    for k, accuracy in enumerate(run.cv["fold_accuracies"]):
+        last = per_fold[k][-1] if k < len(per_fold) else {}
+        rows.append([str(k + 1), value(accuracy, percent(accuracy), f"fold-{k + 1}"),
+                     f"{last['val_loss']:.4f}" if "val_loss" in last else "–",
+                     str(last.get("epoch", "–")), f"{sum(row.get('seconds', 0) for row in per_fold[k]):.1f}"
+                     if k < len(per_fold) else "–"])
+    mean, std = run.cv["mean"], run.cv["std"]
+    summary = (f'<p class="headline">accuracy {value(mean, percent(mean), "cv-mean")} ± '
+               f'{value(std, percent(std), "cv-std")} (mean ± standard deviation over '
+               f'{len(run.cv["fold_accuracies"])} folds)</p>')
+    body = (summary + '<div class="side-by-side">'
+            + table(["fold", "validation accuracy", "validation loss", "epochs", "seconds"], rows, "numbers")
+            + image(figure_url(fold_boxplot(run.cv["fold_accuracies"])), "fold accuracies", "figure small")
+            + "</div><p class=\"note\">Per-example galleries (confusion-matrix cells, highest-loss examples, "
+              "calibration) need a model and a test set: <code>fashion-cnn train</code> makes both, and its "
+              "run's report has them.</p>")
+    return "folds", "Cross-validation", body
+
+
+def results_section(test: dict) -> Section:
+    per_class = test["per_class"]
+    accuracy, loss = test["accuracy"], test["loss"]
+    macro_f1 = float(np.mean([row["f1"] for row in per_class]))
+    images = sum(row["support"] for row in per_class)
+    headline = (f'<p class="headline">accuracy {value(accuracy, percent(accuracy), "accuracy")}'
+                f' · macro-F1 {value(macro_f1, f"{macro_f1:.4f}", "macro-f1")}'
+                f' · loss {value(loss, f"{loss:.4f}", "loss")} · {images:,} test images</p>')
+    rows = [[esc(row["class"])] + [value(row[key], f"{row[key]:.4f}", f"{key}-{i}")
+                                   for key in ("precision", "recall", "f1")]
+            + [value(row["support"], f"{row['support']:,}", f"support-{i}")]
+            for i, row in enumerate(per_class)]
+    return "results", "Test results", headline + table(["class", "precision", "recall", "F1", "support"], rows,
+                                                       "numbers")
+
+
+def cell_style(count: int, row_total: int, diagonal: bool) -> str:
+    """Blue by the share of its true class on the diagonal, red for confusions (a quarter of a class: full red)."""
+    share = count / max(row_total, 1)
+    alpha = share if diagonal else min(1.0, 4 * share)
+    color = (47, 111, 219) if diagonal else (219, 68, 55)
+    text = "#fff" if alpha > 0.55 else "#222"
+    return f"background:rgba({color[0]},{color[1]},{color[2]},{alpha:.3f});color:{text}"
+
+
+def confusion_section(test: dict, evaluation: Evaluation | None, class_names: list[str]) -> Section:
+    matrix = np.asarray(test["confusion_matrix"])
+    names = [esc(n) for n in class_names]
+    head = ['<th class="corner">true \\ predicted</th>'] + [f'<th class="predicted"><span>{n}</span></th>'
+                                                            for n in names]
+    rows = []
+    for t, row in enumerate(matrix):
+        cells = []
+        for p, count in enumerate(row):
+            title = esc(f"true {class_names[t]}, predicted {class_names[p]}: {count}")
+            style = cell_style(count, row.sum(), t == p)
+            cells.append(f'<td class="cell">{opener(t, p, str(count), style, title, evaluation is not None)}</td>')
+        rows.append(f"<tr><th>{names[t]}</th>{''.join(cells)}</tr>")
+    grid = (f'<table class="confusion"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+    intro = ("<p>Rows are the true classes, columns the predicted ones. Click a cell to see its test images."
+             "</p>" if evaluation else
+             "<p>The model file is gone and no per-example results were kept: no galleries.</p>")
+    if evaluation is not None:
+        recount = np.zeros_like(matrix)
+        np.add.at(recount, (evaluation.labels, evaluation.predicted), 1)
+        if not np.array_equal(recount, matrix):
+            differ = int(np.abs(recount - matrix).sum() // 2)
+            intro += (f'<p class="note">The galleries come from predictions made again for this report; '
+                      f'about {differ} test images got another class than in the evaluation.</p>')
+    pairs = sorted(((matrix[t, p], t, p) for t in range(len(matrix)) for p in range(len(matrix)) if t != p),
+                   reverse=True)[:CONFUSED_PAIRS]
+    items = "".join(
+        "<li>" + opener(t, p, f"{names[t]} predicted as {names[p]}: {count} "
+                              f"({percent(count / max(matrix[t].sum(), 1))} of {names[t]})", "", "",
+                        evaluation is not None) + "</li>"
+        for count, t, p in pairs if count > 0)
+    gallery = ('<div id="gallery" hidden><div class="gallery-head"><h3 id="gallery-title"></h3>'
+               '<button type="button" id="gallery-close">close</button></div>'
+               '<div id="gallery-items" class="examples compact"></div></div>')
+    body = (intro + '<div class="side-by-side">' + grid
+            + f'<div><h3>Most confused pairs</h3><ol class="pairs">{items or "<li>none</li>"}</ol></div></div>'
+            + gallery)
+    return "confusion", "Confusion matrix", body
+
+
+def opener(t: int, p: int, label: str, style: str, title: str, active: bool) -> str:
+    """A button that opens the gallery of true class t predicted as p; plain text where there is none."""
+    attributes = (f' style="{style}"' if style else "") + (f' title="{title}"' if title else "")
+    if not active:
+        return f"<span{attributes}>{label}</span>"
+    return f'<button type="button" data-true="{t}" data-pred="{p}"{attributes}>{label}</button>'
+
+
+def example_caption(evaluation: Evaluation, i: int) -> str:
+    names = evaluation.class_names
+    probs = evaluation.probabilities[i]
+    top = np.argsort(-probs, kind="stable")[:3]
+    ranked = ", ".join(f"{esc(names[c])} {probs[c]:.2f}" for c in top)
+    return (f"<figcaption><b>#{i}</b> true {esc(names[evaluation.labels[i]])}<br>"
+            f"predicted {esc(names[evaluation.predicted[i]])}<br><small>{ranked}</small></figcaption>")
+
+
+def losses_section(evaluation: Evaluation) -> Section:
+    losses = evaluation.losses
+    worst = np.argsort(-losses, kind="stable")[:HIGHEST_LOSSES]
+    heats = None
+    if evaluation.model is not None and len(worst):
+        from .explain import heatmaps, overlay_png
+
+        images = to_float(torch.from_numpy(evaluation.images[worst]))[:, 0].numpy()
+        maps = heatmaps(evaluation.model, images, evaluation.predicted[worst])
+        heats = [data_url(overlay_png(x, heat, SCALE)) for x, heat in zip(images, maps)]
+    figures = []
+    for k, i in enumerate(worst):
+        heat = (image(heats[k], f"heat map of test image {i} for its predicted class", "heat")
+                if heats else "")
+        figures.append(f'<figure class="example">{thumb(int(i))}{heat}{example_caption(evaluation, int(i))}'
+                       f'<small>loss {losses[i]:.2f}</small></figure>')
+    from .explain import METHOD
+
+    note = (f"<p>The test images the model got most wrong (cross-entropy of the true class), each with "
+            f"the {METHOD} heat map of where the model found its evidence for the class it predicted. "
+            f"Some are mislabelled: Fashion-MNIST has known label noise.</p>" if heats else
+            "<p>The test images the model got most wrong (cross-entropy of the true class).</p>")
+    return "losses", "Highest-loss examples", note + f'<div class="examples">{"".join(figures)}</div>'
+
+
+def calibration_section(evaluation: Evaluation) -> Section:
+    ece = expected_calibration_error(evaluation.probabilities, evaluation.labels)
+    confidence = float(evaluation.probabilities.max(1).mean())
+    accuracy = float((evaluation.predicted == evaluation.labels).mean())
+    headline = (f'<p class="headline">expected calibration error {value(ece, f"{ece:.4f}", "ece")} '
+                f'({ECE_BINS} equal-width bins) · mean confidence '
+                f'{value(confidence, percent(confidence), "confidence")} · accuracy '
+                f'{value(accuracy, percent(accuracy), "prediction-accuracy")}</p>')
+    diagram = image(reliability_diagram(evaluation.probabilities, evaluation.labels), "reliability diagram")
+    return "calibration", "Calibration", headline + diagram
+
+
+def gallery_data(evaluation: Evaluation) -> str:
+    """What the gallery's script needs, as JSON safe inside a script element."""
+    probs = evaluation.probabilities
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    document = {"classes": evaluation.class_names, "labels": evaluation.labels.tolist(),
+                "predicted": evaluation.predicted.tolist(), "columns": SPRITE_COLUMNS, "scale": SCALE,
+                "top": [[int(c) for c in row] for row in top],
+                "topProbabilities": np.round(np.take_along_axis(probs, top, 1), 3).tolist()}
+    return json.dumps(document, separators=(",", ":")).replace("<", "\\u003c")
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+STYLE = """
+:root { --accent: #2f6fdb; --muted: #667; --line: #dde; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 72rem; padding: 1rem 1.5rem 3rem; font: 15px/1.45 system-ui, sans-serif;
+       color: #222; background: #f6f7f9; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid var(--line); }
+nav a { margin-right: 1rem; color: var(--accent); }
+.sub, .note, small { color: var(--muted); }
+table { border-collapse: collapse; background: #fff; margin: .5rem 0; }
+th, td { padding: .25rem .6rem; border: 1px solid var(--line); text-align: left; vertical-align: top; }
+table.numbers td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+table.facts td:first-child { color: var(--muted); white-space: nowrap; }
+code { font-size: .9em; word-break: break-word; }
+.headline { font-size: 1.1rem; }
+.figure { max-width: 100%; background: #fff; border: 1px solid var(--line); }
+.figure.small { max-width: 18rem; }
+.side-by-side { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.side-by-side > div { flex: 1 1 16rem; }
+table.confusion td.cell { padding: 0; }
+table.confusion td.cell > * { display: block; width: 3.4rem; padding: .35rem 0; text-align: center; border: 0;
+                              font: inherit; font-variant-numeric: tabular-nums; }
+table.confusion button { cursor: pointer; }
+table.confusion button:hover, table.confusion button:focus { outline: 2px solid var(--accent); }
+th.predicted { height: 7rem; vertical-align: bottom; padding: .2rem; }
+th.predicted span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
+.pairs button { border: 0; background: none; color: var(--accent); cursor: pointer; font: inherit; padding: 0;
+                text-align: left; vertical-align: top; }
+.examples { display: flex; flex-wrap: wrap; gap: .6rem; }
+.example { margin: 0; padding: .4rem; background: #fff; border: 1px solid var(--line); width: 12rem;
+           display: flex; flex-wrap: wrap; gap: .3rem; }
+.example figcaption { font-size: .8rem; width: 100%; }
+.compact .example { width: 8.6rem; }
+.thumb { width: THUMBpx; height: THUMBpx; image-rendering: pixelated; background-repeat: no-repeat;
+         background-color: #000; }
+.heat { width: THUMBpx; height: THUMBpx; }
+#gallery { margin-top: 1rem; padding: .8rem; background: #eef3fd; border: 1px solid var(--line); }
+.gallery-head { display: flex; justify-content: space-between; align-items: center; }
+"""
+
+SCRIPT = """
+"use strict";
+// The confusion matrix's cells and the list of pairs open the gallery of their test images.
+const data = JSON.parse(document.getElementById("examples").textContent);
+const size = 28 * data.scale;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function example(i) {
+  const figure = element("figure", "example");
+  const picture = element("div", "thumb");
+  picture.setAttribute("role", "img");
+  picture.setAttribute("aria-label", `test image ${i}`);
+  picture.style.backgroundPosition =
+    `-${(i % data.columns) * size}px -${Math.floor(i / data.columns) * size}px`;
+  const caption = element("figcaption");
+  const ranked = data.top[i].map((c, k) => `${data.classes[c]} ${data.topProbabilities[i][k].toFixed(2)}`);
+  caption.append(element("b", "", `#${i}`), ` true ${data.classes[data.labels[i]]}`, element("br"),
+                 `predicted ${data.classes[data.predicted[i]]}`, element("br"),
+                 element("small", "", ranked.join(", ")));
+  figure.append(picture, caption);
+  return figure;
+}
+
+function show(truth, predicted) {
+  const chosen = [];
+  data.labels.forEach((label, i) => {
+    if (label === truth && data.predicted[i] === predicted) chosen.push(i);
+  });
+  chosen.sort((a, b) => data.topProbabilities[b][0] - data.topProbabilities[a][0]);  // most confident first
+  const count = chosen.length;
+  document.getElementById("gallery-title").textContent =
+    `${count} test image${count === 1 ? "" : "s"} of ${data.classes[truth]} predicted as ` +
+    `${data.classes[predicted]}` + (count > 1 ? ", most confident first" : "");
+  document.getElementById("gallery-items").replaceChildren(...chosen.map(example));
+  const gallery = document.getElementById("gallery");
+  gallery.hidden = false;
+  gallery.scrollIntoView({ block: "nearest" });
+}
+
+document.querySelectorAll("button[data-true]").forEach((button) => button.addEventListener(
+  "click", () => show(Number(button.dataset.true), Number(button.dataset.pred))));
+document.getElementById("gallery-close").addEventListener("click", () => {
+  document.getElementById("gallery").hidden = true;
+});
+"""
+
+
+def page(title: str, subtitle: str, sections: list[Section | None], evaluation: Evaluation | None = None) -> str:
+    """The whole HTML document: styles inline; the sprite and the gallery's script where there are examples."""
+    sections = [s for s in sections if s]
+    style = STYLE.replace("THUMB", str(28 * SCALE))
+    script = ""
+    if evaluation is not None:
+        size = 28 * SCALE
+        columns = min(SPRITE_COLUMNS, len(evaluation.images))
+        style += (f".thumb {{ background-size: {columns * size}px {-(-len(evaluation.images) // columns) * size}px;"
+                  f" background-image: url({sprite_url(evaluation.images)}); }}")
+        script = (f'<script type="application/json" id="examples">{gallery_data(evaluation)}</script>'
+                  f"<script>{SCRIPT}</script>")
+    links = "".join(f'<a href="#{ident}">{esc(name)}</a>' for ident, name, _ in sections)
+    body = "".join(f'<section id="{ident}"><h2>{esc(name)}</h2>{content}</section>'
+                   for ident, name, content in sections)
+    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{esc(title)}</title><link rel="icon" href="data:,"><style>{style}</style></head><body>'
+            f'<header><h1>{esc(title)}</h1><p class="sub">{subtitle}</p><nav>{links}</nav></header>'
+            f"<main>{body}</main>{script}</body></html>\n")
+
+
+def written_by() -> str:
+    return esc(f"written {time.strftime('%Y-%m-%d %H:%M:%S')} by fashion-cnn {__version__}")
+
+
+def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | Path | None = None,
+                 out: str | Path | None = None, data_dir: str | None = None,
+                 logits: torch.Tensor | None = None) -> Path:
+    """Write the run's report (default RUN/report.html) and return its path.
+
+    data: the dataset, where the caller has it loaded (else the run's, found again); model: the model file
+    that `evaluate --out` scored (a train run's is its own); logits: the model's on the test set, where the
+    caller has just computed them (the report then runs no model).
+    """
+    run = load_run(run_dir)
+    evaluation = evaluation_of(run, data, model, data_dir, logits)
+    if evaluation is not None:
+        data = evaluation.data
+    elif data is None:  # only for the class counts: a report without them is still one
+        try:
+            data = run_data(run.config, data_dir)
+        except (DataError, ValueError):
+            data = None
+    class_names = evaluation.class_names if evaluation else list(CLASS_NAMES)
+    sections = [what_ran(run, evaluation, data), curves_section(run), folds_section(run)]
+    if run.test:
+        sections += [results_section(run.test), confusion_section(run.test, evaluation, class_names)]
+    if evaluation is not None:
+        sections += [losses_section(evaluation), calibration_section(evaluation)]
+    arch = (evaluation.meta.get("architecture") if evaluation else None) or run.config.get("model", "")
+    html_text = page(f"fashion-cnn {run.job}: {run.name}", f"{esc(arch)} · {written_by()}", sections, evaluation)
+    path = Path(out) if out else run.path / REPORT
+    write_atomic(path, html_text.encode())
+    return path
+
+
+# --- several runs --------------------------------------------------------------------------------
+
+def cached_calibration(run: Run) -> float | None:
+    """ECE from the run's kept per-example results, without the model or the data."""
+    tensors, kept = read_kept(run.path / PREDICTIONS)
+    if kept is None:
+        return None
+    return expected_calibration_error(torch.softmax(tensors["logits"].float(), 1).numpy(),
+                                      tensors["labels"].numpy())
+
+
+def summary_row(k: int, run: Run) -> list[str]:
+    test, cv, metrics = run.test or {}, run.cv or {}, run.metrics or {}
+    last = run.history[-1] if run.history else {}
+    seconds = sum(row.get("seconds", 0) for row in run.history)
+    f1 = float(np.mean([row["f1"] for row in test["per_class"]])) if test else None
+    ece = cached_calibration(run)
+    shown = [
+        f"<b>{esc(run.name)}</b>", esc(run.job), esc(run.config.get("model", "–")),
+        esc(run.config.get("epochs", "–")), esc(run.config.get("limit") or "all"),
+        (value(cv["mean"], f"{percent(cv['mean'])} ± {percent(cv['std'])}", f"cv-mean-{k}") if cv else "–"),
+        (value(last["val_accuracy"], percent(last["val_accuracy"])) if run.job == "train" and "val_accuracy" in last
+         else "–"),
+        value(test["accuracy"], percent(test["accuracy"]), f"accuracy-{k}") if test else "–",
+        value(f1, f"{f1:.4f}", f"macro-f1-{k}") if f1 is not None else "–",
+        value(test["loss"], f"{test['loss']:.4f}") if test else "–",
+        value(ece, f"{ece:.4f}", f"ece-{k}") if ece is not None else "–",
+        f"{seconds:.0f} s" if seconds else "–", esc(metrics.get("machine", "–")),
+    ]
+    return shown
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+    """One report comparing several runs: their metrics in one table, their learning curves overlaid, their
+    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run)."""
+    runs = [load_run(d) for d in run_dirs]
+    if len({r.path.resolve() for r in runs}) < len(runs):
+        raise ValueError("the same run is named twice")
+    head = ["run", "job", "model", "epochs", "training images", "cv accuracy (mean ± std)",
+            "validation accuracy", "test accuracy", "macro-F1", "test loss", "ECE", "training time", "machine"]
+    body = table(head, [summary_row(k, run) for k, run in enumerate(runs)], "numbers")
+    sections: list[Section | None] = [("runs", "Runs", body)]
+    if any(r.history for r in runs):
+        sections.append(("curves", "Learning curves", image(comparison_curves(runs), "learning curves")))
+    tested = [r for r in runs if r.test]
+    if tested:
+        names = [row["class"] for row in tested[0].test["per_class"]]
+        rows = [[esc(name)] + [f"{r.test['per_class'][i]['f1']:.4f}" if i < len(r.test["per_class"]) else "–"
+                               for r in tested] for i, name in enumerate(names)]
+        sections.append(("per-class", "Per-class F1 on the test set",
+                         table(["class"] + [esc(r.name) for r in tested], rows, "numbers")))
+    commands = [[f"<b>{esc(r.name)}</b>", f"<code>{esc(command_line(r, None))}</code>"] for r in runs]
+    sections.append(("commands", "Commands", table(None, commands, "facts")))
+    path = Path(out) if out else runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html"
+    write_atomic(path, page(f"fashion-cnn: {len(runs)} runs compared", written_by(), sections).encode())
+    return path

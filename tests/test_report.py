@@ -1,0 +1,264 @@
+"""HTML reports of runs: one self-contained file, its numbers those of the run's files, its galleries those of
+the confusion matrix, per-example results kept and reused, reports of cv, train, `evaluate --out` and several
+runs. Runs train for a second on the tiny IDX data (100 test images); tests/test_report_browser.py opens
+the reports in real browsers."""
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_dataset_dir, tiny_arrays, write_idx_gz
+from fashion_cnn import report
+from fashion_cnn.cli import main
+from fashion_cnn.crossval import CVConfig, cross_validate
+from fashion_cnn.data import FILES, load_fashion_mnist
+from fashion_cnn.evaluate import evaluate_model, write_reports
+from fashion_cnn.models import create_model
+from fashion_cnn.runs import load_model, load_tensors, save_model
+from fashion_cnn.train import TrainConfig, train_final
+
+
+class Page(HTMLParser):
+    """Every tag's attributes, the ids, the text of <style> and of <script>, and the values the report marks
+    with data-name."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags, self.ids, self.styles, self.scripts, self.values = [], set(), [], [], {}
+        self.inside = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if "data-name" in attrs:
+            self.values[attrs["data-name"]] = float(attrs["data-value"])
+        self.inside = tag if tag in ("style", "script") else None
+
+    def handle_data(self, data):
+        if self.inside == "style":
+            self.styles.append(data)
+        elif self.inside == "script":
+            self.scripts.append(data)
+
+    def handle_endtag(self, tag):
+        self.inside = None
+
+    def examples(self) -> dict:
+        return json.loads(next(s for s in self.scripts if s.startswith('{"classes"')))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny IDX data with 15 of its 100 test labels wrong, so that the confusion matrix has confusions
+    (the classes are easy) and the highest losses are mislabelled items, as in Fashion-MNIST."""
+    directory = make_dataset_dir(tmp_path_factory.mktemp("tiny"), n_train=300, n_test=100)
+    labels = tiny_arrays(100, 1)[1]
+    rng = np.random.default_rng(0)
+    wrong = rng.choice(100, 15, replace=False)
+    labels[wrong] = (labels[wrong] + rng.integers(1, 10, 15)) % 10
+    write_idx_gz(directory / FILES["test_labels"].name, labels)
+    return load_fashion_mnist(directory, check=False)
+
+
+@pytest.fixture(scope="module")
+def train_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train_final(TrainConfig(epochs=2, out=str(out), data=tiny.source), data=tiny).run_dir
+
+
+@pytest.fixture(scope="module")
+def cv_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return cross_validate(CVConfig(folds=3, epochs=2, out=str(out), data=tiny.source), data=tiny).run_dir
+
+
+def page_of(run_dir: Path) -> Page:
+    return Page((run_dir / "report.html").read_text())
+
+
+def references(page: Page) -> list[str]:
+    """Every address the page refers to: attributes and CSS url(...)s, inline styles included."""
+    found = [value for _, attrs in page.tags for key, value in attrs.items() if key in ("src", "href", "action")]
+    css = " ".join(page.styles + [attrs.get("style", "") for _, attrs in page.tags])
+    return found + re.findall(r"url\(([^)]*)\)", css)
+
+
+@pytest.mark.parametrize("which", ["train_run", "cv_run"])
+def test_the_report_is_one_file_that_refers_to_nothing_outside(which, request):
+    run_dir = request.getfixturevalue(which)
+    text = (run_dir / "report.html").read_text()
+    page = Page(text)
+    assert "http://" not in text and "https://" not in text
+    found = references(page)
+    assert found  # the check sees the figures
+    for address in found:
+        assert address.startswith("data:") or (address.startswith("#") and address[1:] in page.ids), address
+    assert not any("src" in attrs for tag, attrs in page.tags if tag == "script")
+
+
+def test_the_train_report_shows_the_run_files_numbers(train_run):
+    page = page_of(train_run)
+    test = json.loads((train_run / "test_report.json").read_text())
+    assert page.values["accuracy"] == test["accuracy"] and page.values["loss"] == test["loss"]
+    assert page.values["macro-f1"] == pytest.approx(np.mean([row["f1"] for row in test["per_class"]]), abs=1e-12)
+    for i, row in enumerate(test["per_class"]):
+        for key in ("precision", "recall", "f1", "support"):
+            assert page.values[f"{key}-{i}"] == row[key]
+
+    cells = {(int(a["data-true"]), int(a["data-pred"])): a for tag, a in page.tags
+             if tag == "button" and "style" in a}
+    text = (train_run / "report.html").read_text()
+    shown = re.findall(r'data-true="(\d+)" data-pred="(\d+)" style="[^"]*" title="[^"]*">(\d+)</button>', text)
+    matrix = np.zeros_like(np.asarray(test["confusion_matrix"]))
+    for t, p, count in shown:
+        matrix[int(t), int(p)] = int(count)
+    assert len(cells) == matrix.size and np.array_equal(matrix, test["confusion_matrix"])
+
+    # the gallery's examples make the same matrix
+    examples = page.examples()
+    recount = np.zeros_like(matrix)
+    np.add.at(recount, (examples["labels"], examples["predicted"]), 1)
+    assert np.array_equal(recount, matrix)
+
+
+def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error, bin by bin: (lo, hi] confidence bins of equal width."""
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
+    total = 0.0
+    for k in range(bins):
+        inside = (confidence > k / bins) & (confidence <= (k + 1) / bins)
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total / len(labels)
+
+
+def test_calibration_is_that_of_the_kept_predictions(train_run, tiny):
+    tensors, meta = load_tensors(train_run / report.PREDICTIONS)
+    model, _ = load_model(train_run / "model.safetensors")
+    from fashion_cnn.inference import predict_logits
+
+    assert torch.equal(tensors["logits"], predict_logits(model, tiny.test_images))
+    assert torch.equal(tensors["labels"], tiny.test_labels)
+    probabilities = torch.softmax(tensors["logits"], 1).numpy()
+    assert page_of(train_run).values["ece"] == pytest.approx(ece(probabilities, tiny.test_labels.numpy()), abs=1e-6)
+    assert report.expected_calibration_error(np.eye(3)[[0, 1, 2]], np.array([0, 1, 2])) == 0.0
+    # always 60% sure, right half the time: 0.1 off
+    assert report.expected_calibration_error(np.tile([0.6, 0.4], (4, 1)), np.array([0, 0, 1, 1])) == \
+        pytest.approx(0.1)
+
+
+def test_the_highest_loss_examples_come_first_with_heat_maps(train_run):
+    text = (train_run / "report.html").read_text()
+    section = text.split('<section id="losses">', 1)[1].split("</section>", 1)[0]
+    shown = [float(x) for x in re.findall(r"loss (\d+\.\d\d)</small>", section)]
+    assert len(shown) == report.HIGHEST_LOSSES and shown == sorted(shown, reverse=True)
+    assert section.count('class="heat"') == report.HIGHEST_LOSSES
+
+
+def test_the_cv_report_shows_folds_and_their_summary(cv_run):
+    page = page_of(cv_run)
+    results = json.loads((cv_run / "cv_results.json").read_text())
+    assert [page.values[f"fold-{k + 1}"] for k in range(3)] == results["fold_accuracies"]
+    assert page.values["cv-mean"] == results["mean"] and page.values["cv-std"] == results["std"]
+    text = (cv_run / "report.html").read_text()
+    assert "galleries" in text and "need a model" in text and 'id="examples"' not in text
+
+
+def test_kept_predictions_are_reused_until_the_model_changes(train_run, tiny, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(train_run, run_dir)
+
+    def no_model_runs(*args, **kwargs):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(report, "predict_logits", no_model_runs)
+    report.write_report(run_dir, tiny)
+    monkeypatch.undo()
+
+    model, meta = load_model(run_dir / "model.safetensors")
+    torch.manual_seed(5)
+    save_model(run_dir / "model.safetensors", create_model("baseline"), meta)
+    report.write_report(run_dir, tiny)
+    tensors, kept = load_tensors(run_dir / report.PREDICTIONS)
+    fresh, _ = load_model(run_dir / "model.safetensors")
+    from fashion_cnn.inference import predict_logits
+
+    assert torch.equal(tensors["logits"], predict_logits(fresh, tiny.test_images))
+
+    (run_dir / report.PREDICTIONS).unlink()  # a new file: the tensors above are mapped from the old one
+    (run_dir / report.PREDICTIONS).write_bytes(b"damaged")  # made again, not an error
+    report.write_report(run_dir, tiny)
+    assert torch.equal(load_tensors(run_dir / report.PREDICTIONS)[0]["logits"], tensors["logits"])
+
+
+def test_evaluate_out_writes_a_report_that_outlives_the_model_file(train_run, real_data, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    shutil.copy(train_run / "model.safetensors", model)
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(model), "--data-dir", real_data.source, "--out", str(out)]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    text = (out / "report.html").read_text()
+    assert f"fashion-cnn evaluate --model {model}" in text and 'class="heat"' in text
+
+    model.unlink()
+    assert main(["report", str(out), "--data-dir", real_data.source]) == 0
+    assert capsys.readouterr().out == f"report: {out / 'report.html'}\n"
+    page = page_of(out)
+    assert page.values["accuracy"] == json.loads((out / "test_report.json").read_text())["accuracy"]
+    assert 'class="heat"' not in (out / "report.html").read_text()  # no model, no heat maps; the rest is there
+    assert page.examples()["labels"] == real_data.test_labels.tolist()
+
+
+def test_class_names_come_from_the_model(train_run, tiny, tmp_path):
+    model, meta = load_model(train_run / "model.safetensors")
+    names = [f"kind {chr(65 + i)}" for i in range(10)]
+    path = tmp_path / "named.safetensors"
+    save_model(path, model, {**meta, "class_names": names})
+    out = tmp_path / "evaluation"
+    write_reports(evaluate_model(model, tiny.test_images, tiny.test_labels, names), out)
+    page = Page(report.write_report(out, tiny, path).read_text())
+    assert page.examples()["classes"] == names
+    assert re.findall(r'<th class="predicted"><span>([^<]*)</span>', (out / "report.html").read_text()) == names
+
+
+def test_several_runs_make_one_comparison(train_run, cv_run, tmp_path, capsys):
+    out = tmp_path / "both.html"
+    assert main(["report", str(train_run), str(cv_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"report: {out}\n"
+    page = Page(out.read_text())
+    test = json.loads((train_run / "test_report.json").read_text())
+    cv = json.loads((cv_run / "cv_results.json").read_text())
+    assert page.values["accuracy-0"] == test["accuracy"] and page.values["cv-mean-1"] == cv["mean"]
+    assert page.values["ece-0"] == page_of(train_run).values["ece"]
+    for address in references(page):
+        assert address.startswith("data:") or address[1:] in page.ids
+
+
+def test_a_damaged_metrics_file_is_named(cv_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(cv_run, run_dir)
+    (run_dir / "cv_results.json").write_text("{")
+    assert main(["report", str(run_dir)]) == 1
+    assert capsys.readouterr().err.startswith(f"fashion-cnn: error: {run_dir / 'cv_results.json'}: not valid JSON")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "/nonexistent"], "/nonexistent: not a run directory (no config.json or test_report.json)"),
+    (["report", "RUN", "RUN"], "the same run is named twice"),
+    (["report", "RUN", "RUN", "--data-dir", "/tmp"],
+     "--data-dir is for the report of one run; a comparison reads only the runs' files"),
+])
+def test_bad_report_requests_are_one_line_errors(argv, message, train_run, capsys):
+    argv = [str(train_run) if a == "RUN" else a for a in argv]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == f"fashion-cnn: error: {message}"
