@@ -83,6 +83,13 @@ def run_measured(cmd: list[str]) -> dict:
             "peak_rss_bytes": usage.ru_maxrss * 1024}  # Linux reports ru_maxrss in KiB
 
 
+def save_result(out: Path, name: str, result: dict) -> None:
+    """A benchmark's result as out/name (JSON), said on the terminal."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {out / name}")
+
+
 # --- the Keras side ------------------------------------------------------------------------------------
 
 def run_keras(python: Path, data_dir: Path, split: Path, epochs: int, batch_size: int,

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured
+from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured, save_result
 
 HERE = Path(__file__).resolve().parent
 BATCH = 128  # the strong model's recipe
@@ -110,9 +110,7 @@ def main() -> None:
     print(f"strong: 2 processes {result['strong']['two_over_one']:.2f}x the images/s of one")
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {cores} CPUs during the "
           f"run, {100 * busy_before:.0f}% just before")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distributed.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out / 'distributed.json'}")
+    save_result(args.out, "distributed.json", result)
 
 
 if __name__ == "__main__":
