@@ -93,3 +93,12 @@ def model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
     save_model(path, create_model("baseline"), {"architecture": "baseline", "class_names": list(CLASS_NAMES)})
     return path
+
+
+def with_calibration(model: Path, out: Path, calibration: dict) -> Path:
+    """A copy of a model file whose metadata holds `calibration` (what `fashion-cnn calibrate` adds)."""
+    from fashion_cnn.runs import load_tensors, save_tensors
+
+    tensors, meta = load_tensors(model)
+    save_tensors(out, tensors, {**meta, "calibration": calibration})
+    return out

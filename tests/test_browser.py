@@ -19,7 +19,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi_offline")
 
-from conftest import tiny_arrays  # noqa: E402
+from conftest import tiny_arrays, with_calibration  # noqa: E402
 from fashion_cnn.predict import Predictor  # noqa: E402
 from server_harness import server_process  # noqa: E402
 
@@ -258,4 +258,19 @@ def test_each_card_shows_the_heat_map_of_its_class(server, page, model_file, tmp
     }""")
     assert size == [112, 112]
     assert page.locator(".card .heatmap figcaption").text_content() == f"evidence for {expected.class_name} (HiResCAM)"
+
+
+def test_an_unknown_image_is_shown_as_unknown(model_file, page, tmp_path):
+    """A model whose stored rule calls every image unknown: the card says so, with the best guess."""
+    model = with_calibration(model_file, tmp_path / "strict.safetensors",
+                             {"temperature": 1.0, "unknown": {"score": "max_probability", "threshold": 0.99}})
+    image = tmp_path / "item.png"
+    Image.fromarray(tiny_arrays(1)[0][0]).save(image)
+    guess = Predictor(model).predict([image])[0].top_k[0][0]
+    with server_process(model) as url:
+        page.goto(url)
+        page.set_input_files("#file-input", image)
+        page.locator(".card.unknown").wait_for()
+        assert page.locator(".card .class").text_content() == "unknown"
+        assert page.locator(".card .note").text_content().endswith(f"(best guess: {guess})")
     assert page.outside == []

@@ -211,13 +211,16 @@ def test_every_option_of_every_command_is_covered():
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
                ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
-               ("export", "--force"),
+               ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
+               ("predict", "--min-confidence"), ("serve", "--min-confidence"),
+               *(("calibrate", o) for o in data_options),
                *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
                                           "--json")),
                ("report", "--out"), ("report", "--data-dir")}
     # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
+    # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
     # serve: test_serve_passes_its_options_on below
     assert options <= covered, options - covered
 
@@ -226,9 +229,11 @@ def test_serve_passes_its_options_on(monkeypatch, tmp_path):
     from fashion_cnn import serve
 
     called = {}
-    monkeypatch.setattr(serve, "run", lambda model, host, port: called.update(model=model, host=host, port=port))
-    assert main(["serve", "--model", "m.safetensors", "--host", "0.0.0.0", "--port", "8123"]) == 0
-    assert called == {"model": "m.safetensors", "host": "0.0.0.0", "port": 8123}
+    monkeypatch.setattr(serve, "run", lambda model, host, port, min_confidence: called.update(
+        model=model, host=host, port=port, min_confidence=min_confidence))
+    assert main(["serve", "--model", "m.safetensors", "--host", "0.0.0.0", "--port", "8123",
+                 "--min-confidence", "0.4"]) == 0
+    assert called == {"model": "m.safetensors", "host": "0.0.0.0", "port": 8123, "min_confidence": 0.4}
     with pytest.raises(SystemExit):
         main(["serve", "--port", "70000"])
 

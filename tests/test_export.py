@@ -13,6 +13,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import with_calibration  # noqa: E402
 from fashion_cnn import export  # noqa: E402
 from fashion_cnn.cli import main  # noqa: E402
 from fashion_cnn.data import CLASS_NAMES  # noqa: E402
@@ -20,11 +21,18 @@ from fashion_cnn.predict import Predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exported(model_file, tmp_path_factory):
+def calibrated(model_file, tmp_path_factory):
+    """The test model with a stored temperature, which the export must apply like Predictor does."""
+    return with_calibration(model_file, tmp_path_factory.mktemp("calibrated") / "model.safetensors",
+                            {"temperature": 2.5})
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated, tmp_path_factory):
     """(ONNX file, CLI output): one export for the whole module, tracing takes seconds."""
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert main(["export", "--model", str(model_file), str(path)]) == 0
+        assert main(["export", "--model", str(calibrated), str(path)]) == 0
     return path, out.getvalue()
 
 
@@ -39,13 +47,14 @@ def test_cli_reports_the_check(exported):
 
 
 @pytest.mark.parametrize("batch", [1, 7])
-def test_plain_onnxruntime_matches_pytorch(onnx_file, model_file, batch):
+def test_plain_onnxruntime_matches_pytorch(onnx_file, calibrated, model_file, batch):
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     images = np.random.default_rng(batch).random((batch, 28, 28), dtype=np.float32)
     (probabilities,) = session.run(None, {"images": images})
-    expected = Predictor(model_file).predict_arrays(images)
+    expected = Predictor(calibrated).predict_arrays(images)  # with the stored temperature
+    uncalibrated = Predictor(model_file).predict_arrays(images)
     assert probabilities.shape == (batch, 10)
-    assert np.abs(probabilities - expected).max() < 1e-4
+    assert np.abs(probabilities - expected).max() < 1e-4 < np.abs(probabilities - uncalibrated).max()
     assert (probabilities.argmax(1) == expected.argmax(1)).all()
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
@@ -57,13 +66,13 @@ def test_the_batch_dimension_is_dynamic(onnx_file):
     assert session.get_inputs()[0].shape[1:] == [28, 28]
 
 
-def test_a_failed_check_writes_nothing(onnx_file, model_file, tmp_path, monkeypatch):
+def test_a_failed_check_writes_nothing(onnx_file, calibrated, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "onnx_bytes", lambda module, meta: onnx_file.read_bytes())  # skip tracing
     images = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
-    report = export.export_onnx(model_file, tmp_path / "ok.onnx", check_images=images)
+    report = export.export_onnx(calibrated, tmp_path / "ok.onnx", check_images=images)
     assert report["same_classes"] and report["max_abs_diff"] < 1e-4 and (tmp_path / "ok.onnx").is_file()
     with pytest.raises(ValueError, match="disagrees with PyTorch"):
-        export.export_onnx(model_file, tmp_path / "bad.onnx", check_images=images, tolerance=-1.0)
+        export.export_onnx(calibrated, tmp_path / "bad.onnx", check_images=images, tolerance=-1.0)
     assert list(tmp_path.iterdir()) == [tmp_path / "ok.onnx"]
 
 
@@ -109,9 +118,9 @@ def test_export_refuses_to_replace_what_it_must_not(model_file, tmp_path, monkey
     assert os.geteuid() != 0 or stat.S_ISCHR((tmp_path / "device.onnx").lstat().st_mode)
 
 
-def test_force_replaces_an_existing_file(onnx_file, model_file, tmp_path, monkeypatch, capsys):
+def test_force_replaces_an_existing_file(onnx_file, calibrated, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export, "onnx_bytes", lambda module, meta: onnx_file.read_bytes())  # skip tracing
     out = tmp_path / "old.onnx"
     out.write_bytes(b"old")
-    assert export_cli(capsys, "--model", model_file, out, "--force")[0] == 0
+    assert export_cli(capsys, "--model", calibrated, out, "--force")[0] == 0
     assert out.read_bytes() == onnx_file.read_bytes()

@@ -548,3 +548,64 @@ def test_a_closed_pipe_ends_predict_quietly(model_file, tmp_path):
                           stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(writer)
     assert done.stderr == "" and done.returncode == 141  # as the shell reports a tool killed by SIGPIPE
+
+
+# --- calibrated probabilities and "unknown" ---------------------------------------------------------
+
+def noise_photo(seed: int) -> bytes:
+    return encode(Image.fromarray(np.random.default_rng(seed).integers(0, 256, (300, 400, 3), np.uint8)), "JPEG")
+
+
+def wall_photo(seed: int) -> bytes:
+    """A plain light wall, unevenly lit, with sensor noise."""
+    rng = np.random.default_rng(seed)
+    wall = rng.uniform(150, 250) * np.linspace(0.93, 1.07, 400)[None, :] + rng.normal(0, 3, (300, 400))
+    return encode(Image.fromarray(np.clip(wall, 0, 255).astype(np.uint8)), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    path = predict_module.packaged_model()
+    if path is None:
+        pytest.skip("no shipped model")
+    return Predictor(path)
+
+
+def test_the_shipped_model_says_unknown_for_noise_and_walls_but_not_for_test_images(shipped, real_data):
+    assert shipped.unknown_rule is not None and shipped.temperature != 1.0
+    junk = shipped.predict([noise_photo(i) for i in range(5)] + [wall_photo(i) for i in range(5)])
+    assert all(p.unknown and p.class_name == "unknown" and p.class_index is None for p in junk)
+    assert all(p.top_k and len(p.probabilities) == 10 for p in junk)  # the best guesses are still there
+    # held-out test images: the threshold was fitted on the first 5,000, calling ~1.5% of them unknown
+    items = shipped.predict(list(real_data.test_images[5000:5200].numpy()))
+    assert sum(p.unknown for p in items) <= 8
+    right = [p.class_index == label for p, label in zip(items, real_data.test_labels[5000:5200].tolist())]
+    assert np.mean(right) > 0.9
+
+
+def test_min_confidence_overrides_the_model_rule(shipped, model_file):
+    noise = noise_photo(0)
+    [answered] = shipped.predict(noise, min_confidence=0)  # 0: never unknown
+    assert not answered.unknown and answered.class_name == answered.top_k[0][0]
+    [p] = Predictor(model_file).predict(noise)  # no rule of its own: never unknown...
+    [q] = Predictor(model_file, min_confidence=0.5).predict(noise)  # ...unless asked
+    assert not p.unknown and q.unknown and q.probabilities == p.probabilities and max(p.probabilities) < 0.5
+    with pytest.raises(ValueError, match="--min-confidence must be a probability"):
+        Predictor(model_file, min_confidence=2)
+
+
+def test_unknown_in_text_json_and_csv_output(model_file, tmp_path, capsys):
+    image = write(tmp_path / "noise.jpg", noise_photo(0))
+    code, out, _ = run_cli(capsys, image, "--model", model_file, "--min-confidence", "0.5")
+    [p] = Predictor(model_file).predict(image)
+    guess, prob = p.top_k[0]
+    assert code == 0 and "unknown below probability 0.5" in out.splitlines()[0]
+    assert out.splitlines()[1].startswith(f"{image}: unknown (best guess {guess} {prob:.2f})  [{guess} {prob:.2f}, ")
+    _, out, _ = run_cli(capsys, image, "--model", model_file, "--min-confidence", "0.5", "--json")
+    [record] = json.loads(out)["predictions"]
+    assert record["unknown"] is True and record["class_name"] == "unknown" and record["class_index"] is None
+    assert record["top_k"][0] == {"class_name": guess, "probability": pytest.approx(prob)}
+    _, out, _ = run_cli(capsys, image, "--model", model_file, "--min-confidence", "0.5", "--csv")
+    assert next(csv.DictReader(io.StringIO(out)))["class_name"] == "unknown"
+    code, _, err = run_cli(capsys, image, "--model", model_file, "--min-confidence", "1.5")
+    assert code == 1 and err.startswith("fashion-cnn: error: --min-confidence must be a probability")

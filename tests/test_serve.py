@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_arrays  # noqa: E402
 from server_harness import free_port, server_process  # noqa: E402
-from fashion_cnn.predict import Predictor  # noqa: E402
-from fashion_cnn.serve import create_app  # noqa: E402
+from fashion_cnn.predict import Predictor, as_json  # noqa: E402
+from fashion_cnn.serve import FileResult, create_app  # noqa: E402
 
 MAX_FILES, MAX_BYTES, MAX_BODY = 3, 50_000, 120_000
 
@@ -162,7 +162,7 @@ def test_samples_are_test_images_when_the_dataset_is_installed(client, real_data
 def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, monkeypatch):
     with TestClient(create_app(model_file), raise_server_exceptions=False) as client:
         with monkeypatch.context() as patch:
-            patch.setattr(Predictor, "predict", lambda *args: 1 / 0)
+            patch.setattr(Predictor, "predict", lambda *args, **kwargs: 1 / 0)
             response = client.post("/predict", files=upload(("a.jpg", photo())))
         assert response.status_code == 500 and response.json()["detail"] == "internal error (ZeroDivisionError)"
         assert client.post("/predict", files=upload(("a.jpg", photo()))).status_code == 200
@@ -339,3 +339,28 @@ def test_a_request_head_must_arrive_within_the_header_timeout(model_file):
             used.append(prompt.sock)
         assert all(sock is used[0] for sock in used)
         prompt.close()
+
+
+def test_min_confidence_per_request(client, model_file):
+    files = upload(("photo.jpg", photo()))
+    plain = client.post("/predict", files=files).json()["predictions"][0]
+    assert plain["unknown"] is False  # the test model has no rule of its own
+    asked = client.post("/predict?min_confidence=0.5", files=files).json()["predictions"][0]
+    assert asked["unknown"] is True and asked["class_name"] == "unknown" and asked["class_index"] is None
+    assert asked["top_k"] == plain["top_k"] and asked["probability"] == plain["probability"] < 0.5
+    for bad in ("-0.1", "1.5", "x"):
+        assert client.post(f"/predict?min_confidence={bad}", files=files).status_code == 422
+
+
+def test_cli_json_and_web_api_use_the_same_fields(client, model_file):
+    """Each result has the CLI --json record's fields, values and all; `source` is the web's `filename`,
+    and the web adds the 28x28 image (and, when asked, its heat map)."""
+    predictor = Predictor(model_file, min_confidence=0.5)
+    [record] = as_json(predictor.predict([photo()], top_k=3), predictor)["predictions"]
+    [result] = client.post("/predict?min_confidence=0.5&top_k=3", files=upload(("photo.jpg", photo()))).json()[
+        "predictions"]
+    assert set(FileResult.model_fields) - {"filename", "image", "heatmap"} == set(record) - {"source"}
+    for field in set(record) - {"source", "probabilities", "probability", "top_k"}:
+        assert result[field] == record[field], field
+    assert result["top_k"] == [{"class_name": r["class_name"], "probability": pytest.approx(r["probability"])}
+                               for r in record["top_k"]]

@@ -178,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.save_preprocessed:
         check_output_dir(args.save_preprocessed)
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
@@ -244,7 +244,18 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import run
 
-    run(args.model, host=args.host, port=args.port)
+    run(args.model, host=args.host, port=args.port, min_confidence=args.min_confidence)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .calibration import calibrate_file, summary
+    from .predict import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    print(f"model: {path}")
+    data = load_job_data(args) if args.data or args.data_dir or args.classes else None  # else the model's own
+    print(summary(calibrate_file(path, args.out, data, args.force)))
+    print(f"saved {args.out} (the weights of {path}, with this calibration in its metadata)")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -282,6 +293,13 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
                         help="never invert (default: invert when the border is light, as in photos)")
     parser.add_argument("--no-crop", action="store_true",
                         help="keep the whole picture instead of cropping to the object")
+
+
+def add_min_confidence_option(parser: argparse.ArgumentParser) -> None:
+    """--min-confidence, as Predictor and the web API take it."""
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="answer `unknown` when the calibrated top probability is below P, instead of the "
+                             "model file's own rule (0: never unknown; default: the model's rule, if any)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one JSON document on stdout")
     output.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV on stdout")
     p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here")
+    add_min_confidence_option(p)
 
     p = command("explain", "heat maps of where in each image the model found its evidence", cmd_explain)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
@@ -345,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
     p.add_argument("--port", type=port_number, default=8000, help="(default: %(default)s)")
+    add_min_confidence_option(p)
+
+    p = command("calibrate", "fit a model's temperature and its threshold for `unknown` on held-out images, "
+                             "into a new model file", cmd_calibrate)
+    p.description = ("Fits on the first half of the model's held-out images (its --val-size validation split, "
+                     "else the first half of the test set), measures on the second half, and writes OUT: the "
+                     "same weights, with the result in its metadata.")
+    p.add_argument("out", metavar="OUT", help="the new model file")
+    p.add_argument("--force", action="store_true", help="replace an existing file at OUT (never the input model)")
+    add_model_option(p)
+    add_data_options(p)
 
     p = command("export", "write a model as ONNX, checked against PyTorch with onnxruntime", cmd_export)
     p.add_argument("out", metavar="OUT", help="the ONNX file to write, e.g. model.onnx")

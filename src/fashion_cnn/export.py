@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import from_metadata
 from .data import DataError, load_fashion_mnist, to_float
 from .runs import check_output_file, load_model, write_atomic
 
@@ -28,14 +29,15 @@ N_CHECK = 1000
 
 
 class Probabilities(nn.Module):
-    """images (N, 28, 28) in [0, 1] -> probabilities (N, 10): the model plus its channel axis and softmax."""
+    """images (N, 28, 28) in [0, 1] -> probabilities (N, 10): the model plus its channel axis and its
+    calibrated softmax, softmax(logits / temperature)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.unsqueeze(1)).softmax(dim=1)
+        return (self.model(images.unsqueeze(1)) / self.temperature).softmax(dim=1)
 
 
 def default_check_images(n: int = N_CHECK) -> tuple[np.ndarray, str]:
@@ -61,7 +63,7 @@ def onnx_bytes(module: nn.Module, meta: dict) -> bytes:
     proto = program.model_proto
     for key, value in (("class_names", json.dumps(meta["class_names"])),
                        ("input", "float32 (N, 28, 28) in [0, 1], light garment on dark background"),
-                       ("output", "float32 (N, 10) class probabilities"),
+                       ("output", "float32 (N, 10) class probabilities (calibrated: softmax(logits / temperature))"),
                        ("fashion_cnn", json.dumps(meta))):
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()
@@ -94,7 +96,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path, check_images: np.n
     """
     check_output_file(out_path, force, inputs=(model_path,))
     model, meta = load_model(model_path)
-    module = Probabilities(model).eval()
+    temperature, _ = from_metadata(meta, model_path)
+    module = Probabilities(model, temperature).eval()
     if check_images is None:
         check_images, source = default_check_images()
     else:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from . import calibration
 from .data import CLASS_NAMES, to_float
 from .inference import predict_logits
 from .runs import ModelFileError, load_model, write_atomic
@@ -42,6 +43,7 @@ SIZE = 28
 WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the crop need no more detail
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
 SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
+UNKNOWN = "unknown"  # the class_name of an image unlike anything the model was trained on
 
 Image.init()  # register every plugin now: Image.open(formats=...) fails on ones not yet loaded
 # Pillow only warns between its limit and twice its limit; make that an error (decode() also checks).
@@ -338,13 +340,17 @@ def preprocess(image: Source, invert: bool | None = None, crop: bool = True) -> 
 
 @dataclass
 class Prediction:
+    """One input's answer. class_name is "unknown" (and class_index None) when the image is unlike the
+    training images; top_k and probabilities still hold the model's best guesses."""
+
     source: str
     class_name: str | None = None
     class_index: int | None = None
-    probabilities: list[float] = field(default_factory=list)  # one per class, in the model's order
+    probabilities: list[float] = field(default_factory=list)  # calibrated, one per class, in the model's order
     top_k: list[tuple[str, float]] = field(default_factory=list)
     image: np.ndarray | None = None  # the 28x28 the model saw
     error: str | None = None  # why this input could not be used; the other fields are then empty
+    unknown: bool = False  # unlike the training images: by the model file's rule, or --min-confidence
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -380,45 +386,70 @@ def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: b
 
 
 class Predictor:
-    """A loaded model and the class names it predicts."""
+    """A loaded model, the class names it predicts, its temperature and its rule for "unknown".
 
-    def __init__(self, model: str | Path | None = None, device: str = "cpu") -> None:
+    min_confidence: call every image whose calibrated top probability is below this unknown, instead of
+    the model file's own rule (0: never unknown). Model files without calibration have temperature 1 and
+    no rule of their own.
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str = "cpu",
+                 min_confidence: float | None = None) -> None:
         self.path = resolve_model_path(model)
         self.model, self.meta = load_model(self.path, device)
         self.class_names = list(self.meta.get("class_names", CLASS_NAMES))
+        self.temperature, self.unknown_rule = calibration.from_metadata(self.meta, self.path)
+        if min_confidence is not None:
+            self.unknown_rule = calibration.min_confidence_rule(min_confidence, self.temperature)
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        """Raw logits (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
+        return predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
-        logits = predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
-        return torch.softmax(logits, 1).numpy()
+        """Calibrated probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
+        return calibration.probabilities(self.logits(x), self.temperature).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
-                crop: bool = True) -> list[Prediction]:
-        """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise."""
-        return self.predict_prepared([prepare(name, source, invert, crop)
-                                      for name, source in expand_sources(images)], top_k)
+                crop: bool = True, min_confidence: float | None = None) -> list[Prediction]:
+        """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise.
 
-    def predict_prepared(self, predictions: list[Prediction], top_k: int = 3) -> list[Prediction]:
+        min_confidence overrides the predictor's rule for unknown images for this call (see Predictor).
+        """
+        return self.predict_prepared([prepare(name, source, invert, crop) for name, source in expand_sources(images)],
+                                     top_k, min_confidence)
+
+    def predict_prepared(self, predictions: list[Prediction], top_k: int = 3,
+                         min_confidence: float | None = None) -> list[Prediction]:
         """Fill in the classes of predictions made by `prepare` (those with an `error` stay as they are)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, not {top_k}")
+        rule = self.unknown_rule if min_confidence is None else \
+            calibration.min_confidence_rule(min_confidence, self.temperature)
         ok = [p for p in predictions if p.error is None]
         if ok:
-            for p, probs in zip(ok, self.predict_arrays(np.stack([p.image for p in ok]))):
+            logits = self.logits(np.stack([p.image for p in ok]))
+            unknown = rule.unknown(logits).tolist() if rule else [False] * len(ok)
+            probabilities = calibration.probabilities(logits, self.temperature).numpy()
+            for p, probs, is_unknown in zip(ok, probabilities, unknown):
                 if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON
                     p.error, p.image = "the model gave non-finite probabilities (a broken model file?)", None
                     continue
                 order = np.argsort(-probs, kind="stable")
-                p.class_index = int(order[0])
-                p.class_name = self.class_names[order[0]]
+                p.unknown = is_unknown
+                p.class_index = None if p.unknown else int(order[0])
+                p.class_name = UNKNOWN if p.unknown else self.class_names[order[0]]
                 p.probabilities = probs.tolist()
                 p.top_k = [(self.class_names[i], float(probs[i])) for i in order[:top_k]]
         return predictions
 
     def describe(self) -> str:
+        """`model: PATH (architecture, test accuracy, calibration and the rule for unknown)`"""
         accuracy = self.meta.get("test_accuracy")
         score = f", test accuracy {100 * accuracy:.2f}%" if accuracy is not None else ""
-        return f"model: {self.path} ({self.meta['architecture']}{score})"
+        calibrated = f"temperature {self.temperature:.3g}" if "calibration" in self.meta else "not calibrated"
+        rule = self.unknown_rule.describe() if self.unknown_rule else "never unknown"
+        return f"model: {self.path} ({self.meta['architecture']}{score}; {calibrated}, {rule})"
 
 
 def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
@@ -430,9 +461,11 @@ def predict(images: Source | Iterable[Source], model: str | Path | None = None, 
 # --- output --------------------------------------------------------------------------------------
 
 def format_line(p: Prediction) -> str:
-    """`shoe.jpg: Sneaker (0.93)  [Sneaker 0.93, Sandal 0.05, Ankle boot 0.01]`"""
+    """`shoe.jpg: Sneaker (0.93)  [Sneaker 0.93, Sandal 0.05, Ankle boot 0.01]`, or for an unknown image
+    `wall.jpg: unknown (best guess Bag 0.41)  [Bag 0.41, ...]`"""
     ranked = ", ".join(f"{name} {prob:.2f}" for name, prob in p.top_k)
-    return f"{printable(p.source)}: {p.class_name} ({p.top_k[0][1]:.2f})  [{ranked}]"
+    best = f"best guess {p.top_k[0][0]} {p.top_k[0][1]:.2f}" if p.unknown else f"{p.top_k[0][1]:.2f}"
+    return f"{printable(p.source)}: {p.class_name} ({best})  [{ranked}]"
 
 
 def as_record(p: Prediction, class_names: list[str]) -> dict:
@@ -440,13 +473,14 @@ def as_record(p: Prediction, class_names: list[str]) -> dict:
     return {"source": p.source, "class_name": p.class_name, "class_index": p.class_index,
             "probability": p.top_k[0][1] if p.top_k else None,
             "top_k": [{"class_name": name, "probability": prob} for name, prob in p.top_k],
-            "probabilities": dict(zip(class_names, p.probabilities)), "error": p.error}
+            "probabilities": dict(zip(class_names, p.probabilities)), "unknown": p.unknown, "error": p.error}
 
 
 def as_json(predictions: list[Prediction], predictor: Predictor) -> dict:
     return {
         "model": {"path": str(predictor.path), "architecture": predictor.meta["architecture"],
-                  "test_accuracy": predictor.meta.get("test_accuracy")},
+                  "test_accuracy": predictor.meta.get("test_accuracy"), "temperature": predictor.temperature,
+                  "unknown_rule": predictor.unknown_rule.describe() if predictor.unknown_rule else None},
         "predictions": [as_record(p, predictor.class_names) for p in predictions],
     }
 

@@ -52,11 +52,14 @@ class FileResult(BaseModel):
     filename: str
     class_name: str | None = None
     class_index: int | None = None
-    probabilities: dict[str, float] = Field(default_factory=dict, description="one per class")
+    probability: float | None = Field(None, description="the top probability (calibrated)")
+    probabilities: dict[str, float] = Field(default_factory=dict, description="one per class (calibrated)")
     top_k: list[Ranked] = Field(default_factory=list, description="the most probable classes, best first")
     image: str | None = Field(None, description="the 28x28 image the model saw, as a PNG data URL")
     heatmap: str | None = Field(None, description="with explain=true: where the model found its evidence for "
                                                   "the class (HiResCAM over the image), as a PNG data URL")
+    unknown: bool = Field(False, description="unlike the training images: class_name is then 'unknown', "
+                                             "class_index null, and top_k the best guesses")
     error: str | None = Field(None, description="why this file could not be used; the rest is then empty")
 
 
@@ -95,9 +98,9 @@ def file_result(filename: str, p: Prediction, class_names: list[str], heat: np.n
                       heatmap=None if heat is None else data_url(overlay_png(p.image, heat)))
 
 
-def predict_and_explain(predictor: Predictor, blobs: list[bytes], top_k: int, explain: bool
-                        ) -> tuple[list[Prediction], list[np.ndarray | None]]:
-    predictions = predictor.predict(blobs, top_k)
+def predict_and_explain(predictor: Predictor, blobs: list[bytes], top_k: int, explain: bool,
+                        min_confidence: float | None = None) -> tuple[list[Prediction], list[np.ndarray | None]]:
+    predictions = predictor.predict(blobs, top_k, min_confidence=min_confidence)
     return predictions, (explain_predictions(predictor, predictions) if explain else [None] * len(predictions))
 
 
@@ -156,9 +159,10 @@ def bounded_errors(errors: Iterable[dict]) -> list[dict]:
 
 
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
-               max_body: int = MAX_BODY) -> FastAPIOffline:
-    """The application for one model file or run directory (default: the newest under runs/)."""
-    predictor = Predictor(model)
+               max_body: int = MAX_BODY, min_confidence: float | None = None) -> FastAPIOffline:
+    """The application for one model file or run directory (default: the newest under runs/);
+    min_confidence as in Predictor, overridable per request."""
+    predictor = Predictor(model, min_confidence=min_confidence)
     samples = sample_images(predictor.class_names)
     # One worker: inference never blocks the event loop, and torch, which already uses every core for
     # one batch, never runs several batches at once.
@@ -217,8 +221,10 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
                          422: {"model": PredictResponse, "description": "no file could be used"}})
     async def predict(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
                       top_k: int = Query(3, ge=1, le=len(predictor.class_names)),
-                      explain: bool = Query(False, description="also return each image's heat map")
-                      ) -> JSONResponse:
+                      explain: bool = Query(False, description="also return each image's heat map"),
+                      min_confidence: float | None = Query(
+                          None, ge=0, le=1, description="answer unknown below this calibrated top probability, "
+                                                        "instead of the model's own rule")) -> JSONResponse:
         """Classify each uploaded image; a file that is not a usable image gets its own `error`."""
         for i, f in enumerate(files):
             if f.size is not None and f.size > max_bytes:
@@ -227,7 +233,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
         # Read in the worker: requests queued behind it hold their files on disk (Starlette spools them),
         # not up to max_body bytes each in memory.
         found, heats = await asyncio.get_running_loop().run_in_executor(
-            worker, lambda: predict_and_explain(predictor, [f.file.read() for f in files], top_k, explain))
+            worker, lambda: predict_and_explain(predictor, [f.file.read() for f in files], top_k, explain,
+                                           min_confidence))
         results = [file_result(f.filename or f"file {i}", p, predictor.class_names, heat)
                    for i, (f, p, heat) in enumerate(zip(files, found, heats))]
         if all(r.error for r in results):
@@ -263,7 +270,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
 
 
 def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        header_timeout: float = HEADER_TIMEOUT) -> None:
+        header_timeout: float = HEADER_TIMEOUT, min_confidence: float | None = None) -> None:
     """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network.
 
     "serving on ..." is printed once the port is bound and listening: a client may connect from then on.
@@ -276,7 +283,7 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     # A request is a batch of a few images: splitting it across threads costs more than it saves, and
     # under load those threads wait for each other (single-image latency 2 ms with one, 10-70 with two).
     torch.set_num_threads(1)
-    app = create_app(model)
+    app = create_app(model, min_confidence=min_confidence)
     sockets = listen(host, port)
     bound = sockets[0].getsockname()[1]
     print(f"serving on http://{f'[{host}]' if ':' in host else host}:{bound}/ (API docs at /docs)", flush=True)

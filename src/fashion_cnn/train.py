@@ -25,6 +25,7 @@ from . import distributed
 from .augment import make_augment
 from .data import Dataset, to_float
 from .inference import loss_and_accuracy
+from . import calibration
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
                    save_checkpoint, save_model, write_atomic, write_json)
@@ -626,6 +627,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
                    "train_seconds": sum(row["seconds"] for row in state.history),
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
+        results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
         model_path = run.dir / "model.safetensors"
         save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
         write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})

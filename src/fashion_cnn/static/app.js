@@ -27,10 +27,14 @@ function bar(ranked) {
 }
 
 function card(result) {
-  const node = element("article", result.error ? "card error" : "card");
+  const node = element("article", result.error ? "card error" : result.unknown ? "card unknown" : "card");
   const head = element("div", "head");
   head.append(element("div", "name", result.filename),
               element("div", "class", result.error || result.class_name));
+  if (result.unknown) {
+    // class_name is "unknown": the image is unlike the training images; top_k still holds the guesses.
+    head.append(element("div", "note", `not like any clothing the model knows (best guess: ${result.top_k[0].class_name})`));
+  }
   if (result.error) {
     node.append(head);
     return node;
