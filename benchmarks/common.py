@@ -17,6 +17,8 @@ from sample_images import CANVAS, render_photo, write_digits_folder  # noqa: E40
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
+from fashion_cnn.runs import write_json  # noqa: E402
+
 
 # --- the machine: what else is running ---------------------------------------------------------------
 
@@ -62,7 +64,8 @@ def others_busy_now(seconds: float = 2.0) -> float:
 
 def run_measured_together(cmds: list[list[str]]) -> list[dict]:
     """Start every command at once and wait for all; per command its wall seconds, CPU seconds and peak
-    RSS (that child alone, as wait4 gives them, not the max over all children as RUSAGE_CHILDREN would)."""
+    RSS (that child and the processes it waited for, such as torchrun's workers, as wait4 gives them; not
+    the max over all children as RUSAGE_CHILDREN would)."""
     t0 = time.perf_counter()
     procs = {proc.pid: (k, cmd, proc) for k, cmd in enumerate(cmds) for proc in [subprocess.Popen(cmd)]}
     results: list[dict] = [{} for _ in cmds]
@@ -95,6 +98,12 @@ def seconds(fn) -> float:
 
 def median_seconds(fn, repeats: int) -> float:
     return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+def save_result(out: Path, name: str, result: dict) -> None:
+    """A benchmark's result as out/name (JSON), said on the terminal."""
+    write_json(out / name, result)
+    print(f"saved {out / name}")
 
 
 # --- the Keras side ------------------------------------------------------------------------------------

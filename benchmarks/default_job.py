@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured
+from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured, save_result
 
 HERE = Path(__file__).resolve().parent
 TARGET_SECONDS, TARGET_PEAK_BYTES = 180, 1.5e9
@@ -74,9 +74,7 @@ def main() -> None:
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {os.cpu_count()} CPUs "
           f"during the run, {100 * busy_before:.0f}% just before "
           f"(load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "default_job.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {args.out / 'default_job.json'}")
+    save_result(args.out, "default_job.json", result)
 
 
 if __name__ == "__main__":

@@ -167,15 +167,21 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_cv(args: argparse.Namespace) -> None:
+    from . import distributed
     from .crossval import CVConfig, cross_validate
 
-    cross_validate(job_config_from_args(CVConfig, args), resume=args.resume)
+    with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
+        cfg = job_config_from_args(CVConfig, args)
+    cross_validate(cfg, resume=args.resume)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
     from .train import TrainConfig, train_final
 
-    train_final(job_config_from_args(TrainConfig, args), resume=args.resume)
+    with distributed.agreed():
+        cfg = job_config_from_args(TrainConfig, args)
+    train_final(cfg, resume=args.resume)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -478,11 +484,13 @@ def port_number(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
     from .data import DataError
     from .runs import ModelFileError
     from .terminal import printable
 
-    args = build_parser().parse_args(argv)
+    with distributed.quiet_unless_main():  # under torchrun, one usage error (or --help), not one per process
+        args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, not at exit, so that a reader gone away is seen below
@@ -491,14 +499,19 @@ def main(argv: list[str] | None = None) -> int:
         # for a tool killed by SIGPIPE; stdout goes to /dev/null so Python's final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except distributed.Quiet:  # rank 0 reports it
+        return 1
     except (DataError, ModelFileError, OSError, ValueError) as e:
-        print(printable(f"fashion-cnn: error: {e}"), file=sys.stderr)
+        print(printable(f"fashion-cnn: error: {distributed.rank_prefix()}{e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)
-        print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
-                                           "from the last finished epoch" if run_dir else ""), file=sys.stderr)
+        if distributed.env_rank() == 0:  # torchrun passes Ctrl-C on to every process: rank 0 says it once
+            print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
+                                               "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return status or 0
 
 

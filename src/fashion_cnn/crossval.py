@@ -1,7 +1,8 @@
 """K-fold cross-validation: a fresh model per fold, validated on the held-out fold after every epoch.
 
 Each fold has its own checkpoint, so a resumed run skips finished folds and continues the others from
-their last finished epoch.
+their last finished epoch. Under torchrun the folds are spread over the processes (fold k on rank
+(k - 1) % N), each trained whole as one process trains it, and rank 0 gathers the results.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
-from . import tensorboard_log
+from . import distributed, tensorboard_log
 from .data import Dataset
 from .runs import csv_bytes, write_atomic, write_json
 from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
@@ -89,7 +90,8 @@ class CVResult:
 
 def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None, data: Dataset | None = None,
                    on_epoch: Iterable[Callable[[dict[int, History]], None]] = ()) -> CVResult:
-    """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size.
+    """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size; under
+    torchrun, the folds spread over the processes, with the numbers one process gives (same --threads).
 
     on_epoch: called after every epoch with the histories of the folds so far (fold number -> rows), the
     ones finished before a resume included: the seam for reporting progress, e.g. to a pruner.
@@ -97,10 +99,14 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     from .plots import fold_boxplot, learning_curves, save_figure
     from .report import write_report
 
-    cfg = job_config(CVConfig, cfg, resume)
-    data = data or job_data(cfg)
-    images, labels = limited(data.train_images, data.train_labels, cfg.limit)
-    splits = cv_splits(cfg, labels)
+    with distributed.agreed():  # under torchrun every process checks its options and data before any work
+        cfg = job_config(CVConfig, cfg, resume)
+        data = data or job_data(cfg)
+        distributed.check_folds(cfg.folds)
+        images, labels = limited(data.train_images, data.train_labels, cfg.limit)
+        splits = cv_splits(cfg, labels)
+    distributed.check_same_data(data)
+    world = distributed.world()
     with start_job(cfg, "cv", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
                  + (f"{cfg.folds} folds" if cfg.folds > 1 else f"{cfg.val_size} held out") + f", model {cfg.model})")
@@ -116,7 +122,13 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             for callback in on_epoch:
                 callback(histories)
 
+        def fold_line(fold: int, accuracy: float, best_epoch: int | None) -> str:
+            return (f"fold {fold}/{len(splits)}: accuracy {100 * accuracy:.3f}%"
+                    + (f" (best epoch {best_epoch})" if best_epoch else ""))
+
         for fold, (train_idx, val_idx) in enumerate(splits, start=1):
+            if (fold - 1) % world.size != world.rank:
+                continue  # another process's fold
             ckpt = run.dir / f"checkpoint-fold{fold}.safetensors"
             state = states[fold] = TrainState.create(cfg, len(data.class_names), fold - 1)
             if ckpt.exists():
@@ -126,17 +138,26 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                 train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
                 with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard" / f"fold{fold}") as tb:
                     fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
-                        keys=(fold - 1,), checkpoint=ckpt, on_epoch=[write_metrics, report, *tb],
+                        keys=(fold - 1,), checkpoint=ckpt,
+                        on_epoch=[*([write_metrics] if world.is_main else []), report, *tb],
                         desc=f"fold {fold}/{len(splits)} ")
-            log.info(f"fold {fold}/{len(splits)}: accuracy {100 * state.result['val_accuracy']:.3f}%"
-                     + (f" (best epoch {state.best_epoch})" if state.best_epoch else ""))
+            log.info(fold_line(fold, state.result["val_accuracy"], state.best_epoch))
 
-        summary = summarize([s.result["val_accuracy"] for s in states.values()])
-        summary |= {"best_epochs": [s.best_epoch for s in states.values()],
+        folds = distributed.gather_dict({k: {"history": s.history, "best_epoch": s.best_epoch,
+                                             "accuracy": s.result["val_accuracy"]} for k, s in states.items()})
+        for k, r in folds.items():
+            if k not in states:
+                log.info(f"{fold_line(k, r['accuracy'], r['best_epoch'])} (rank {(k - 1) % world.size})")
+        histories = {k: History(r["history"]) for k, r in folds.items()}
+        summary = summarize([r["accuracy"] for r in folds.values()])
+        summary |= {"best_epochs": [r["best_epoch"] for r in folds.values()],
                     "seconds_this_session": time.perf_counter() - started}
+        if not world.is_main:
+            return CVResult(run.dir, histories, summary)  # rank 0 writes the files
+        write_metrics({})  # every fold's epochs, the other processes' too
         write_json(run.dir / "cv_results.json", summary)
         curves = learning_curves({f"fold {k}": h for k, h in histories.items()},
-                                 best_epochs={f"fold {k}": s.best_epoch for k, s in states.items()})
+                                 best_epochs={f"fold {k}": r["best_epoch"] for k, r in folds.items()})
         save_figure(curves, run.dir / "learning_curves.png")
         save_figure(fold_boxplot(summary["fold_accuracies"]), run.dir / "fold_accuracies.png")
         log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)})\n"

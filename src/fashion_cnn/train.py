@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import tensorboard_log
+from . import distributed, tensorboard_log
 from .augment import make_augment
 from .data import Dataset, to_float
 from .inference import loss_and_accuracy
@@ -370,9 +370,14 @@ def console_logging() -> Iterator[None]:
 # --- the loop ----------------------------------------------------------------------------------------------
 
 def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = None, *, keys: tuple = (),
-        checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "") -> History:
+        checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "",
+        data_parallel: bool = False) -> History:
     """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping);
     validate on `val` and save a checkpoint after every epoch; returns the history.
+
+    data_parallel: under torchrun, every process trains this one model on its share of each batch
+    (distributed.data_parallel_step); the batches, augmentation and results are a single process's,
+    and rank 0 alone logs, saves the checkpoint and calls `on_epoch`.
 
     The learning rate is a function of the step number, relative to each parameter group's initial
     learning rate (the optimizer's own, untouched unless a schedule or warm-up is set), and shuffling
@@ -382,7 +387,11 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     device = next(model.parameters()).device
     images, labels = (t.to(device) for t in train)
     n, batch_size = len(images), cfg.batch_size
-    step = make_step(model, optimizer, cfg.label_smoothing, cfg.amp)
+    parallel = data_parallel and distributed.world().size > 1
+    step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing, cfg.amp)
+    evaluate = distributed.loss_and_accuracy if parallel else loss_and_accuracy
+    bars = None if distributed.is_main() else True  # tqdm's disable: on a terminal, for rank 0 only
+    writes = distributed.is_main() or not parallel
     augment = make_augment(cfg.crop, cfg.flip, cfg.erase)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -390,7 +399,7 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
     epochs = tqdm(desc=f"{desc}epochs", total=cfg.epochs, initial=len(history), unit="epoch", leave=False,
-                  disable=None)
+                  disable=bars)
     with console_logging(), epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
         for epoch in range(len(history), cfg.epochs):
             if state.stopped:
@@ -403,7 +412,7 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
             total_correct = torch.zeros((), dtype=torch.long, device=device)
             t0, cpu0 = time.perf_counter(), time.process_time()
             with tqdm(total=n, desc=f"{desc}epoch {epoch + 1}/{cfg.epochs}", unit="img", leave=False,
-                      disable=None, mininterval=0.5) as bar:
+                      disable=bars, mininterval=0.5) as bar:
                 for start in range(0, n, batch_size):
                     i = epoch * steps_per_epoch + start // batch_size
                     if scheduled:
@@ -418,6 +427,8 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
                     total_loss += loss
                     total_correct += correct
                     bar.update(len(x))
+            if parallel:
+                distributed.all_reduce_sum(total_loss, total_correct)
             # running means over the epoch, as Keras reports them; CPU seconds (all threads) beside wall
             # seconds, since on a shared machine the wall clock measures the load
             row = {"epoch": epoch + 1, "loss": total_loss.item() / n, "accuracy": total_correct.item() / n,
@@ -426,17 +437,18 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
                 raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {row['loss']}); nothing "
                                        f"from it was saved: try a lower --lr than {cfg.lr:g}")
             if val is not None:
-                row["val_loss"], row["val_accuracy"] = loss_and_accuracy(state.evaluated, *val, cfg.eval_batch_size)
+                row["val_loss"], row["val_accuracy"] = evaluate(state.evaluated, *val, cfg.eval_batch_size)
             history.append(row)
             if cfg.early_stopping:
                 state.track_best(row["val_loss"], cfg.early_stopping)
-            log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
-                + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""))
-            if checkpoint is not None:
-                state.save(checkpoint, cfg)
-            for callback in on_epoch:
-                callback(row)
+            if writes:
+                log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
+                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""))
+                if checkpoint is not None:
+                    state.save(checkpoint, cfg)
+                for callback in on_epoch:
+                    callback(row)
             epochs.update()
     return history
 
@@ -517,10 +529,12 @@ def threads(n: int) -> Iterator[None]:
 def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
     """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed
     (tiny gradients late in training slow CPU arithmetic many times over; flushing them to zero changes
-    nothing measurable), and a log."""
+    nothing measurable), and a log. Under torchrun, rank 0 opens it and the others share it
+    (distributed.shared_run), each process with its share of the node's cores unless --threads says."""
     torch.set_flush_denormal(True)
-    with open_run(asdict(cfg), job, cfg.out, resume) as run, threads(cfg.threads):
-        if resume and cfg.epochs != run.config["epochs"]:
+    with (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume)) as run,
+          threads(cfg.threads or distributed.default_threads())):
+        if resume and cfg.epochs != run.config["epochs"] and distributed.is_main():
             write_json(run.dir / "config.json", {"job": job, **asdict(cfg)})
             log.info(f"continuing to {cfg.epochs} epochs (the run was set to {run.config['epochs']})")
         yield run
@@ -574,18 +588,22 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
-    only raise the epochs; see resumed_config).
+    only raise the epochs; see resumed_config). Under torchrun, the processes train the model together,
+    --batch-size being the global batch (distributed.py).
     """
     from .evaluate import score, write_reports
     from .inference import predict_logits
     from .plots import learning_curves, save_figure
     from .report import write_report
 
-    cfg = job_config(TrainConfig, cfg, resume)
-    data = data or job_data(cfg)
-    train, val = limited(data.train_images, data.train_labels, cfg.limit), None
-    if cfg.val_size:
-        train, val = holdout_split(*train, cfg.val_size)
+    with distributed.agreed():  # under torchrun every process checks its options and data before any work
+        cfg = job_config(TrainConfig, cfg, resume)
+        data = data or job_data(cfg)
+        distributed.check_global_batch(cfg.batch_size)
+        train, val = limited(data.train_images, data.train_labels, cfg.limit), None
+        if cfg.val_size:
+            train, val = holdout_split(*train, cfg.val_size)
+    distributed.check_same_data(data)
     with start_job(cfg, "train", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"
                  + (f", {len(val[0])} held out for validation)" if val else ")") + f", model {cfg.model}")
@@ -598,13 +616,17 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         def write_metrics(row: dict) -> None:
             write_atomic(run.dir / "metrics.csv", csv_bytes(state.history))
 
-        with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard") as tensorboard:
-            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tensorboard])
+        # rank 0 alone writes files, and calls fit's on_epoch
+        with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), run.dir / "tensorboard") as tb:
+            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb], data_parallel=True)
+        final = state.final.eval()
+        logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
+                                desc="testing" if distributed.is_main() else None)
+        report = score(logits, data.test_labels, data.class_names)
+        if not distributed.is_main():
+            return TrainResult(run.dir, final, state.history, report, state.best_epoch)  # rank 0 writes the files
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
                     run.dir / "learning_curves.png")
-        final = state.final.eval()
-        logits = predict_logits(final, data.test_images, cfg.eval_batch_size, desc="testing")
-        report = score(logits, data.test_labels, data.class_names)
         written = write_reports(report, run.dir)
         results = {"test_accuracy": report["accuracy"], "val_accuracy": state.result.get("val_accuracy"),
                    "best_epoch": state.best_epoch,
