@@ -27,8 +27,8 @@ import torch
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.fastpath import cpu_model
-from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer, flush_denormals
+from fashion_cnn.machine import cpu_model, flush_denormals
+from fashion_cnn.train import TrainConfig, fit, make_model, make_optimizer
 from common import HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds
 
 SIDES = ("keras", "fashion_cnn")

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 from fashion_cnn.models import create_model
-from fashion_cnn.runs import ModelFileError, load_model, new_run_dir, save_model, save_tensors, write_atomic
+from fashion_cnn.runs import (ModelFileError, load_model, load_tensors, new_run_dir, save_model, save_tensors,
+                             write_atomic)
 
 
 def test_model_round_trip(tmp_path):
@@ -49,3 +50,18 @@ def test_atomic_write_replaces_whole_file_with_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_loaded_tensors_sit_in_fresh_64_byte_aligned_memory(tmp_path):
+    """safetensors' loader returns views into the mapped file, 8 + header length + offset bytes in: 8-byte
+    aligned at a place set by the metadata's length (the history's float values, in a checkpoint). A
+    momentum buffer restored there is where matrix products write, and MKL's kernels may round differently
+    for another alignment; a fresh tensor from torch's allocator is 64-byte aligned."""
+    tensors = {"a": torch.arange(10.0), "b": torch.ones(3, 5)}
+    for pad in range(64):  # every header length modulo 64
+        save_tensors(tmp_path / "t.safetensors", tensors, {"pad": "x" * pad})
+        loaded, meta = load_tensors(tmp_path / "t.safetensors")
+        assert meta["pad"] == "x" * pad
+        for name, t in loaded.items():
+            assert t.data_ptr() % 64 == 0, (pad, name)
+            assert torch.equal(t, tensors[name])

@@ -50,6 +50,26 @@ def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
         assert torch.equal(p, q), name
 
 
+def test_restored_momentum_buffers_are_aligned_like_fresh_ones(tmp_path):
+    """What resume hands to the baseline's step: momentum buffers that its matrix products write into
+    (out=). They must sit in memory aligned as in the uninterrupted run, whatever the checkpoint's
+    metadata length."""
+    cfg = TrainConfig()
+    model = train.make_model(cfg, 0)
+    optimizer = train.make_optimizer(model, cfg)
+    for p in model.parameters():
+        optimizer.state[p]["momentum_buffer"] = torch.randn_like(p)
+    for pad in range(0, 64, 8):
+        train.save_checkpoint(tmp_path / "ckpt.safetensors", model, optimizer, {"history": "x" * pad})
+        again = train.make_model(cfg, 0)
+        restored = train.make_optimizer(again, cfg)
+        assert train.load_checkpoint(tmp_path / "ckpt.safetensors", again, restored)["history"] == "x" * pad
+        for p, q in zip(model.parameters(), again.parameters()):
+            buf = restored.state[q]["momentum_buffer"]
+            assert buf.data_ptr() % 64 == 0, pad
+            assert torch.equal(buf, optimizer.state[p]["momentum_buffer"])
+
+
 def test_device_choice():
     assert train.resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .version import __version__
 from .augment import make_augment
 from .data import CLASS_NAMES, FashionMNIST, load_fashion_mnist, to_float
-from . import fastpath
+from . import machine
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (csv_bytes, load_tensors, new_run_dir, optimizer_tensors, read_config, restore_optimizer,
                    save_model, save_tensors, start_log, write_atomic, write_json)
@@ -73,8 +73,8 @@ class TrainConfig:
     amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision; AMX on recent Xeons)")
     seed: int = opt(1, "same seed, same numbers on the same machine")
     device: str = opt("auto", "auto, cpu or cuda; auto takes cuda when there is one")
-    threads: int = opt(0, "CPU threads (0: torch's default, one per core); fewer is steadier when other work "
-                          "shares the cores")
+    threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
+                          "processes leave free, re-chosen as the load changes (its results do not depend on it)")
     limit: int | None = opt(None, "use only the first N training images: quick looks and tests")
     data_dir: str | None = opt(None, "Fashion-MNIST directory; default: $FASHION_CNN_DATA, "
                                      "/usr/share/datasets/fashion-mnist, the cache, else download")
@@ -282,12 +282,6 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return meta["progress"]
 
 
-def flush_denormals() -> None:
-    """Denormal numbers (tiny gradients late in training) slow CPU arithmetic many times over;
-    flushing them to zero changes nothing measurable in the result."""
-    torch.set_flush_denormal(True)
-
-
 def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: FashionMNIST, **results) -> dict:
     return {
         "architecture": cfg.model,
@@ -320,21 +314,19 @@ def machine_name(device: torch.device) -> str:
     """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{fastpath.cpu_model()}, {torch.get_num_threads()} threads"
+    return f"{machine.cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
     """A new run directory with the config and a log, or the interrupted run's, with its saved config;
     sets the process's CPU threads from it."""
-    flush_denormals()
     run_dir = Path(resume) if resume else new_run_dir(cfg.out, job)
     start_log(run_dir)
     if resume:
         cfg = type(cfg).from_dict(read_config(run_dir))
     else:
         write_json(run_dir / "config.json", {"job": job, **asdict(cfg)})
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    machine.start_job_threads(cfg.threads)
     return run_dir, cfg
 
 
