@@ -108,10 +108,12 @@ def test_adapting_threads_follow_the_load_and_asked_for_ones_stay(job, caplog):
         "training on 1 CPU thread (its results do not depend on the count)",
         "training on 2 CPU threads (its results do not depend on the count)",
         "training on 1 CPU thread (its results do not depend on the count)"]
+    assert machine.job_threads().describe() == "1-2 threads (following the load)"
 
     job(2, [0.95, 1.5])  # --threads 2: kept, whatever the load
     machine.adapt_threads()
     assert torch.get_num_threads() == 2
+    assert machine.job_threads().describe() == "2 threads"
 
 
 def test_denormals_are_flushed_on_openmp_threads_started_before(threads):
@@ -121,3 +123,25 @@ def test_denormals_are_flushed_on_openmp_threads_started_before(threads):
     assert (tiny * 1e-10 != 0).any()  # denormal results, on the new threads at least
     machine.flush_denormals()
     assert (tiny * 1e-10 == 0).all()  # flushed to zero on all 8 threads' shares, not only this thread's
+
+
+@pytest.mark.parametrize("others, spin", [(1.0, "0"), (0.1, "300000")])
+def test_openmp_threads_wait_passively_on_a_busy_machine(others, spin):
+    """prepare_openmp must act before torch loads libgomp, which reads its settings once (printed here by
+    OMP_DISPLAY_ENV): a waiting thread then sleeps at once. A quiet machine keeps the default, 300,000
+    spins before sleeping."""
+    code = ("from fashion_cnn import machine\n"
+            f"machine.LoadMeter.read = lambda self: {others}\n"
+            "machine.prepare_openmp(0)\n"
+            "import torch\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_DISPLAY_ENV": "verbose"},
+                         capture_output=True, text=True, check=True)
+    assert f"GOMP_SPINCOUNT = '{spin}'" in out.stderr
+
+
+def test_openmp_settings_are_left_alone_where_set_or_too_late(monkeypatch):
+    monkeypatch.setattr(machine.LoadMeter, "read", lambda self: 2.0)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert not machine.prepare_openmp(0)  # torch is loaded in this process: too late to matter
+    assert "OMP_WAIT_POLICY" not in os.environ

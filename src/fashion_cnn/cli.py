@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import machine
+
+    if (sys.argv[1:] if argv is None else argv)[:1] in (["cv"], ["train"]):
+        machine.prepare_openmp()  # before torch is imported
+
     from .data import DataError
     from .runs import ModelFileError
 

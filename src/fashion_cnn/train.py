@@ -314,7 +314,8 @@ def machine_name(device: torch.device) -> str:
     """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{machine.cpu_model()}, {torch.get_num_threads()} threads"
+    job = machine.job_threads()
+    return f"{machine.cpu_model()}, {job.describe() if job else f'{torch.get_num_threads()} threads'}"
 
 
 def start_run(cfg: TrainConfig, job: str, resume: str | Path | None) -> tuple[Path, TrainConfig]:
