@@ -190,6 +190,8 @@ class NativeDense:
         """x @ y, or into out (contiguous): out = beta * out + x @ y."""
         if out is None:
             out, beta = torch.empty(x.shape[0], y.shape[1]), 0.0
+        elif not out.is_contiguous():
+            raise ValueError("NativeDense.mm writes into contiguous tensors only")
         rows, inner, cols = x.shape[0], x.shape[1], y.shape[1]
         # column-major: out^T (cols x rows) = y^T (cols x inner) @ x^T (inner x rows)
         (trans_a, lda, y), (trans_b, ldb, x) = blas_layout(y), blas_layout(x)

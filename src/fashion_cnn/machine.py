@@ -1,12 +1,13 @@
 """The machine this process runs on, in one place: its CPU, how busy other processes keep it, and the
-CPU threads chosen from that.
+CPU threads and floating-point settings chosen from that.
 
 Two cores shared with other work are the normal case on a laptop. OpenMP splits each parallel region
 into fixed shares and waits for the slowest thread, so a thread that shares its core with another busy
 process stalls every region: two threads then run several times slower than one. A job with `--threads`
 unset (0) therefore measures, from /proc/stat, how many cores other processes keep busy, warns when they
-do, and lets a step whose results do not depend on its thread count (fastpath.BaselineSGDStep with the C
-kernel) move between one thread per free core and torch's default as the load changes.
+do, lets OpenMP's idle threads sleep instead of spin if they do at the start (prepare_openmp), and lets a
+step whose results do not depend on its thread count (fastpath.BaselineSGDStep with the C kernel) move
+between one thread per free core and torch's default as the load changes (adapt_threads).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def cpuinfo_line(*keys: str) -> str:
 
 
 def cpu_model() -> str:
+    """The CPU's name, as /proc/cpuinfo gives it ('CPU' where it does not)."""
     return cpuinfo_line("model name").partition(":")[2].strip() or "CPU"
 
 
@@ -82,6 +84,8 @@ def own_cpu_seconds() -> float:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """CPU time so far: the machine's (busy and total clock ticks of some CPUs) and this process's."""
+
     busy: int  # ticks
     total: int  # ticks
     own: float  # seconds
@@ -89,13 +93,14 @@ class Snapshot:
 
 
 def cpu_snapshot(cpus: list[int] | None = None) -> Snapshot:
+    """The CPU time of the given CPUs (all when None) and of this process, now."""
     return Snapshot(*cpu_ticks(cpus), own_cpu_seconds(), time.monotonic())
 
 
-def other_cpu_share(since: Snapshot, now: Snapshot | None = None, cpus: list[int] | None = None) -> float:
+def other_cpu_share(since: Snapshot, now: Snapshot | None = None) -> float:
     """Share of the CPUs' time (0 to 1) that processes other than this one and its children used between
-    two snapshots of the same CPUs: 0 means the machine was otherwise quiet."""
-    now = now or cpu_snapshot(cpus)
+    two snapshots of the same CPUs (now: all CPUs, now): 0 means the machine was otherwise quiet."""
+    now = now or cpu_snapshot()
     if now.total <= since.total:
         return 0.0
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -111,6 +116,7 @@ class LoadMeter:
         self.last = cpu_snapshot(self.cpus)
 
     def seconds(self) -> float:
+        """Seconds since the last reading."""
         return time.monotonic() - self.last.wall
 
     def read(self) -> float:
@@ -128,6 +134,7 @@ def threads_for(others: float, usable: int, most: int) -> int:
 
 
 def describe_load(others: float, usable: int) -> str:
+    """'other processes use 95% of a core', or '... 1.6 of this machine's 2 cores' from 1.5 cores on."""
     return f"other processes use {100 * others:.0f}% of a core" if others < 1.5 else \
         f"other processes use {others:.1f} of this machine's {usable} cores"
 
