@@ -5,7 +5,7 @@ CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
 .PHONY: setup setup-test system-deps test-system-deps cv test clean-venv bench-speed bench-same-steps bench-job \
-        bench-sweep-lr bench-tune-fast
+        bench-sweep-lr bench-tune-fast bench-contention
 
 # What the jobs need: `make cv` installs this much and no more.
 setup: system-deps $(VENV)/.installed
@@ -75,6 +75,10 @@ bench-speed: setup $(KERAS_VENV)/.installed
 # fashion-cnn and Keras from the same initial weights through the same batches: the same mathematics?
 bench-same-steps: setup $(KERAS_VENV)/.installed
 	$(PY) benchmarks/same_steps_as_keras.py $(ARGS)
+
+# The baseline's epoch time with 0, 1 and 2 busy competing processes: default settings, --threads 1, Keras.
+bench-contention: setup $(KERAS_VENV)/.installed
+	$(PY) benchmarks/contention.py --keras-python $(KERAS_VENV)/bin/python $(ARGS)
 
 # Wall time and peak memory of the whole default job (`make cv`).
 bench-job: setup

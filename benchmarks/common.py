@@ -18,36 +18,10 @@ from server_harness import server_process  # noqa: E402,F401  (re-exported for s
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 from fashion_cnn.runs import write_json  # noqa: E402
+from fashion_cnn.machine import cpu_snapshot, other_cpu_share  # noqa: E402,F401  (re-exported)
 
 
 # --- the machine: what else is running ---------------------------------------------------------------
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine so far, from /proc/stat, in clock ticks."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds used by this process and its finished children."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def cpu_snapshot() -> tuple[tuple[int, int], float]:
-    return cpu_jiffies(), own_cpu_seconds()
-
-
-def other_cpu_share(since: tuple[tuple[int, int], float]) -> float:
-    """Share of all CPUs that processes other than this one and its children used since the snapshot:
-    0 means the machine was otherwise quiet."""
-    (busy0, total0), own0 = since
-    busy1, total1 = cpu_jiffies()
-    tick = os.sysconf("SC_CLK_TCK")
-    others = (busy1 - busy0) / tick - (own_cpu_seconds() - own0)
-    return max(0.0, others / ((total1 - total0) / tick))
-
 
 def others_busy_now(seconds: float = 2.0) -> float:
     """other_cpu_share over the next few seconds, with a warning when the machine is not quiet."""

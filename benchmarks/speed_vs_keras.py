@@ -27,7 +27,7 @@ import torch
 from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.fastpath import cpu_model
+from fashion_cnn.machine import cpu_model, flush_denormals
 from fashion_cnn.train import TrainConfig, TrainState, fit
 from common import HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds
 
@@ -65,7 +65,7 @@ def train_flop_per_image() -> int:
 def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: int, batch_size: int,
                     seed: int) -> dict:
     """The fashion-cnn side, in this process, through the public API: fold 1 of `fashion-cnn cv`, exactly."""
-    torch.set_flush_denormal(True)  # as the jobs do (train.start_job)
+    flush_denormals()  # as the jobs do (machine.start_job_threads)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu", seed=seed)
     state = TrainState.create(cfg, 10, 0)
     model = state.model

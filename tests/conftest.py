@@ -102,3 +102,26 @@ def with_calibration(model: Path, out: Path, calibration: dict) -> Path:
     tensors, meta = load_tensors(model)
     save_tensors(out, tensors, {**meta, "calibration": calibration})
     return out
+
+
+@pytest.fixture(params=["native", "torch"])
+def stage(request, monkeypatch) -> str:
+    """Run a test with the C kernel for the first stage (conv_pool.c), and again with the torch ops
+    that stand in for it where no C compiler is available."""
+    from fashion_cnn import fastpath
+
+    if request.param == "torch":
+        monkeypatch.setattr(fastpath, "native_library", lambda: None)
+    else:  # `make test` installs gcc: here the kernel must build, not silently fall back
+        assert fastpath.native_library() is not None, "conv_pool.c did not build: is a C compiler (cc) installed?"
+    return request.param
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for a test; restores it after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)

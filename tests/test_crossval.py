@@ -1,11 +1,13 @@
 import csv
+import itertools
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run_killed_at
-from fashion_cnn import train
+from fashion_cnn import fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
 
 
@@ -75,3 +77,45 @@ def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     assert resumed.fold_accuracies == reference.fold_accuracies
     # every epoch's losses and accuracies, identical to the uninterrupted run
     assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
+
+
+
+def tiny_cv(tmp_path, threads: int) -> CVConfig:
+    return CVConfig(limit=600, folds=2, epochs=2, threads=threads, out=str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_resume_is_exact_after_a_kill_at_any_checkpoint(real_data, tmp_path, monkeypatch, stage, n_threads):
+    """Killed before the 2nd or the 4th checkpoint (in fold 1, in fold 2 after a finished fold), on one
+    thread or two, with the C kernel and without: resuming gives the uninterrupted run's every number."""
+    cfg = tiny_cv(tmp_path, n_threads)
+    reference = cross_validate(cfg, data=real_data)
+    for kill_at in (2, 4):
+        before = set((tmp_path / "runs").iterdir())
+        run_killed_at(monkeypatch, train, "save_checkpoint", kill_at, lambda: cross_validate(cfg, data=real_data))
+        [run_dir] = set((tmp_path / "runs").iterdir()) - before
+        resumed = cross_validate(resume=run_dir, data=real_data)
+        assert resumed.fold_accuracies == reference.fold_accuracies, kill_at
+        assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir), kill_at
+
+
+def test_threads_that_follow_the_load_give_a_quiet_runs_numbers(real_data, tmp_path, monkeypatch, stage):
+    """With --threads unset, a load that comes and goes at every step moves the C kernel's step between
+    1 and 2 threads, and the run's numbers are those of a run on 2 threads. The torch fallback, whose
+    bits depend on the thread count, keeps 2 threads (as does the C kernel's step where torch has no MKL)."""
+    quiet = cross_validate(tiny_cv(tmp_path, 2), data=real_data)
+
+    monkeypatch.setattr(machine, "default_threads", lambda: 2)
+    monkeypatch.setattr(machine, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(machine, "CHECK_SECONDS", 0.0)
+    load = itertools.cycle([1.0, 0.0])  # other processes: a whole core busy, then none, ...
+    monkeypatch.setattr(machine.LoadMeter, "read", lambda self: next(load))
+    counts = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (counts.append(n), real_set(n)))
+    busy = cross_validate(tiny_cv(tmp_path, 0), data=real_data)
+
+    adapts = stage == "native" and fastpath.mkl_functions() is not None
+    assert set(counts) == ({1, 2} if adapts else {2})
+    assert busy.fold_accuracies == quiet.fold_accuracies
+    assert metrics_without_timings(busy.run_dir) == metrics_without_timings(quiet.run_dir)

@@ -8,17 +8,6 @@ from fashion_cnn import fastpath
 from fashion_cnn.models import create_model, get_spec, list_models
 
 
-@pytest.fixture(params=["native", "torch"])
-def stage(request, monkeypatch) -> str:
-    """Run a test with the C kernel for the first stage (conv_pool.c), and again with the torch ops
-    that stand in for it where no C compiler is available."""
-    if request.param == "torch":
-        monkeypatch.setattr(fastpath, "native_library", lambda: None)
-    else:  # `make test` installs gcc: here the kernel must build, not silently fall back
-        assert fastpath.native_library() is not None, "conv_pool.c did not build: is a C compiler (cc) installed?"
-    return request.param
-
-
 def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     # half the pixels black, as in Fashion-MNIST: max-pool windows then tie, and ties must route
@@ -46,7 +35,7 @@ def reference_step(model, optimizer, x, y):
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-@pytest.mark.parametrize("n", [32, 7])
+@pytest.mark.parametrize("n", [32, 7, 1])  # 1: a last batch of one image, where views alias easily
 def test_first_step_gradients_match_autograd(n, stage):
     reference, opt_ref, fast, opt_fast = twin_models()
     x, y = batch(n, seed=n)
@@ -97,8 +86,11 @@ def test_fast_inference_matches_module(stage):
     x, _ = batch(50, seed=3)
     with torch.no_grad():
         expected = model(x)
-    for chunk in (256, 16):  # one chunk, and several with a remainder
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for chunk in (256, 16, 7):  # one chunk, and several with a remainder (of one image, for 7)
         torch.testing.assert_close(fastpath.baseline_logits(model, x, chunk), expected, rtol=1e-5, atol=1e-5)
+    for name, value in model.state_dict().items():  # inference leaves the model as it was
+        assert torch.equal(value, before[name]), name
 
 
 def test_predict_logits_keeps_test_time_augmentation():
@@ -133,29 +125,83 @@ def test_native_build_is_cached_and_falls_back_without_a_compiler(tmp_path, monk
     assert build() is None
 
 
-def test_native_kernel_is_deterministic_for_any_thread_count():
+def test_native_kernel_gives_the_same_bits_on_any_number_of_threads(threads):
     lib = fastpath.native_library()
     assert lib is not None
     conv = create_model("baseline").conv
-    x, _ = batch(9, seed=5)
-    gh = torch.randn(9, 5408, generator=torch.Generator().manual_seed(6))
-    threads = torch.get_num_threads()
+    x, _ = batch(19, seed=5)  # pieces of 8 images: 8, 8 and 3
+    gh = torch.randn(19, 5408, generator=torch.Generator().manual_seed(6))
 
     def run(n_threads):
-        torch.set_num_threads(n_threads)
-        try:
-            stage = fastpath.NativeConvPool(lib)
-            return (stage.forward(x, conv), *stage.backward(gh))
-        finally:
-            torch.set_num_threads(threads)
+        threads(n_threads)
+        stage = fastpath.NativeConvPool(lib)
+        return (stage.forward(x, conv), *stage.backward(gh))
 
-    one, again, three = run(1), run(1), run(3)  # 3 threads: uneven shares of 9 images
-    for a, b, c in zip(one, again, three):
-        assert torch.equal(a, b)  # same threads, same bits
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+    one = run(1)
+    for n_threads in (1, 2, 3, 4):  # 3 threads: uneven shares of the pieces
+        for a, b in zip(one, run(n_threads)):
+            assert torch.equal(a, b), n_threads
 
 
-def test_cpu_model_is_the_bare_name_and_missing_keys_give_empty_text():
-    assert fastpath.cpuinfo_line("no such key") == ""
-    name = fastpath.cpu_model()
-    assert name and ":" not in name and name == name.strip()
+def train_steps(thread_counts: list[int], threads) -> tuple[list[torch.Tensor], bool]:
+    """Weights and momentum buffers after one step per entry of thread_counts, each step on that many
+    threads (the last batch of 7 images, as an epoch's last batch can be); and whether the step said
+    its bits do not depend on the thread count."""
+    reference, opt_ref, fast, opt_fast = twin_models()
+    step = fastpath.BaselineSGDStep(fast, opt_fast)
+    for i, n_threads in enumerate(thread_counts):
+        threads(n_threads)
+        step(*batch(32 if i < len(thread_counts) - 1 else 7, seed=200 + i))
+    state = [p.detach().clone() for p in fast.parameters()]
+    return state + [opt_fast.state[p]["momentum_buffer"].clone() for p in fast.parameters()], step.thread_invariant
+
+
+def test_step_gives_the_same_bits_on_any_number_of_threads(stage, threads):
+    """machine.adapt_threads changes the thread count with the load, between any two steps of a run;
+    with the C kernel the step's results must not depend on it. (torch's products split the work by the
+    thread count: the fallback step says so, and the thread count is then never changed.)"""
+    fixed, invariant = train_steps([1] * 6, threads)
+    assert invariant == (stage == "native" and fastpath.mkl_functions() is not None)
+    if not invariant:
+        return
+    for counts in ([2] * 6, [3] * 6, [1, 2, 3, 2, 1, 2]):
+        changed, _ = train_steps(counts, threads)
+        for a, b in zip(fixed, changed):
+            assert torch.equal(a, b), counts
+
+
+def native_dense() -> fastpath.NativeDense:
+    """The blocked products, where this build of torch has MKL (x86); skips the test elsewhere."""
+    lib = fastpath.native_library()
+    assert lib is not None, "conv_pool.c did not build: is a C compiler (cc) installed?"
+    if fastpath.mkl_functions() is None:
+        pytest.skip("torch has no MKL here: the step uses torch's products and keeps its thread count")
+    return fastpath.NativeDense(lib, *fastpath.mkl_functions())
+
+
+def test_native_inference_gives_the_same_bits_on_any_number_of_threads(threads):
+    native_dense()
+    torch.manual_seed(0)
+    model = create_model("baseline").eval()
+    x, _ = batch(300, seed=7)
+    threads(1)
+    one = [fastpath.baseline_logits(model, x, chunk) for chunk in (256, 16)]
+    for n_threads in (2, 3):
+        threads(n_threads)
+        for chunk, expected in zip((256, 16), one):
+            assert torch.equal(fastpath.baseline_logits(model, x, chunk), expected), (n_threads, chunk)
+
+
+@pytest.mark.parametrize("rows, inner, cols", [(32, 5408, 100), (32, 100, 5408), (100, 32, 5408), (7, 100, 10),
+                                               (1, 5408, 100), (256, 5408, 100)])
+def test_blocked_products_compute_torchs_products(rows, inner, cols, threads):
+    """NativeDense: out = beta * out + x @ y, cut into blocks along whichever dimension is largest, for the
+    layouts the step uses (transposed views included)."""
+    dense = native_dense()
+    g = torch.Generator().manual_seed(rows + inner + cols)
+    x, y = torch.randn(rows, inner, generator=g), torch.randn(inner, cols, generator=g)
+    out = torch.randn(rows, cols, generator=g)
+    threads(2)
+    for a, b in ((x, y), (x.t().contiguous().t(), y), (x, y.t().contiguous().t())):
+        torch.testing.assert_close(dense.mm(a, b), x @ y, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(dense.mm(a, b, out.clone(), beta=0.9), 0.9 * out + x @ y, rtol=1e-4, atol=1e-4)

@@ -142,3 +142,18 @@ def test_checkpoints_hold_named_modules_optimizers_progress_and_config(tmp_path)
 
     with pytest.raises(ModelFileError, match="'model' does not fit"):
         load_checkpoint(tmp_path / "c.safetensors", {"model": create_model("baseline")})
+
+
+def test_loaded_tensors_sit_in_fresh_64_byte_aligned_memory(tmp_path):
+    """safetensors' loader returns views into the mapped file, 8 + header length + offset bytes in: 8-byte
+    aligned at a place set by the metadata's length (the history's float values, in a checkpoint). A
+    momentum buffer restored there is where matrix products write, and MKL's kernels may round differently
+    for another alignment; a fresh tensor from torch's allocator is 64-byte aligned."""
+    tensors = {"a": torch.arange(10.0), "b": torch.ones(3, 5)}
+    for pad in range(64):  # every header length modulo 64
+        save_tensors(tmp_path / "t.safetensors", tensors, {"pad": "x" * pad})
+        loaded, meta = load_tensors(tmp_path / "t.safetensors")
+        assert meta["pad"] == "x" * pad
+        for name, t in loaded.items():
+            assert t.data_ptr() % 64 == 0, (pad, name)
+            assert torch.equal(t, tensors[name])

@@ -7,7 +7,7 @@ import torch
 from conftest import run_killed_at, tiny_arrays
 from fashion_cnn import train
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import load_model
+from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.train import TrainConfig, lr_scale, train_final
 
@@ -51,6 +51,28 @@ def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
     resumed, _ = load_model(train_final(resume=run_dir, data=real_data).model_path)
     for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_restored_momentum_buffers_are_aligned_like_fresh_ones(tmp_path):
+    """What resume hands to the baseline's step: momentum buffers that its matrix products write into
+    (out=). They must sit in memory aligned as in the uninterrupted run, whatever the checkpoint's
+    metadata length."""
+    cfg = TrainConfig()
+    model = train.make_model(cfg, 10, 0)
+    optimizer = train.make_optimizer(model, cfg)
+    for p in model.parameters():
+        optimizer.state[p]["momentum_buffer"] = torch.randn_like(p)
+    for pad in range(0, 64, 8):
+        save_checkpoint(tmp_path / "ckpt.safetensors", {"model": model, "optimizer": optimizer},
+                        {"history": "x" * pad}, {})
+        again = train.make_model(cfg, 10, 0)
+        restored = train.make_optimizer(again, cfg)
+        progress = load_checkpoint(tmp_path / "ckpt.safetensors", {"model": again, "optimizer": restored})
+        assert progress["history"] == "x" * pad
+        for p, q in zip(model.parameters(), again.parameters()):
+            buf = restored.state[q]["momentum_buffer"]
+            assert buf.data_ptr() % 64 == 0, pad
+            assert torch.equal(buf, optimizer.state[p]["momentum_buffer"])
 
 
 def test_device_choice():

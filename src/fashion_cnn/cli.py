@@ -484,6 +484,11 @@ def port_number(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import machine
+
+    if (sys.argv[1:] if argv is None else argv)[:1] in (["cv"], ["train"]):
+        machine.prepare_openmp()  # before torch is imported
+
     from . import distributed
     from .data import DataError
     from .runs import ModelFileError

@@ -8,6 +8,11 @@ compute them (buf = momentum * buf + grad).
 
 The first stage (conv, max-pool, ReLU) runs in a small C kernel (conv_pool.c), compiled for this CPU
 on first use and cached; without a C compiler, or with FASHION_CNN_NATIVE=0, torch ops do the same.
+
+With the C kernel, the dense layers' matrix products go through MKL's sgemm in fixed blocks, one thread
+each (conv_pool.c's gemm_blocks), so the whole step gives the same bits on any number of threads and
+follows the machine's load (machine.adapt_threads). torch's own products split the work by the thread
+count and round differently for each: the fallback keeps the job's thread count fixed.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import subprocess
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from . import machine
 from .data import cache_dir
 from .runs import atomic_path
 
@@ -33,22 +38,6 @@ NATIVE_SOURCE = Path(__file__).with_name("conv_pool.c")
 NATIVE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
-def cpuinfo_line(*keys: str) -> str:
-    """The first /proc/cpuinfo line starting with one of keys ('' where there is none, as off Linux)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line for line in lines if line.startswith(keys)), "")
-
-
-def cpu_model() -> str:
-    return cpuinfo_line("model name").partition(":")[2].strip() or "CPU"
-
-
-def cpu_signature() -> bytes:
-    """What a -march=native build depends on: a cache shared between machines must not mix them."""
-    return (platform.machine() + cpuinfo_line("flags", "Features")).encode()
-
-
 @functools.cache
 def native_library() -> ctypes.CDLL | None:
     """conv_pool.c built for this CPU (a fraction of a second, once, then cached), or None where it cannot be."""
@@ -56,7 +45,7 @@ def native_library() -> ctypes.CDLL | None:
         return None
     compiler = os.environ.get("CC", "cc")
     key = hashlib.sha256(NATIVE_SOURCE.read_bytes() + " ".join((compiler, *NATIVE_FLAGS)).encode()
-                         + cpu_signature()).hexdigest()[:16]
+                         + machine.cpu_signature()).hexdigest()[:16]
     path = cache_dir() / "native" / f"conv_pool-{key}.so"
     try:
         if not path.exists():
@@ -68,11 +57,26 @@ def native_library() -> ctypes.CDLL | None:
         detail = e.stderr.decode(errors="replace").strip()[:500] if isinstance(e, subprocess.CalledProcessError) else e
         log.warning(f"the baseline's C kernel is unavailable ({detail}); torch ops do its work, more slowly")
         return None
-    pointer, size, count = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    pointer, size, count, real, char = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_char
     lib.conv_pool_forward.argtypes = [pointer, size, pointer, pointer, pointer, pointer, count]
     lib.conv_pool_backward.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, count]
-    lib.conv_pool_forward.restype = lib.conv_pool_backward.restype = None
+    lib.gemm_blocks.argtypes = [pointer, pointer, char, char, count, count, count, real, pointer, count, pointer,
+                                count, real, pointer, count, count, count, count]
+    lib.conv_pool_forward.restype = None
+    lib.conv_pool_backward.restype = lib.gemm_blocks.restype = count
     return lib
+
+
+@functools.cache
+def mkl_functions() -> tuple[int, int] | None:
+    """Addresses of MKL's sgemm and mkl_set_num_threads_local inside torch (x86 builds link MKL in), or
+    None where torch has no MKL."""
+    try:
+        torch_cpu = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        return (ctypes.cast(torch_cpu.sgemm_, ctypes.c_void_p).value,
+                ctypes.cast(torch_cpu.MKL_Set_Num_Threads_Local, ctypes.c_void_p).value)
+    except (OSError, AttributeError):
+        return None
 
 
 class NativeConvPool:
@@ -96,8 +100,10 @@ class NativeConvPool:
         """Gradients of the conv weight (32, 9) and bias (32), given dloss/dh of the last forward."""
         x, h, which = self.saved
         grad_weight, grad_bias = torch.empty(32, 9), torch.empty(32)
-        self.lib.conv_pool_backward(x.data_ptr(), len(x), h.data_ptr(), which.data_ptr(), gh.contiguous().data_ptr(),
-                                    grad_weight.data_ptr(), grad_bias.data_ptr(), torch.get_num_threads())
+        if self.lib.conv_pool_backward(x.data_ptr(), len(x), h.data_ptr(), which.data_ptr(),
+                                       gh.contiguous().data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr(),
+                                       torch.get_num_threads()):
+            raise MemoryError("conv_pool_backward: no memory for the partial sums")
         return grad_weight, grad_bias
 
 
@@ -141,15 +147,81 @@ def conv_pool_stage() -> NativeConvPool | TorchConvPool:
     return NativeConvPool(lib) if lib is not None else TorchConvPool()
 
 
+class TorchDense:
+    """The dense layers' matrix products as torch ops: MKL splits each by the thread count, so the bits
+    depend on it."""
+
+    thread_invariant = False
+
+    def mm(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None, beta: float = 0.0):
+        """x @ y, or into out: out = beta * out + x @ y."""
+        return x @ y if out is None else torch.addmm(out, x, y, beta=beta, out=out)
+
+    def linear(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        return torch.addmm(layer.bias, x, layer.weight.t())
+
+
+def blas_layout(t: torch.Tensor) -> tuple[bytes, int, torch.Tensor]:
+    """(transpose flag, leading dimension, tensor) that hand the row-major t to a column-major BLAS as t^T."""
+    if t.stride(1) == 1 and t.stride(0) >= max(1, t.shape[1]):
+        return b"N", t.stride(0), t
+    if t.stride(0) == 1 and t.stride(1) >= max(1, t.shape[0]):
+        return b"T", t.stride(1), t
+    t = t.contiguous()
+    return b"N", max(1, t.shape[1]), t
+
+
+class NativeDense:
+    """The same products through MKL's sgemm in fixed blocks, one thread per block (conv_pool.c's
+    gemm_blocks): the same bits on any number of threads."""
+
+    thread_invariant = True
+    SPLIT_FROM = 1 << 20  # multiply-adds from which a product is cut into BLOCKS blocks (else one)
+    BLOCKS = 4
+
+    def __init__(self, lib: ctypes.CDLL, sgemm: int, local_threads: int) -> None:
+        self.lib, self.sgemm, self.local_threads = lib, sgemm, local_threads
+
+    def mm(self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None, beta: float = 0.0):
+        """x @ y, or into out (contiguous): out = beta * out + x @ y."""
+        if out is None:
+            out, beta = torch.empty(x.shape[0], y.shape[1]), 0.0
+        elif not out.is_contiguous():
+            raise ValueError("NativeDense.mm writes into contiguous tensors only")
+        rows, inner, cols = x.shape[0], x.shape[1], y.shape[1]
+        # column-major: out^T (cols x rows) = y^T (cols x inner) @ x^T (inner x rows)
+        (trans_a, lda, y), (trans_b, ldb, x) = blas_layout(y), blas_layout(x)
+        blocks = self.BLOCKS if rows * inner * cols >= self.SPLIT_FROM else 1
+        # cut the largest dimension: the blocks then stay large enough for MKL's kernels
+        split = (cols, rows, inner).index(max(cols, rows, inner))
+        if self.lib.gemm_blocks(self.sgemm, self.local_threads, trans_a, trans_b, cols, rows, inner, 1.0,
+                                y.data_ptr(), lda, x.data_ptr(), ldb, beta, out.data_ptr(), max(1, cols), blocks,
+                                split, torch.get_num_threads()):
+            raise MemoryError("gemm_blocks: no memory for the blocks' products")
+        return out
+
+    def linear(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        # a fresh copy of the bias per row: for one row, expand(...).contiguous() would be the bias itself,
+        # and the product would be written into the layer's parameter
+        out = torch.empty(len(x), layer.out_features).copy_(layer.bias)
+        return self.mm(x, layer.weight.t(), out, beta=1.0)
+
+
+def dense_products(stage: NativeConvPool | TorchConvPool) -> NativeDense | TorchDense:
+    """Blocked products beside the C kernel where torch has MKL; torch's products otherwise."""
+    functions = mkl_functions() if isinstance(stage, NativeConvPool) else None
+    return NativeDense(stage.lib, *functions) if functions else TorchDense()
+
+
 @torch.no_grad()
 def baseline_logits(m: torch.nn.Module, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Inference in the same layout, several times faster than the NCHW modules on CPU. Chunks of 256
     images keep each stage's output near the cache instead of streaming it through memory."""
     stage, out = conv_pool_stage(), []
+    dense = dense_products(stage)
     for c in x.split(chunk):
         h = stage.forward(c, m.conv, keep=False)
-        a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()
-        out.append(torch.addmm(m.fc2.bias, a, m.fc2.weight.t()))
+        out.append(dense.linear(dense.linear(h, m.fc1).relu_(), m.fc2))
     return torch.cat(out) if out else x.new_empty(0, 10)
 
 
@@ -189,7 +261,8 @@ class BaselineSGDStep:
     """Callable (x, y) -> (summed loss, correct count) that also applies one SGD-momentum update.
 
     The momentum buffers are the optimizer's own state, so checkpoints and resume see a normal
-    torch.optim.SGD; learning rate and momentum are read from it at every step.
+    torch.optim.SGD; learning rate and momentum are read from it at every step. Where its bits do not
+    depend on the thread count (thread_invariant), each step lets the thread count follow the load.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.SGD) -> None:
@@ -202,25 +275,29 @@ class BaselineSGDStep:
                 state["momentum_buffer"] = torch.zeros_like(p)
         self.buffers = [optimizer.state[p]["momentum_buffer"] for p in self.params]
         self.stage = conv_pool_stage()
+        self.dense = dense_products(self.stage)
+        self.thread_invariant = isinstance(self.stage, NativeConvPool) and self.dense.thread_invariant
         self.eye = torch.eye(model.fc2.out_features)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m, n, mu = self.model, x.shape[0], self.group["momentum"]
+        if self.thread_invariant:
+            machine.adapt_threads()
+        m, n, mu, dense = self.model, x.shape[0], self.group["momentum"], self.dense
         buf_w1, buf_b1, buf_w2, buf_b2, buf_w3, buf_b3 = self.buffers
 
         h = self.stage.forward(x, m.conv)
-        a = torch.addmm(m.fc1.bias, h, m.fc1.weight.t()).relu_()
-        logits = torch.addmm(m.fc2.bias, a, m.fc2.weight.t())
+        a = dense.linear(h, m.fc1).relu_()
+        logits = dense.linear(a, m.fc2)
         loss = F.cross_entropy(logits, y, reduction="sum")
         correct = (logits.argmax(1) == y).sum()
 
         g = torch.softmax(logits, 1).sub_(self.eye[y]).div_(n)  # d(mean loss)/d(logits)
-        ga = aten.threshold_backward(g @ m.fc2.weight, a, 0)
-        grad_conv_w, grad_conv_b = self.stage.backward(ga @ m.fc1.weight)
+        ga = aten.threshold_backward(dense.mm(g, m.fc2.weight), a, 0)
+        grad_conv_w, grad_conv_b = self.stage.backward(dense.mm(ga, m.fc1.weight))
 
-        torch.addmm(buf_w3, g.t(), a, beta=mu, out=buf_w3)
-        torch.addmm(buf_w2, ga.t(), h, beta=mu, out=buf_w2)
+        dense.mm(g.t(), a, buf_w3, beta=mu)
+        dense.mm(ga.t(), h, buf_w2, beta=mu)
         buf_w1.view(32, 9).mul_(mu).add_(grad_conv_w)
         buf_b1.mul_(mu).add_(grad_conv_b)
         buf_b2.mul_(mu).add_(ga.sum(0))

@@ -260,14 +260,20 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, metadata) of a file save_tensors wrote; ModelFileError for anything else."""
+    """The tensors of a safetensors file, each copied into memory of its own, and its JSON metadata.
+
+    safetensors maps the file and returns views at 8 + header length + offset bytes into it: 8-byte
+    aligned, at a position that depends on the metadata's length. A momentum buffer restored there and
+    written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
+    in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+        tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
     if META_KEY not in header:

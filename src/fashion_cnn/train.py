@@ -26,6 +26,7 @@ from .augment import make_augment
 from .data import Dataset, to_float
 from .inference import loss_and_accuracy
 from . import calibration
+from . import machine
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
                    save_checkpoint, save_model, write_atomic, write_json)
@@ -97,8 +98,9 @@ class TrainConfig:
     amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision; AMX on recent Xeons)")
     seed: int = opt(1, "same seed, same numbers on the same machine", AT_LEAST_0)
     device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
-    threads: int = opt(0, "CPU threads (0: torch's default, one per core); fewer is steadier when other work "
-                          "shares the cores", AT_LEAST_0)
+    threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
+                          "processes leave free, re-chosen as the load changes (its results do not depend on it)",
+                       AT_LEAST_0)
     limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
                                         "(default: all)", AT_LEAST_1)
     data: str | None = opt(None, "fashion-mnist (the default), a folder of IDX files (MNIST, KMNIST, EMNIST "
@@ -514,26 +516,12 @@ def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) ->
 
 
 @contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Run with n CPU threads (0: as it is), then restore the caller's count."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
-    """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed
-    (tiny gradients late in training slow CPU arithmetic many times over; flushing them to zero changes
-    nothing measurable), and a log. Under torchrun, rank 0 opens it and the others share it
-    (distributed.shared_run), each process with its share of the node's cores unless --threads says."""
-    torch.set_flush_denormal(True)
+    """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed on
+    every thread (machine.flush_denormals), and a log. Under torchrun, rank 0 opens it and the others
+    share it (distributed.shared_run), each process with its share of the node's cores unless --threads says."""
     with (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume)) as run,
-          threads(cfg.threads or distributed.default_threads())):
+          machine.threads_for_job(cfg.threads or distributed.default_threads())):
         if resume and cfg.epochs != run.config["epochs"] and distributed.is_main():
             write_json(run.dir / "config.json", {"job": job, **asdict(cfg)})
             log.info(f"continuing to {cfg.epochs} epochs (the run was set to {run.config['epochs']})")
@@ -542,11 +530,10 @@ def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator
 
 def machine_name(device: torch.device) -> str:
     """What trained the model, for reports: the GPU, else the CPU model and the threads torch used."""
-    from .fastpath import cpu_model
-
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    job = machine.job_threads()
+    return f"{machine.cpu_model()}, {job.describe() if job else f'{torch.get_num_threads()} threads'}"
 
 
 def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: Dataset, **results) -> dict:
