@@ -57,6 +57,17 @@ def others_busy_now(seconds: float = 2.0) -> float:
     return share
 
 
+# --- the data ------------------------------------------------------------------------------------------
+
+def tutorial_fold1(n: int):
+    """(train indices, validation indices) of fold 1 of the tutorial's KFold(5, shuffle=True,
+    random_state=1): the split the speed benchmarks' recorded results used (`fashion-cnn cv` now stratifies)."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    return next(KFold(n_splits=5, shuffle=True, random_state=1).split(np.zeros((n, 1))))
+
+
 # --- timing; keras_baseline.py has its own copies, as it runs without torch in .venv-keras ------------
 
 def seconds(fn) -> float:

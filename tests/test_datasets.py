@@ -367,7 +367,7 @@ def test_data_and_evaluate_take_the_jobs_data_options(digits_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["evaluate", "--model", str(run), "--data", str(digits_dir), "--classes", "0,8",
                  "--test-fraction", "0.5"]) == 0
-    assert f"test accuracy: {100 * report['accuracy']:.2f}% on {sum(r['support'] for r in report['per_class'])} images" \
+    assert f"test accuracy: {100 * report['accuracy']:.2f}%, macro-F1 {report['macro_f1']:.4f}, on {report['images']} images" \
         in capsys.readouterr().out
     assert main(["evaluate", "--model", str(run), "--data", str(digits_dir)]) == 1  # ten classes, not two
     assert "predicts other classes (0, 8)" in capsys.readouterr().err

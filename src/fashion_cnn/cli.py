@@ -104,7 +104,7 @@ def add_job_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
                         "saved options (only --epochs may grow, with a constant learning rate)")
 
 
-DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir")
+DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, write_reports
+    from .evaluate import evaluate_model, format_confusion_matrix, format_per_class, format_scores, write_reports
     from .predict import resolve_model_path
     from .runs import load_model
 
@@ -157,9 +157,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"{path} predicts other classes ({', '.join(meta['class_names'])}) than "
                          f"{data.source} has ({', '.join(data.class_names)})")
     print(f"model: {path} ({meta['architecture']})")
-    report = evaluate_model(model, data.test_images, data.test_labels, meta["class_names"])
+    report = evaluate_model(model, data.test_images, data.test_labels, meta["class_names"], parts=data.test_parts)
     print(format_per_class(report) + "\n\n" + format_confusion_matrix(report))
-    print(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} images")
+    print(f"test accuracy: {format_scores(report)}")
     if args.out:
         paths = write_reports(report, Path(args.out))
         print("written: " + ", ".join(map(str, paths)))

@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .version import __version__
-from .data import FILES, DataError, find_data_dir, read_idx
+from .data import CLASS_NAMES, FILES, DataError, find_data_dir, read_idx
 from .predict import MAX_BYTES, Prediction, Predictor, as_record, png_bytes
 
 MAX_FILES = 16
@@ -63,14 +63,17 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
-    """(label, PNG) for the first test image of each class; none where the dataset is not installed."""
+    """(label, PNG) for the first Fashion-MNIST test image of each class; none where the dataset is not
+    installed, or the model predicts other classes (a model of your own data)."""
+    if list(class_names) != list(CLASS_NAMES):
+        return []
     try:
         directory = find_data_dir(download=False)
         images = read_idx(directory / FILES["test_images"].name, FILES["test_images"].magic)
         labels = read_idx(directory / FILES["test_labels"].name, FILES["test_labels"].magic)
     except DataError:
         return []
-    firsts = sorted(int(np.argmax(labels == c)) for c in np.unique(labels) if c < len(class_names))
+    firsts = sorted(int(np.argmax(labels == c)) for c in np.unique(labels))
     return [(class_names[labels[i]], png_bytes(images[i])) for i in firsts]
 
 
@@ -107,7 +110,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     # one batch, never runs several batches at once.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
     app = FastAPIOffline(title="fashion-cnn", version=__version__,
-                         description="Classify images of clothing with a CNN trained on Fashion-MNIST.",
+                         description=f"Classify images with a CNN ({predictor.meta['architecture']}) into its "
+                                     f"classes: {', '.join(predictor.class_names)}.",
                          swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
@@ -131,7 +135,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
 
     @app.get("/samples")
     async def list_samples() -> list[Sample]:
-        """A few Fashion-MNIST test images to try (empty when the dataset is not installed)."""
+        """A few Fashion-MNIST test images to try (empty when the dataset is not installed or the model
+        predicts other classes)."""
         return [Sample(name=f"{label} (test image)", label=label, url=f"/samples/{i}.png")
                 for i, (label, _) in enumerate(samples)]
 

@@ -73,7 +73,8 @@ async function trySample(sample) {
 async function showModel() {
   const meta = await (await fetch("/model")).json();
   const accuracy = meta.test_accuracy == null ? "" : `, test accuracy ${percent(meta.test_accuracy)}`;
-  $("model-info").textContent = `model: ${meta.architecture}${accuracy} (${meta.file})`;
+  $("model-info").textContent = `model: ${meta.architecture}${accuracy} (${meta.file}); ` +
+    `classes: ${meta.class_names.join(", ")}`;
 }
 
 async function showSamples() {
