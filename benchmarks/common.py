@@ -13,7 +13,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from sample_images import CANVAS, render_photo, write_digits_folder  # noqa: E402,F401  (re-exported)
+from sample_images import (CANVAS, folder_name, render_photo, write_digits_folder,  # noqa: E402,F401  (re-exported)
+                           write_photo_folder)
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 
 
@@ -74,6 +75,16 @@ def seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def measured(fn) -> tuple[object, dict]:
+    """fn()'s result, and its wall and CPU seconds (this process and its finished children, all threads)
+    with the share of the CPUs that other processes used meanwhile: on a busy machine, CPU seconds are
+    the steadier measure."""
+    since, wall, cpu = cpu_snapshot(), time.perf_counter(), own_cpu_seconds()
+    result = fn()
+    return result, {"wall_s": time.perf_counter() - wall, "cpu_s": own_cpu_seconds() - cpu,
+                    "other_cpu_share": other_cpu_share(since)}
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -123,11 +123,12 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
             macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
                                             cfg.eval_batch_size)["macro_f1"]
-            log.info(f"fold {fold}/{len(splits)}: accuracy {100 * state.result['val_accuracy']:.3f}%, "
-                     f"macro-F1 {macro_f1[fold]:.4f}" + (f" (best epoch {state.best_epoch})" if state.best_epoch else ""))
+            log.info(f"fold {fold}/{len(splits)}: accuracy {100 * state.result['val_accuracy']:.3f}%, macro-F1 "
+                     f"{macro_f1[fold]:.4f}" + (f" (best epoch {state.best_epoch})" if state.best_epoch else ""))
 
         summary = summarize([s.result["val_accuracy"] for s in states.values()])
-        summary |= {"fold_macro_f1": list(macro_f1.values()), "macro_f1_mean": float(np.mean(list(macro_f1.values()))),
+        summary |= {"fold_macro_f1": list(macro_f1.values()),
+                    "macro_f1_mean": float(np.mean(list(macro_f1.values()))),
                     "best_epochs": [s.best_epoch for s in states.values()],
                     "seconds_this_session": time.perf_counter() - started}
         write_json(run.dir / "cv_results.json", summary)

@@ -119,8 +119,9 @@ class TrainConfig:
                                      "count)), so each class counts alike however many images it has",
                              choices=CLASS_WEIGHTS)
     init: str | None = opt(None, "fine-tune: start from this trained model (a model file, a run directory, or "
-                                 "'packaged', the model shipped with fashion-cnn); its classifier head is "
-                                 "replaced when the data's classes differ from its own")
+                                 "'packaged', the model shipped with fashion-cnn), of its architecture; its "
+                                 "classifier head keeps the classes it knows by name, and is replaced when the "
+                                 "data has others")
     freeze_backbone: bool = opt(False, "with --init: train only the classifier head; the rest, batch-norm "
                                        "statistics included, stays as --init has it")
     out: str = opt(RUNS_ROOT, "each run writes into a new directory under this one")
