@@ -28,7 +28,7 @@ class ModelSpec:
     name: str
     build: Callable[..., nn.Module]  # (num_classes) -> model
     description: str
-    head: str  # the attribute holding the final nn.Linear (features -> classes): fine-tuning replaces it
+    head: str  # the attribute holding the final nn.Linear (features -> classes), which fine-tuning may replace
     recipe: dict = field(default_factory=dict)  # TrainConfig fields this model trains best with
     fast_logits: FastLogits | None = None  # inference without autograd's modules (inference.predict_logits)
     fast_step: FastStep | None = None  # (model, optimizer, cfg) -> training step (train.make_step)
