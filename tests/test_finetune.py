@@ -117,7 +117,7 @@ def test_frozen_backbone_stays_in_eval_mode_while_training():
 def test_finetune_run_records_its_init_and_resumes_exactly_without_it(tiny_data_dir, tmp_path, monkeypatch):
     data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
     data.class_names = [f"c{k}" for k in range(10)]  # not the init file's: a new head
-    init = saved_model(tmp_path / "init.safetensors", "fast")
+    init = saved_model(tmp_path / "init.safetensors", "baseline")
     cfg = TrainConfig(init=str(init), epochs=2, batch_size=50, device="cpu", out=str(tmp_path / "runs"))
     reference = train_final(cfg, data=data)
     meta = load_model(reference.model_path)[1]
