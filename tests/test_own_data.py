@@ -14,7 +14,7 @@ from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
 from fashion_cnn.predict import packaged_model, predict
 from fashion_cnn.runs import load_model
-from sample_images import folder_name, write_digits_folder, write_photo_folder
+from sample_images import write_digits_folder, write_photo_folder
 
 DIGITS = ["1", "4", "7"]
 
