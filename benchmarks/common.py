@@ -13,12 +13,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from sample_images import CANVAS, render_photo, write_digits_folder  # noqa: E402,F401  (re-exported)
+from sample_images import (CANVAS, folder_name, render_photo, write_digits_folder,  # noqa: E402,F401  (re-exported)
+                           write_photo_folder)
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 from fashion_cnn.runs import write_json  # noqa: E402
-from fashion_cnn.machine import cpu_snapshot, other_cpu_share  # noqa: E402,F401  (re-exported)
+from fashion_cnn.machine import cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
 
 
 # --- the machine: what else is running ---------------------------------------------------------------
@@ -62,12 +63,33 @@ def run_measured(cmd: list[str]) -> dict:
     return run_measured_together([cmd])[0]
 
 
+# --- the data ------------------------------------------------------------------------------------------
+
+def tutorial_fold1(n: int):
+    """(train indices, validation indices) of fold 1 of the tutorial's KFold(5, shuffle=True,
+    random_state=1): the split the speed benchmarks' recorded results used (`fashion-cnn cv` now stratifies)."""
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    return next(KFold(n_splits=5, shuffle=True, random_state=1).split(np.zeros((n, 1))))
+
+
 # --- timing; keras_baseline.py has its own copies, as it runs without torch in .venv-keras ------------
 
 def seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def measured(fn) -> tuple[object, dict]:
+    """fn()'s result, and its wall and CPU seconds (this process and its finished children, all threads)
+    with the share of the CPUs that other processes used meanwhile: on a busy machine, CPU seconds are
+    the steadier measure."""
+    since, wall, cpu = cpu_snapshot(), time.perf_counter(), own_cpu_seconds()
+    result = fn()
+    return result, {"wall_s": time.perf_counter() - wall, "cpu_s": own_cpu_seconds() - cpu,
+                    "other_cpu_share": other_cpu_share(since)}
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
-from common import (HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds, render_photo, seconds,
-                    write_digits_folder)
+from common import (HERE, cpu_snapshot, folder_name, other_cpu_share, others_busy_now, own_cpu_seconds, seconds,
+                    write_digits_folder, write_photo_folder)
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.datasets import load_dataset
 from fashion_cnn.predict import preprocess
@@ -31,12 +30,8 @@ from fashion_cnn.runs import write_json
 
 def write_photos(root: Path, n: int) -> None:
     data = load_fashion_mnist(download=False)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        folder = data.class_names[int(data.test_labels[i])].replace("/", "-")  # T-shirt/top: not a folder name
-        path = root / folder / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(render_photo(data.test_images[i].numpy(), rng))
+    write_photo_folder(root, data.test_images.numpy(), data.test_labels.numpy(),
+                       [folder_name(c) for c in data.class_names], range(n))
 
 
 def timed(fn) -> dict:

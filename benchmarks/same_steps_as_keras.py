@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist, to_float
 from fashion_cnn.inference import loss_and_accuracy
 from fashion_cnn.models import create_model
 from fashion_cnn.train import TrainConfig, make_optimizer, make_step
-from common import HERE, run_keras
+from common import HERE, run_keras, tutorial_fold1
 
 
 def baseline_from_keras(weights: np.lib.npyio.NpzFile) -> torch.nn.Module:
@@ -67,7 +66,7 @@ def main() -> None:
 
     data_dir = find_data_dir(args.data_dir)
     data = load_fashion_mnist(data_dir)
-    train_idx, val_idx = kfold_splits(len(data.train_images), 5, 1)[0]
+    train_idx, val_idx = tutorial_fold1(len(data.train_images))
     rng = np.random.default_rng(args.seed)
     orders = np.stack([rng.permutation(len(train_idx)) for _ in range(args.epochs)])
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_cnn.crossval import kfold_splits
 from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.machine import cpu_model, flush_denormals
 from fashion_cnn.train import TrainConfig, TrainState, fit
-from common import HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds
+from common import (HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds,
+                    tutorial_fold1)
 
 SIDES = ("keras", "fashion_cnn")
 
@@ -230,7 +230,7 @@ def main() -> None:
     start, load_before = cpu_snapshot(), os.getloadavg()
     data_dir = find_data_dir(args.data_dir)
     data = load_fashion_mnist(data_dir)
-    train_idx, val_idx = kfold_splits(len(data.train_images), 5, 1)[0]
+    train_idx, val_idx = tutorial_fold1(len(data.train_images))
     if args.limit:
         train_idx, val_idx = train_idx[:args.limit], val_idx[:max(1, args.limit // 4)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -70,3 +71,25 @@ def render_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
+
+
+def folder_name(class_name: str) -> str:
+    """A class name as a folder name: "T-shirt/top" -> "T-shirt-top" (a slash cannot be in one)."""
+    return class_name.replace("/", "-")
+
+
+def write_photo_folder(root: Path, images: np.ndarray, labels: np.ndarray, folders: Sequence[str | None],
+                       items: Iterable[int], seed: int = 0) -> list[Path]:
+    """root/<folders[label]>/<item>.jpg: each chosen item (of uint8 28x28 `images`) rendered as a photo;
+    items whose class has no folder (None) are left out."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in items:
+        folder = folders[int(labels[i])]
+        if folder is None:
+            continue
+        path = root / folder / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(render_photo(np.asarray(images[i]), rng))
+        paths.append(path)
+    return paths

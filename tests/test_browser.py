@@ -273,4 +273,5 @@ def test_an_unknown_image_is_shown_as_unknown(model_file, page, tmp_path):
         page.locator(".card.unknown").wait_for()
         assert page.locator(".card .class").text_content() == "unknown"
         assert page.locator(".card .note").text_content().endswith(f"(best guess: {guess})")
+        assert page.locator(".card figcaption").text_content() == f"evidence for {guess} (HiResCAM)"
     assert page.outside == []

@@ -103,6 +103,12 @@ BAD_OPTIONS = [
     (["--classes", "a,b", "--data", "fashion-mnist"], "--classes is for IDX files and image folders"),
     (["--data", "/", "--data-dir", "/tmp"], "give either --data-dir or --data PATH"),
     (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
+    (["--add-to", "mnist"], "invalid choice: 'mnist'"),
+    (["--add-to", "fashion-mnist", "--data", "fashion-mnist"], "--add-to fashion-mnist adds images of your own"),
+    (["--class-weights", "balanced"], "invalid choice: 'balanced'"),
+    (["--init", "/nonexistent.safetensors"], "--init /nonexistent.safetensors: no such file"),
+    (["--init", "FILE"], "not a readable safetensors file"),
+    (["--freeze-backbone"], "--freeze-backbone trains the head of an --init model: give --init too"),
     (["--out", "FILE"], "a file, not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
@@ -196,6 +202,8 @@ def test_every_job_option_acts(reads, tiny_data_dir, tmp_path):
     cv_reads = set(reads)
     assert main(["cv", "--folds", "1", "--val-size", "50", *common]) == 0
     assert main(["train", "--val-size", "50", "--early-stopping", "1", "--tensorboard", *common]) == 0
+    [trained] = tmp_path.glob("*-train")
+    assert main(["train", "--init", str(trained), "--freeze-backbone", "--class-weights", "auto", *common]) == 0
     fields = {f.name for f in dataclasses.fields(CVConfig)}
     assert reads == fields, fields - reads
     assert {"folds", "split_seed"} <= cv_reads
@@ -217,7 +225,7 @@ def test_every_option_of_every_command_is_covered():
     options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
                if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")
                and not (name in ("sweep", "tune") and opt in job_flags)}
-    data_options = {"--data", "--classes", "--test-fraction", "--data-dir"}
+    data_options = {"--data", "--classes", "--test-fraction", "--data-dir", "--add-to"}
     covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
@@ -233,7 +241,8 @@ def test_every_option_of_every_command_is_covered():
                    "--config", "--resume", "--space", "--trials", "--timeout", "--storage", "--study")),
                *(("lr-find", o) for o in job_flags_of(LRFIND_OPTIONS))}
     # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
-    # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options; predict: tests/test_predict.py;
+    # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options, --add-to in
+    # tests/test_own_data.py test_add_to_fashion_mnist; predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
     # serve: test_serve_passes_its_options_on below; sweep: tests/test_sweep.py;

@@ -11,24 +11,26 @@ from fashion_cnn import fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
 
 
-def test_kfold_splits_disjoint_covering_reproducible():
-    splits = kfold_splits(103, 5, seed=1)
+def test_kfold_splits_stratified_disjoint_covering_reproducible():
+    labels = np.repeat(np.arange(3), [60, 30, 13])[np.random.default_rng(0).permutation(103)]  # imbalanced
+    splits = kfold_splits(labels, 5, seed=1)
     assert len(splits) == 5
     all_val = np.concatenate([val for _, val in splits])
     assert sorted(all_val) == list(range(103))  # every image validated exactly once
     for fold_train, val in splits:
         assert not set(fold_train) & set(val)
         assert len(fold_train) + len(val) == 103
-        assert abs(len(val) - 103 / 5) < 1
-    again = kfold_splits(103, 5, seed=1)
+        # each class's share in every fold: 12, 6 and 2.6 of each class
+        assert np.abs(np.bincount(labels[val], minlength=3) - np.array([60, 30, 13]) / 5).max() < 1
+    again = kfold_splits(torch.from_numpy(labels), 5, seed=1)  # a tensor of labels as well
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
-    assert not np.array_equal(splits[0][1], kfold_splits(103, 5, seed=2)[0][1])
+    assert not np.array_equal(splits[0][1], kfold_splits(labels, 5, seed=2)[0][1])
     assert not np.array_equal(splits[0][1], np.arange(len(splits[0][1])))  # shuffled, not blocks
 
 
 def test_bad_fold_count():
     with pytest.raises(ValueError, match="--folds"):
-        kfold_splits(10, 1, 1)
+        kfold_splits(np.zeros(10), 1, 1)
 
 
 def small_cv(tmp_path) -> CVConfig:

@@ -338,6 +338,50 @@ def test_load_fashion_mnist_has_class_names(tiny_data_dir):
     assert load_fashion_mnist(tiny_data_dir, download=False, check=False).class_names == list(CLASS_NAMES)
 
 
+# --- your images added to Fashion-MNIST --------------------------------------------------------------
+
+def small_dataset(class_names, n_train, n_test, seed=0) -> "datasets.Dataset":
+    g = torch.Generator().manual_seed(seed)
+    k = len(class_names)
+    return datasets.Dataset(
+        train_images=torch.randint(0, 256, (n_train, 28, 28), generator=g, dtype=torch.uint8),
+        train_labels=torch.arange(n_train) % k, test_images=torch.randint(0, 256, (n_test, 28, 28), generator=g,
+                                                                          dtype=torch.uint8),
+        test_labels=torch.arange(n_test) % k, source=f"source {seed}", checksums={"train": "t"},
+        class_names=list(class_names))
+
+
+def test_class_names_match_by_their_letters_and_digits():
+    assert datasets.class_key("T-shirt/top") == datasets.class_key("tshirt_top") == datasets.class_key("T-Shirt Top")
+    assert datasets.class_key("Ankle boot") == datasets.class_key("ankle-boot") != datasets.class_key("boot")
+    assert datasets.class_mapping(["bag", "T-shirt-top"], CLASS_NAMES) == [8, 0]
+    assert datasets.class_mapping(["bag", "hat"], CLASS_NAMES) is None
+    assert datasets.class_mapping(["bag", "BAG"], CLASS_NAMES) is None  # two folders for one class
+
+
+def test_added_to_relabels_by_name_shuffles_the_training_images_and_keeps_the_test_parts_apart():
+    base = small_dataset(CLASS_NAMES, 50, 30)
+    own = small_dataset(["Sneaker", "tshirt-top"], 6, 4, seed=1)
+    both = datasets.added_to(base, own, "photos")
+    assert both.class_names == list(CLASS_NAMES) and both.test_parts == [("Fashion-MNIST", 30), ("photos", 4)]
+    assert torch.equal(both.test_images[30:], own.test_images)
+    assert both.test_labels[30:].tolist() == [7 if k == 0 else 0 for k in own.test_labels.tolist()]
+    assert len(both.train_images) == 56 and not torch.equal(both.train_images[:50], base.train_images)
+    for image, label in zip(own.train_images, own.train_labels):  # each photo is there, under its new label
+        [row] = [i for i in range(56) if torch.equal(both.train_images[i], image)]
+        assert both.train_labels[row] == (7 if label == 0 else 0)
+    assert "source 0 + source 1" == both.source and "photos/train" in both.checksums
+    with pytest.raises(DataError, match="class folders hat do not each name one class"):
+        datasets.added_to(base, small_dataset(["bag", "hat"], 4, 2), "photos")
+
+
+def test_add_to_needs_a_folder_of_your_own(tmp_path):
+    with pytest.raises(ValueError, match="--add-to fashion-mnist adds images of your own to it"):
+        load_dataset(None, add_to="fashion-mnist")
+    with pytest.raises(ValueError, match="unknown data set to add to 'mnist'"):
+        load_dataset(tmp_path, add_to="mnist")
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 def test_data_command_on_a_folder(digits_dir, tmp_path, capsys):
@@ -367,7 +411,7 @@ def test_data_and_evaluate_take_the_jobs_data_options(digits_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["evaluate", "--model", str(run), "--data", str(digits_dir), "--classes", "0,8",
                  "--test-fraction", "0.5"]) == 0
-    assert f"test accuracy: {100 * report['accuracy']:.2f}% on {sum(r['support'] for r in report['per_class'])} images" \
+    assert f"test accuracy: {100 * report['accuracy']:.2f}%, macro-F1 {report['macro_f1']:.4f}, on {report['images']} images" \
         in capsys.readouterr().out
     assert main(["evaluate", "--model", str(run), "--data", str(digits_dir)]) == 1  # ten classes, not two
     assert "predicts other classes (0, 8)" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_arrays
+from conftest import tiny_arrays, with_calibration
 from fashion_cnn.cli import main
 from fashion_cnn.data import to_float
 from fashion_cnn.explain import cam_layer, evidence_on_object, heatmaps
@@ -146,6 +146,20 @@ def test_bad_inputs_get_the_lines_predict_gives(model_file, tmp_path, capsys):
     assert code == predicted == 1
     assert err == predict_err and len(err.splitlines()) == len(inputs) - 1
     assert out.count(" -> ") == 1 and len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_an_unknown_image_is_explained_by_its_best_guess(model_file, tmp_path):
+    from fashion_cnn.explain import explain_predictions
+    from fashion_cnn.predict import Predictor
+
+    strict = with_calibration(model_file, tmp_path / "strict.safetensors",
+                              {"temperature": 1.0, "unknown": {"score": "max_probability", "threshold": 0.99}})
+    predictor = Predictor(strict)
+    [p] = predictor.predict([encode(garment(), "PNG")])
+    assert p.unknown and p.class_index is None
+    guess = predictor.class_names.index(p.top_k[0][0])
+    [heat] = explain_predictions(predictor, [p])
+    np.testing.assert_array_equal(heat, heatmaps(predictor.model, p.image[None], [guess])[0])
 
 
 # --- the web API ---------------------------------------------------------------------------------------

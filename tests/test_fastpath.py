@@ -49,6 +49,23 @@ def test_first_step_gradients_match_autograd(n, stage):
                                    msg=name)
 
 
+def test_class_weighted_step_matches_autograd(stage):
+    """--class-weights auto: the fast step takes the weighted mean loss, as F.cross_entropy(weight=...)."""
+    reference, opt_ref, fast, opt_fast = twin_models()
+    weights = torch.linspace(0.2, 3.0, 10)
+    x, y = batch(32, seed=11)
+    logits = reference(x)
+    ref_loss = F.cross_entropy(logits, y, weight=weights)
+    ref_loss.backward()
+    opt_ref.step()
+    loss, _ = fastpath.fast_step(fast, opt_fast, class_weights=weights)(x, y)
+    torch.testing.assert_close(loss, ref_loss.detach() * len(y), rtol=1e-5, atol=1e-5)
+    unweighted = F.cross_entropy(logits, y).detach() * len(y)
+    assert abs(loss - unweighted) > 1e-3  # the weights changed the loss
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(opt_fast.state[q]["momentum_buffer"], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_training_matches_autograd_and_sgd_over_steps(stage):
     reference, opt_ref, fast, opt_fast = twin_models()
     step = fastpath.BaselineSGDStep(fast, opt_fast)
@@ -73,6 +90,8 @@ def test_fast_step_only_where_it_computes_the_same_update():
                   torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
                   torch.optim.AdamW(model.parameters())):
         assert not fastpath.supports(model, other)
+    # a frozen backbone's optimizer holds the head alone: the step that updates all six tensors steps aside
+    assert not fastpath.supports(model, torch.optim.SGD(model.fc2.parameters(), lr=0.01, momentum=0.9))
     assert fastpath.fast_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
                               label_smoothing=0.1) is None
     # the registry's specs choose the fast paths: only the baseline names them

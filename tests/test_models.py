@@ -40,6 +40,18 @@ def test_model_builds_with_documented_parameter_count(name):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_spec_names_the_final_linear_layer_as_the_head(name):
+    model = create_model(name, num_classes=3).eval()
+    head = getattr(model, REGISTRY[name].head)
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 3
+    x = torch.rand(2, 1, 28, 28)
+    features = []
+    head.register_forward_hook(lambda module, args, out: features.append(args[0]))
+    logits = model.logits(x)
+    torch.testing.assert_close(logits, head(features[0]))  # nothing after it: it makes the logits
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_recipe_names_config_fields_and_fills_unset_ones(name):
     recipe = REGISTRY[name].recipe
     assert set(recipe) <= {f.name for f in dataclasses.fields(TrainConfig)}

@@ -134,7 +134,7 @@ def add_job_options(parser: argparse.ArgumentParser, config_cls: type, several: 
     parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
 
 
-DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir")
+DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +214,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_file, format_confusion_matrix, format_per_class
+    from .evaluate import evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
 
     from .runs import check_output_dir
@@ -223,8 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_file(resolve_model_path(args.model), load_job_data(args), out)
     print(f"model: {result.model_path} ({result.meta['architecture']})")
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
-    images = sum(row["support"] for row in result.report["per_class"])
-    print(f"test accuracy: {100 * result.report['accuracy']:.2f}% on {images:,} images")
+    print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
         print("written: " + ", ".join(map(str, result.written)) + f"\nreport: {result.html}")
 

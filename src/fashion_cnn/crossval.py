@@ -10,19 +10,20 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold
+from sklearn.model_selection import StratifiedKFold
 
 from . import distributed, tensorboard_log
-from .data import Dataset
+from .data import Dataset, class_counts
 from .runs import csv_bytes, write_atomic, write_json
 from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
-                    opt, start_job)
+                    log_class_counts, opt, start_job)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -45,11 +46,15 @@ class CVConfig(TrainConfig):
                              "needs --val-size); k-fold cross-validation validates on each fold in turn")
 
 
-def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train indices, validation indices) per fold, as scikit-learn's shuffled KFold gives them."""
-    if not 2 <= folds <= n:
-        raise ValueError(f"--folds must be between 2 and the number of images ({n}), got {folds}")
-    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((n, 1))))
+def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, validation indices) per fold, stratified: each fold holds each class's share of
+    the images (scikit-learn's shuffled StratifiedKFold), so a small class is validated in every fold."""
+    labels = np.asarray(labels)
+    if not 2 <= folds <= len(labels):
+        raise ValueError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
+    with warnings.catch_warnings():  # a class with fewer images than folds: cross_validate logs it
+        warnings.simplefilter("ignore", UserWarning)
+        return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels))
 
 
 def cv_splits(cfg: CVConfig, labels: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -58,7 +63,7 @@ def cv_splits(cfg: CVConfig, labels: torch.Tensor) -> list[tuple[np.ndarray, np.
     if cfg.folds == 1:
         (train_idx, _), (val_idx, _) = holdout_split(torch.arange(len(labels)), labels, cfg.val_size)
         return [(train_idx.numpy(), val_idx.numpy())]
-    return kfold_splits(len(labels), cfg.folds, cfg.split_seed)
+    return kfold_splits(labels, cfg.folds, cfg.split_seed)
 
 
 def summarize(fold_accuracies: list[float]) -> dict:
@@ -96,6 +101,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     on_epoch: called after every epoch with the histories of the folds so far (fold number -> rows), the
     ones finished before a resume included: the seam for reporting progress, e.g. to a pruner.
     """
+    from .evaluate import evaluate_model
     from .plots import fold_boxplot, learning_curves, save_figure
     from .report import write_report
 
@@ -109,10 +115,16 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     world = distributed.world()
     with start_job(cfg, "cv", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
-                 + (f"{cfg.folds} folds" if cfg.folds > 1 else f"{cfg.val_size} held out") + f", model {cfg.model})")
+                 + (f"{cfg.folds} stratified folds" if cfg.folds > 1 else f"{cfg.val_size} held out")
+                 + f", model {cfg.model})")
+        log_class_counts(labels, data.class_names, cfg)
+        few = [name for name, n in zip(data.class_names, class_counts(labels, len(data.class_names))) if n < cfg.folds]
+        if few and cfg.folds > 1:
+            log.info(f"fewer images than folds in class {', '.join(few)}: some folds validate none of them")
         started = time.perf_counter()
         histories: dict[int, History] = {}
         states: dict[int, TrainState] = {}
+        macro_f1: dict[int, float] = {}
 
         def write_metrics(row: dict) -> None:
             rows = [{"fold": k, **r} for k, h in histories.items() for r in h]
@@ -122,35 +134,38 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             for callback in on_epoch:
                 callback(histories)
 
-        def fold_line(fold: int, accuracy: float, best_epoch: int | None) -> str:
-            return (f"fold {fold}/{len(splits)}: accuracy {100 * accuracy:.3f}%"
+        def fold_line(fold: int, accuracy: float, macro_f1: float, best_epoch: int | None) -> str:
+            return (f"fold {fold}/{len(splits)}: accuracy {100 * accuracy:.3f}%, macro-F1 {macro_f1:.4f}"
                     + (f" (best epoch {best_epoch})" if best_epoch else ""))
 
         for fold, (train_idx, val_idx) in enumerate(splits, start=1):
             if (fold - 1) % world.size != world.rank:
                 continue  # another process's fold
+            train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
             ckpt = run.dir / f"checkpoint-fold{fold}.safetensors"
-            state = states[fold] = TrainState.create(cfg, len(data.class_names), fold - 1)
-            if ckpt.exists():
-                state.load(ckpt)
+            state = states[fold] = TrainState.create(cfg, data.class_names, fold - 1, checkpoint=ckpt)
             histories[fold] = state.history  # fit appends to it: metrics.csv shows the epochs so far
             if not state.done(cfg):
-                train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
                 with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard" / f"fold{fold}") as tb:
                     fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
                         keys=(fold - 1,), checkpoint=ckpt,
                         on_epoch=[*([write_metrics] if world.is_main else []), report, *tb],
                         desc=f"fold {fold}/{len(splits)} ")
-            log.info(fold_line(fold, state.result["val_accuracy"], state.best_epoch))
+            # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
+            macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
+                                            cfg.eval_batch_size)["macro_f1"]
+            log.info(fold_line(fold, state.result["val_accuracy"], macro_f1[fold], state.best_epoch))
 
-        folds = distributed.gather_dict({k: {"history": s.history, "best_epoch": s.best_epoch,
+        folds = distributed.gather_dict({k: {"history": s.history, "best_epoch": s.best_epoch, "macro_f1": macro_f1[k],
                                              "accuracy": s.result["val_accuracy"]} for k, s in states.items()})
         for k, r in folds.items():
             if k not in states:
-                log.info(f"{fold_line(k, r['accuracy'], r['best_epoch'])} (rank {(k - 1) % world.size})")
+                log.info(f"{fold_line(k, r['accuracy'], r['macro_f1'], r['best_epoch'])} (rank {(k - 1) % world.size})")
         histories = {k: History(r["history"]) for k, r in folds.items()}
         summary = summarize([r["accuracy"] for r in folds.values()])
-        summary |= {"best_epochs": [r["best_epoch"] for r in folds.values()],
+        summary |= {"fold_macro_f1": [r["macro_f1"] for r in folds.values()],
+                    "macro_f1_mean": float(np.mean([r["macro_f1"] for r in folds.values()])),
+                    "best_epochs": [r["best_epoch"] for r in folds.values()],
                     "seconds_this_session": time.perf_counter() - started}
         if not world.is_main:
             return CVResult(run.dir, histories, summary)  # rank 0 writes the files
@@ -160,7 +175,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                                  best_epochs={f"fold {k}": r["best_epoch"] for k, r in folds.items()})
         save_figure(curves, run.dir / "learning_curves.png")
         save_figure(fold_boxplot(summary["fold_accuracies"]), run.dir / "fold_accuracies.png")
-        log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)})\n"
+        log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)}), "
+                 f"macro-F1 mean {summary['macro_f1_mean']:.4f}\n"
                  f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
                  f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
                  f"report: {write_report(run.dir, data)}\n"

@@ -80,6 +80,8 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): what the import left out
     duplicates: list[tuple[str, ...]] = field(default_factory=list)  # identical files in 2 classes or splits
     notes: list[str] = field(default_factory=list)  # other findings of the import, one line each
+    test_parts: list[tuple[str, int]] = field(default_factory=list)  # (name, count): consecutive blocks of
+    # the test set from different sources (--add-to), which reports score apart as well as together
 
 
 FashionMNIST = Dataset  # its name before other data sets could be loaded

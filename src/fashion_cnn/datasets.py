@@ -32,7 +32,7 @@ from .data import (CLASS_NAMES, FILES, DataError, Dataset, cache_dir, class_coun
 from .models import unknown
 from .runs import ModelFileError, load_tensors, save_tensors
 
-__all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "printable"]
+__all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "printable", "class_key"]
 
 NAMES = ("fashion-mnist",)
 MAX_FILES = 1_000_000  # image files in one folder; more is a mistake (the wrong folder) or an attack
@@ -49,14 +49,22 @@ IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}
 
 def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str] | None = None,
                  seed: int = 1, test_fraction: float = 0.2, data_dir: str | Path | None = None,
-                 download: bool = True) -> Dataset:
+                 download: bool = True, add_to: str | None = None) -> Dataset:
     """Fashion-MNIST (spec None or "fashion-mnist", from data_dir or the usual places), a folder of IDX
     files, or a folder of images.
 
     classes: names for an IDX folder's labels 0..K-1 (instead of its classes.txt), or for an image folder
     the class folders to use, in that order (default: all, sorted). A list, or one comma-separated string.
     seed, test_fraction: how an image folder without train/ and test/ is split (see `split_key`).
+    add_to: "fashion-mnist" adds the folder's images to Fashion-MNIST's (from data_dir); see `added_to`.
     """
+    if add_to is not None:
+        if str(add_to).lower() not in NAMES:
+            raise unknown("data set to add to", add_to, NAMES)
+        if spec is None or str(spec).lower() in NAMES:
+            raise ValueError(f"--add-to {add_to} adds images of your own to it: give them with --data DIR")
+        own = load_dataset(spec, classes=classes, seed=seed, test_fraction=test_fraction)
+        return added_to(load_fashion_mnist(data_dir, download=download), own, Path(spec).name)
     if spec is None or str(spec).lower() in NAMES:
         if classes is not None:
             raise ValueError("--classes is for IDX files and image folders; Fashion-MNIST has its own names")
@@ -511,6 +519,49 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
 
 
+# --- your images added to Fashion-MNIST ------------------------------------------------------------
+
+def class_key(name: str) -> str:
+    """What two class names must share to be the same class: their letters and digits, lower-cased.
+    "T-shirt/top" cannot be a folder name; "T-shirt-top", "tshirt_top" and "TShirt top" all match it."""
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
+def class_mapping(names: Sequence[str], onto: Sequence[str]) -> list[int] | None:
+    """For each of `names`, the index of the class of `onto` it matches by class_key; None unless every
+    name matches exactly one of `onto` and no two names match the same one."""
+    keys = [class_key(n) for n in onto]
+    found = [keys.index(class_key(n)) if keys.count(class_key(n)) == 1 else None for n in names]
+    return found if None not in found and len(set(found)) == len(found) else None
+
+
+def added_to(base: Dataset, own: Dataset, name: str) -> Dataset:
+    """`own`'s images added to `base`'s, each of own's classes relabelled as the class of base it is named
+    after (class_key). The training images are shuffled together once, by a fixed seed, so --limit
+    samples both; the test set is base's then own's, scored apart as well (Dataset.test_parts)."""
+    mapping = class_mapping(own.class_names, base.class_names)
+    if mapping is None:
+        known, seen = {class_key(n) for n in base.class_names}, Counter(class_key(n) for n in own.class_names)
+        wrong = [n for n in own.class_names if class_key(n) not in known or seen[class_key(n)] > 1]
+        raise DataError(f"{name}: class folders {', '.join(printable(n) for n in wrong)} do not each name one class "
+                        f"of {base.source}: {', '.join(base.class_names)} (compared by letters and digits, "
+                        "ignoring case: T-shirt-top is T-shirt/top)")
+    relabel = torch.tensor(mapping)
+    train_images = torch.cat([base.train_images, own.train_images])
+    train_labels = torch.cat([base.train_labels, relabel[own.train_labels]])
+    order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
+    parts = [("Fashion-MNIST", len(base.test_images)), (printable(name), len(own.test_images))]
+    return Dataset(
+        train_images=train_images[order], train_labels=train_labels[order],
+        test_images=torch.cat([base.test_images, own.test_images]),
+        test_labels=torch.cat([base.test_labels, relabel[own.test_labels]]),
+        source=f"{base.source} + {own.source}",
+        checksums={**base.checksums, **{f"{name}/{k}": v for k, v in own.checksums.items()}},
+        class_names=list(base.class_names), skipped=own.skipped, duplicates=own.duplicates,
+        notes=own.notes, test_parts=[(n, k) for n, k in parts if k],
+    )
+
+
 # --- the report ---------------------------------------------------------------------------------------
 
 def describe(ds: Dataset) -> list[str]:
@@ -518,7 +569,8 @@ def describe(ds: Dataset) -> list[str]:
     width = max(12, *(len(n) + 1 for n in ds.class_names))
     k = len(ds.class_names)
     lines = [f"source: {ds.source}",
-             f"train: {len(ds.train_images)} images, test: {len(ds.test_images)} images, 28x28 uint8",
+             f"train: {len(ds.train_images)} images, test: {len(ds.test_images)} images"
+             + "".join(f", {n} from {name}" for name, n in ds.test_parts) + ", 28x28 uint8",
              f"{'class':<{width}} {'train':>6} {'test':>6}"]
     lines += [f"{name:<{width}} {n_train:>6} {n_test:>6}" for name, n_train, n_test
               in zip(ds.class_names, class_counts(ds.train_labels, k), class_counts(ds.test_labels, k))]

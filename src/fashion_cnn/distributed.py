@@ -305,14 +305,15 @@ def sync_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def data_parallel_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
-                       amp: bool = False) -> Callable:
+                       amp: bool = False, class_weights: torch.Tensor | None = None) -> Callable:
     """train.make_step for one model trained on every process: (the global batch, its labels) -> (this
     process's summed loss, correct count) after one optimizer step.
 
     Each process takes its share of the batch (`share`); DistributedDataParallel averages the gradients,
     and each process's summed loss is scaled by world size / global batch size, so the gradient is that of
     the mean loss over the whole batch, as on one process, even for a last batch that does not divide
-    evenly. The baseline's hand-derived CPU step (fastpath.BaselineSGDStep) is not used: it adds its
+    evenly (with class weights: by world size / the global batch's summed weights, their weighted mean). The
+    baseline's hand-derived CPU step (fastpath.BaselineSGDStep) is not used: it adds its
     gradients straight into the momentum buffers inside its matrix products, where DDP cannot average
     them; autograd and DDP compute the same step.
     """
@@ -326,16 +327,16 @@ def data_parallel_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              f"(DistributedDataParallel{', SyncBatchNorm' if norms else ''})")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = w.size / len(x)
+        total = len(x) if class_weights is None else class_weights[y].sum()  # every process sees all of y
         lo, hi = share(len(x))
-        x, y = x[lo:hi], y[lo:hi]
+        n, x, y = len(x), x[lo:hi], y[lo:hi]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = ddp(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="sum")
+        loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=label_smoothing, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
-        (loss * scale).backward()
+        (loss * (w.size / total)).backward()
         optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
+        return (loss * (n / total)).detach(), (logits.argmax(1) == y).sum()
     return step
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .data import Dataset
 from .inference import predict_logits
@@ -20,12 +20,18 @@ log = logging.getLogger("fashion_cnn")
 
 
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   class_names: Sequence[str], batch_size: int = 1000) -> dict:
-    """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values."""
-    return score(predict_logits(model, images, batch_size, desc="evaluating"), labels, class_names)
+                   class_names: Sequence[str], batch_size: int = 1000,
+                   parts: Sequence[tuple[str, int]] = ()) -> dict:
+    """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values.
+
+    parts: (name, count) of consecutive blocks of the test set (Dataset.test_parts) to score apart too,
+    under "parts"; a part's macro-F1 averages the classes it holds.
+    """
+    return score(predict_logits(model, images, batch_size, desc="evaluating"), labels, class_names, parts)
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
+def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+          parts: Sequence[tuple[str, int]] = ()) -> dict:
     """evaluate_model's report from logits already computed."""
     labels = labels.cpu()
     pred = logits.argmax(1).numpy()
@@ -33,9 +39,10 @@ def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
     classes = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, pred, labels=classes, zero_division=0)
-    return {
+    report = {
         "accuracy": float((pred == truth).mean()),
         "macro_f1": float(np.mean(f1)),
+        "images": len(truth),
         "loss": F.cross_entropy(logits, labels).item(),
         "confusion_matrix": confusion_matrix(truth, pred, labels=classes).tolist(),
         "per_class": [
@@ -43,6 +50,25 @@ def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
             for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
         ],
     }
+    if parts:
+        bounds = np.cumsum([0, *(n for _, n in parts)])
+        report["parts"] = {name: part_scores(truth[a:b], pred[a:b])
+                           for (name, _), a, b in zip(parts, bounds, bounds[1:])}
+    return report
+
+
+def part_scores(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """Accuracy and macro-F1 over the classes present in `truth`."""
+    f1 = f1_score(truth, pred, labels=np.unique(truth), average="macro", zero_division=0) if len(truth) else 0.0
+    return {"accuracy": float((pred == truth).mean()) if len(truth) else 0.0, "macro_f1": float(f1),
+            "images": len(truth)}
+
+
+def format_scores(report: dict) -> str:
+    """`91.09%, macro-F1 0.9105, on 10,000 images`, then the same for each part of the test set."""
+    def line(r: dict) -> str:
+        return f"{100 * r['accuracy']:.2f}%, macro-F1 {r['macro_f1']:.4f}, on {r['images']:,} images"
+    return line(report) + "".join(f"; {name}: {line(r)}" for name, r in report.get("parts", {}).items())
 
 
 def format_per_class(report: dict) -> str:
@@ -104,7 +130,7 @@ def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None) -> E
         raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "
                          f"{data.source} has ({', '.join(data.class_names)})")
     logits = predict_logits(model, data.test_images, desc="evaluating")
-    report = score(logits, data.test_labels, meta["class_names"])
+    report = score(logits, data.test_labels, meta["class_names"], data.test_parts)
     if out is None:
         return Evaluation(model_path, meta, report, [], None)
     written = write_reports(report, out)

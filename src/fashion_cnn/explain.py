@@ -139,9 +139,11 @@ def explanation_png(p: Prediction, heat: np.ndarray) -> bytes:
 
 
 def explain_predictions(predictor: Predictor, predictions: list[Prediction]) -> list[np.ndarray | None]:
-    """The heat map of each prediction's class (None for inputs that could not be used)."""
+    """The heat map of each prediction's class, or of its best guess where the image is unknown (None for
+    inputs that could not be used)."""
     ok = [p for p in predictions if p.error is None]
-    found = iter(heatmaps(predictor.model, np.stack([p.image for p in ok]), [p.class_index for p in ok])
+    guesses = [int(np.argmax(p.probabilities)) for p in ok]
+    found = iter(heatmaps(predictor.model, np.stack([p.image for p in ok]), guesses)
                  if ok else [])
     return [None if p.error else next(found) for p in predictions]
 

@@ -1,7 +1,7 @@
 """Export to ONNX, so a model can be served with standard tools (onnxruntime, Triton, ...) without PyTorch.
 
 The exported graph takes float32 images (N, 28, 28) in [0, 1], a light garment on a dark background as in
-Fashion-MNIST (`predict.preprocess` returns exactly this), and returns class probabilities (N, 10):
+Fashion-MNIST (`predict.preprocess` returns exactly this), and returns class probabilities (N, classes):
 softmax is part of the graph, so a plain onnxruntime caller needs no post-processing beyond argmax. The
 batch dimension is dynamic. Class names and the source model's metadata travel in the file's
 metadata_props (`InferenceSession.get_modelmeta().custom_metadata_map`).
@@ -29,7 +29,7 @@ N_CHECK = 1000
 
 
 class Probabilities(nn.Module):
-    """images (N, 28, 28) in [0, 1] -> probabilities (N, 10): the model plus its channel axis and its
+    """images (N, 28, 28) in [0, 1] -> probabilities (N, classes): the model plus its channel axis and its
     calibrated softmax, softmax(logits / temperature)."""
 
     def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
@@ -63,7 +63,8 @@ def onnx_bytes(module: nn.Module, meta: dict) -> bytes:
     proto = program.model_proto
     for key, value in (("class_names", json.dumps(meta["class_names"])),
                        ("input", "float32 (N, 28, 28) in [0, 1], light garment on dark background"),
-                       ("output", "float32 (N, 10) class probabilities (calibrated: softmax(logits / temperature))"),
+                       ("output", f"float32 (N, {len(meta['class_names'])}) class probabilities, in the order "
+                                  "of class_names (calibrated: softmax(logits / temperature))"),
                        ("fashion_cnn", json.dumps(meta))):
         proto.metadata_props.add(key=key, value=value)
     return proto.SerializeToString()

@@ -239,35 +239,41 @@ def fast_logits(model: torch.nn.Module):
 
 
 def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    """True for the baseline on CPU under plain SGD with momentum: the update this step implements."""
+    """True for the baseline on CPU under plain SGD with momentum over all its parameters (not a frozen
+    backbone's head alone): the update this step implements."""
     if not on_cpu_in_float32(model):
         return False
     if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
+    if [id(p) for p in group["params"]] != [id(p) for p in model.parameters()]:
+        return False
     return (group["momentum"] > 0 and group["dampening"] == 0 and not group["nesterov"]
             and group["weight_decay"] == 0 and not group["maximize"])
 
 
 def fast_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
-              amp: bool = False) -> "BaselineSGDStep | None":
-    """The hand-derived step where it computes what the recipe asks for: plain cross-entropy in float32."""
+              amp: bool = False, class_weights: torch.Tensor | None = None) -> "BaselineSGDStep | None":
+    """The hand-derived step where it computes what the recipe asks for: cross-entropy in float32, without
+    label smoothing, with or without class weights."""
     if supports(model, optimizer) and not label_smoothing and not amp:
-        return BaselineSGDStep(model, optimizer)
+        return BaselineSGDStep(model, optimizer, class_weights)
     return None
 
 
 class BaselineSGDStep:
-    """Callable (x, y) -> (summed loss, correct count) that also applies one SGD-momentum update.
+    """Callable (x, y) -> (summed loss, correct count) that also applies one SGD-momentum update; with
+    class weights, the loss is their weighted mean times the batch size, as the autograd step returns it.
 
     The momentum buffers are the optimizer's own state, so checkpoints and resume see a normal
     torch.optim.SGD; learning rate and momentum are read from it at every step. Where its bits do not
     depend on the thread count (thread_invariant), each step lets the thread count follow the load.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.SGD) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.SGD,
+                 class_weights: torch.Tensor | None = None) -> None:
         assert supports(model, optimizer)
-        self.model, self.group = model, optimizer.param_groups[0]
+        self.model, self.group, self.weights = model, optimizer.param_groups[0], class_weights
         self.params = self.group["params"]
         for p in self.params:  # torch's SGD starts from buf = grad, which equals 0 * momentum + grad
             state = optimizer.state[p]
@@ -289,10 +295,16 @@ class BaselineSGDStep:
         h = self.stage.forward(x, m.conv)
         a = dense.linear(h, m.fc1).relu_()
         logits = dense.linear(a, m.fc2)
-        loss = F.cross_entropy(logits, y, reduction="sum")
         correct = (logits.argmax(1) == y).sum()
 
-        g = torch.softmax(logits, 1).sub_(self.eye[y]).div_(n)  # d(mean loss)/d(logits)
+        g = torch.softmax(logits, 1).sub_(self.eye[y])  # d(loss)/d(logits), per image
+        if self.weights is None:
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            g.div_(n)  # d(mean loss)/d(logits)
+        else:  # the weighted mean, as F.cross_entropy(weight=...) takes it: sum(w_y * loss) / sum(w_y)
+            w = self.weights[y]
+            loss = F.cross_entropy(logits, y, weight=self.weights) * n
+            g.mul_((w / w.sum())[:, None])
         ga = aten.threshold_backward(dense.mm(g, m.fc2.weight), a, 0)
         grad_conv_w, grad_conv_b = self.stage.backward(dense.mm(ga, m.fc1.weight))
 

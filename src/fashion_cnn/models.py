@@ -30,6 +30,7 @@ class ModelSpec:
     name: str
     build: Callable[..., nn.Module]  # (num_classes) -> model
     description: str
+    head: str  # the attribute holding the final nn.Linear (features -> classes), which fine-tuning may replace
     recipe: dict = field(default_factory=dict)  # TrainConfig fields this model trains best with
     fast_logits: FastLogits | None = None  # inference without autograd's modules (inference.predict_logits)
     fast_step: FastStep | None = None  # (model, optimizer, cfg) -> training step (train.make_step)
@@ -39,11 +40,13 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, fast_logits: FastLogits | None = None,
+def register(name: str, description: str, *, head: str, fast_logits: FastLogits | None = None,
              fast_step: FastStep | None = None, cam_layer: str | None = None, **recipe) -> Callable:
-    """Decorator: register `build(num_classes) -> model` under `name`, with its recipe (TrainConfig fields)."""
+    """Decorator: register `build(num_classes) -> model` under `name`, with the name of its classifier head
+    (the final layer fine-tuning replaces), its fast paths, the layer explanations read, and its recipe
+    (TrainConfig fields)."""
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        REGISTRY[name] = ModelSpec(name, build, description, recipe, fast_logits, fast_step, cam_layer)
+        REGISTRY[name] = ModelSpec(name, build, description, head, recipe, fast_logits, fast_step, cam_layer)
         return build
     return decorator
 
@@ -96,6 +99,7 @@ class Classifier(nn.Module):
     """
 
     tta: bool = False
+    frozen_backbone: bool = False  # set by finetune.freeze_backbone: only the head trains
     arch: str  # the registry name, set by create_model
 
     def __init__(self, num_classes: int) -> None:
@@ -104,6 +108,17 @@ class Classifier(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "Classifier":
+        """Training mode; with a frozen backbone, everything but the head stays in eval mode, so batch
+        norm keeps normalising with (and never updates) the statistics it was trained with."""
+        super().train(mode)
+        if mode and self.frozen_backbone:
+            head = spec_of(self).head
+            for name, child in self.named_children():
+                if name != head:
+                    child.train(False)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tta and not self.training:
@@ -136,7 +151,7 @@ class Baseline(Classifier):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-register("baseline", "the tutorial's CNN (542,230 parameters), SGD 0.01 momentum 0.9, batch 32",
+register("baseline", "the tutorial's CNN (542,230 parameters), SGD 0.01 momentum 0.9, batch 32", head="fc2",
          fast_logits=fastpath.fast_logits, fast_step=fastpath.fast_step, cam_layer="conv")(Baseline)
 
 
@@ -207,7 +222,8 @@ def channels_last(model: nn.Module) -> nn.Module:
 
 # Chosen on a 5,000-image validation split (fashion-cnn train --val-size 5000, one seed each, 18 epochs):
 # this net 94.36%; the same without the second convolution at 14 pixels 93.94%.
-@register("fast", "4-layer BN CNN (141,418 parameters), under 5 minutes on 2 CPU cores", cam_layer="layers.3",
+@register("fast", "4-layer BN CNN (141,418 parameters), under 5 minutes on 2 CPU cores", head="fc",
+          cam_layer="layers.3",
           epochs=18, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
           crop=2, flip=True, tta=True, amp=True)
@@ -215,7 +231,7 @@ def fast(num_classes: int) -> nn.Module:
     return channels_last(FastNet(num_classes))
 
 
-@register("strong", "ResNet-14, widths 32/64/128 (696,042 parameters)", cam_layer="blocks.5",
+@register("strong", "ResNet-14, widths 32/64/128 (696,042 parameters)", head="fc", cam_layer="blocks.5",
           epochs=50, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
           weight_decay=5e-4, schedule="cosine", warmup=0.02, label_smoothing=0.1,
           crop=2, flip=True, erase=0.5, ema=0.999, tta=True, amp=True)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .connections import BACKLOG, HEADER_TIMEOUT, connection_cap, guarded_protocol
 from .version import __version__
-from .data import FILES, DataError, find_data_dir, read_idx
+from .data import CLASS_NAMES, FILES, DataError, find_data_dir, read_idx
 from .explain import explain_predictions, overlay_png
 from .predict import MAX_BYTES, Prediction, Predictor, as_record, data_url, png_bytes
 
@@ -80,14 +80,17 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def sample_images(class_names: list[str]) -> list[tuple[str, bytes]]:
-    """(label, PNG) for the first test image of each class; none where the dataset is not installed."""
+    """(label, PNG) for the first Fashion-MNIST test image of each class; none where the dataset is not
+    installed, or the model predicts other classes (a model of your own data)."""
+    if list(class_names) != list(CLASS_NAMES):
+        return []
     try:
         directory = find_data_dir(download=False)
         images = read_idx(directory / FILES["test_images"].name, FILES["test_images"].magic)
         labels = read_idx(directory / FILES["test_labels"].name, FILES["test_labels"].magic)
     except DataError:
         return []
-    firsts = sorted(int(np.argmax(labels == c)) for c in np.unique(labels) if c < len(class_names))
+    firsts = sorted(int(np.argmax(labels == c)) for c in np.unique(labels))
     return [(class_names[labels[i]], png_bytes(images[i])) for i in firsts]
 
 
@@ -170,7 +173,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     # The API docs page is ours (static/docs.html): the library's has an inline script, which the CSP
     # forbids. No ReDoc page.
     app = FastAPIOffline(title="fashion-cnn", version=__version__, docs_url=None, redoc_url=None,
-                         description="Classify images of clothing with a CNN trained on Fashion-MNIST.")
+                         description=f"Classify images with a CNN ({predictor.meta['architecture']}) into its "
+                                     f"classes: {', '.join(predictor.class_names)}.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
     app.add_middleware(SecurityHeaders)
@@ -202,7 +206,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
 
     @app.get("/samples")
     async def list_samples() -> list[Sample]:
-        """A few Fashion-MNIST test images to try (empty when the dataset is not installed)."""
+        """A few Fashion-MNIST test images to try (empty when the dataset is not installed or the model
+        predicts other classes)."""
         return [Sample(name=f"{label} (test image)", label=label, url=f"/samples/{i}.png")
                 for i, (label, _) in enumerate(samples)]
 

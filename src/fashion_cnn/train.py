@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +23,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed, tensorboard_log
 from .augment import make_augment
-from .data import Dataset, to_float
+from .data import Dataset, class_counts, to_float
 from .inference import loss_and_accuracy
 from . import calibration
 from . import machine
+from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
 from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
                    save_checkpoint, save_model, write_atomic, write_json)
@@ -68,6 +69,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "onecycle": lambda t: 1.0 - t,  # linear to zero (airbench's triangle, with the warm-up)
 }
 DEVICES = ("auto", "cpu", "cuda")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 @dataclass
@@ -75,7 +77,8 @@ class TrainConfig:
     """Everything a `train` run depends on; saved as the run's config.json. Unset recipe fields take the
     model's recipe (`fashion-cnn models`)."""
 
-    model: str = opt("baseline", "architecture from the registry (`fashion-cnn models` lists them)")
+    model: str | None = opt(None, "architecture from the registry (`fashion-cnn models` lists them); default: "
+                                  "baseline, or --init's")
     epochs: int | None = recipe(10, "passes over the training data (the tutorial's 10)", AT_LEAST_1)
     batch_size: int | None = recipe(32, "images per step (the tutorial's 32)", AT_LEAST_1)
     lr: float | None = recipe(0.01, "peak learning rate (the tutorial's 0.01)", POSITIVE)
@@ -114,6 +117,18 @@ class TrainConfig:
                                     "same split)", check("between 0 and 1", lambda v: 0 < v < 1))
     data_dir: str | None = opt(None, "Fashion-MNIST directory; default: $FASHION_CNN_DATA, "
                                      "/usr/share/datasets/fashion-mnist, the cache, else download")
+    add_to: str | None = opt(None, "train on this data set plus --data's images, whose class folders are named "
+                                   "after its classes (T-shirt-top, Trouser, ...); its test set and theirs "
+                                   "are reported apart", choices=("fashion-mnist",))
+    class_weights: str = opt("none", "auto weights the training loss by inverse class frequency (n / (classes x "
+                                     "count)), so each class counts alike however many images it has",
+                             choices=CLASS_WEIGHTS)
+    init: str | None = opt(None, "fine-tune: start from this trained model (a model file, a run directory, or "
+                                 "'packaged', the model shipped with fashion-cnn), of its architecture; its "
+                                 "classifier head keeps the classes it knows by name, and is replaced when the "
+                                 "data has others")
+    freeze_backbone: bool = opt(False, "with --init: train only the classifier head; the rest, batch-norm "
+                                       "statistics included, stays as --init has it")
     out: str = opt(RUNS_ROOT, "each run writes into a new directory under this one")
     eval_batch_size: int = opt(1000, "evaluation needs no gradients, so large batches are cheap", AT_LEAST_1)
     val_size: int = opt(0, "hold out this many training images (stratified) to validate on after every "
@@ -126,6 +141,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Fill the unset recipe fields, so a config is complete (and saved complete) once built; then
         check every value, before any work starts."""
+        if self.model is None:  # the architecture of the model fine-tuned, else the tutorial's
+            self.model = init_architecture(self.init) if isinstance(self.init, str) else "baseline"
         spec = get_spec(self.model)
         unset = {f.name: f.metadata["fallback"] for f in fields(self)
                  if "fallback" in f.metadata and getattr(self, f.name) is None}
@@ -142,7 +159,7 @@ class TrainConfig:
             flag = "--" + f.name.replace("_", "-")
             if not fits_type(value, f.type):
                 raise ValueError(f"{flag} must be {type_words(f.type)}, got {value!r}")
-            if meta.get("choices") and value not in meta["choices"]:
+            if meta.get("choices") and value is not None and value not in meta["choices"]:
                 raise ValueError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
             if meta.get("valid") and value is not None and not meta["valid"]["test"](value):
                 raise ValueError(f"{flag} must be {meta['valid']['rule']}, got {value!r}")
@@ -154,6 +171,10 @@ class TrainConfig:
             raise ValueError("--early-stopping watches the validation loss: give --val-size too")
         if self.tensorboard and not tensorboard_log.available():
             raise ValueError(tensorboard_log.MISSING)
+        if self.freeze_backbone and not self.init:
+            raise ValueError("--freeze-backbone trains the head of an --init model: give --init too")
+        if self.add_to and (self.data is None or self.data.lower() == self.add_to):
+            raise ValueError(f"--add-to {self.add_to} adds images of your own to it: give them with --data DIR")
 
     def validates(self) -> bool:
         """Whether the job scores held-out data after every epoch."""
@@ -213,10 +234,11 @@ def make_model(cfg: TrainConfig, num_classes: int, *keys: int) -> torch.nn.Modul
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW. Weight decay applies to conv and linear weights: decaying biases and batch-norm
-    scales only shrinks what batch norm then scales back up. Without decay, one plain group: the
-    baseline's fast path (fastpath.supports) takes exactly that."""
-    params = list(model.parameters())
+    """SGD or AdamW over the parameters that train (a frozen backbone's do not). Weight decay applies to
+    conv and linear weights: decaying biases and batch-norm scales only shrinks what batch norm then
+    scales back up. Without decay, one plain group: the baseline's fast path (fastpath.supports) takes
+    exactly that."""
+    params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params, "weight_decay": 0.0}]
     if cfg.weight_decay:
         groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
@@ -279,14 +301,27 @@ class TrainState:
     best_epoch: int | None = None
     best_loss: float | None = None
     stopped: bool = False  # early stopping ended the run
+    init: dict | None = None  # fine-tuning: the --init file the weights started from (path, sha256, ...)
 
     @classmethod
-    def create(cls, cfg: TrainConfig, num_classes: int, *keys: int) -> "TrainState":
-        """Fresh model (seeded by cfg.seed and keys), optimizer, EMA and early-stopping copy for cfg."""
-        model = make_model(cfg, num_classes, *keys)
+    def create(cls, cfg: TrainConfig, classes: int | Sequence[str], *keys: int,
+               checkpoint: Path | None = None) -> "TrainState":
+        """Model (seeded by cfg.seed and keys; from cfg.init's weights when fine-tuning), optimizer, EMA
+        and early-stopping copy for cfg; or, when `checkpoint` exists, the state saved in it (and the
+        --init file is not read again).
+
+        classes: the class names (which fine-tuning matches against --init's), or just how many.
+        """
+        names = [str(k) for k in range(classes)] if isinstance(classes, int) else list(classes)
+        model = make_model(cfg, len(names), *keys)
+        resuming = checkpoint is not None and checkpoint.exists()
+        init = start_from_init(model, cfg, names, load=not resuming) if cfg.init else None
         ema = EMA(model, cfg.ema) if cfg.ema else None
         best = copy.deepcopy(model).requires_grad_(False) if cfg.early_stopping else None
-        return cls(model, make_optimizer(model, cfg), ema, best)
+        state = cls(model, make_optimizer(model, cfg), ema, best, init=init)
+        if resuming:
+            state.load(checkpoint)
+        return state
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -312,13 +347,14 @@ class TrainState:
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         progress = {"history": self.history, "best_epoch": self.best_epoch, "best_loss": self.best_loss,
-                    "stopped": self.stopped}
+                    "stopped": self.stopped, "init": self.init}
         save_checkpoint(path, self.parts(), progress, asdict(cfg))
 
     def load(self, path: Path) -> None:
         progress = load_checkpoint(path, self.parts())
         self.history = History(progress["history"])
         self.best_epoch, self.best_loss, self.stopped = (progress[k] for k in ("best_epoch", "best_loss", "stopped"))
+        self.init = progress.get("init")
 
     def track_best(self, val_loss: float, patience: int) -> None:
         """Early stopping: remember the best epoch's weights; stop after `patience` epochs without a better one."""
@@ -335,23 +371,31 @@ class TrainingDiverged(ValueError):
 
 
 def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
-              amp: bool = False) -> Callable:
+              amp: bool = False, class_weights: torch.Tensor | None = None) -> Callable:
     """(float images, labels) -> (summed loss, correct count), after one optimizer step: the model
-    spec's fast step where it applies, else autograd."""
+    spec's fast step where it applies, else autograd. class_weights: the loss is their weighted mean."""
     spec = spec_of(model)
-    if spec.fast_step is not None and (fast := spec.fast_step(model, optimizer, label_smoothing, amp)):
+    if spec.fast_step is not None and (fast := spec.fast_step(model, optimizer, label_smoothing, amp,
+                                                              class_weights)):
         return fast
     device = next(model.parameters()).device
 
     def step(x, y):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x).float()
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, y, weight=class_weights, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return loss.detach() * len(y), (logits.argmax(1) == y).sum()
     return step
+
+
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """--class-weights auto: n / (classes x count) per class (scikit-learn's "balanced"), so every class
+    weighs alike in the loss; a class with no image here gets the weight of one (it never occurs)."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1)
+    return (len(labels) / (num_classes * counts)).float()
 
 
 @contextlib.contextmanager
@@ -390,7 +434,9 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     images, labels = (t.to(device) for t in train)
     n, batch_size = len(images), cfg.batch_size
     parallel = data_parallel and distributed.world().size > 1
-    step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing, cfg.amp)
+    weights = balanced_weights(labels, model.num_classes).to(device) if cfg.class_weights == "auto" else None
+    step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing,
+                                                                       cfg.amp, weights)
     evaluate = distributed.loss_and_accuracy if parallel else loss_and_accuracy
     bars = None if distributed.is_main() else True  # tqdm's disable: on a terminal, for rank 0 only
     writes = distributed.is_main() or not parallel
@@ -458,16 +504,16 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
 # --- jobs: setup shared by `train` and `cv` -------------------------------------------------------------------
 
 def load_data(data: str | None = None, classes: str | None = None, test_fraction: float = 0.2,
-              data_dir: str | None = None) -> Dataset:
+              data_dir: str | None = None, add_to: str | None = None) -> Dataset:
     """The data set the data options name (datasets.load_dataset), for every job alike."""
     from .datasets import load_dataset
 
-    return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir)
+    return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir, add_to=add_to)
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
     """The data set a job's config names."""
-    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir)
+    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to)
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
@@ -512,6 +558,8 @@ def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) ->
         cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
     cfg = cfg if cfg is not None else cls()
     check_output_dir(cfg.out)
+    if cfg.init and resume is None:
+        check_init(cfg)
     return cfg
 
 
@@ -551,6 +599,18 @@ def model_metadata(model: torch.nn.Module, cfg: TrainConfig, data: Dataset, **re
     }
 
 
+def log_class_counts(labels: torch.Tensor, class_names: Sequence[str], cfg: TrainConfig) -> None:
+    """The training images per class, before training starts: an imbalance shows up front."""
+    counts = class_counts(labels, len(class_names))
+    line = "training images per class: " + ", ".join(f"{name} {n}" for name, n in zip(class_names, counts))
+    if 0 in counts:
+        line += "; none at all of " + ", ".join(name for name, n in zip(class_names, counts) if not n)
+    elif max(counts) >= 2 * min(counts) and cfg.class_weights == "none":
+        line += (f"; the largest class has {max(counts) / min(counts):.1f}x the images of the smallest: "
+                 "--class-weights auto weighs every class alike")
+    log.info(line)
+
+
 @dataclass
 class TrainResult:
     """What `train_final` made: the model (in eval mode), its per-epoch history, the test report and files."""
@@ -578,7 +638,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     only raise the epochs; see resumed_config). Under torchrun, the processes train the model together,
     --batch-size being the global batch (distributed.py).
     """
-    from .evaluate import score, write_reports
+    from .evaluate import format_scores, score, write_reports
     from .inference import predict_logits
     from .plots import learning_curves, save_figure
     from .report import write_report
@@ -594,10 +654,10 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     with start_job(cfg, "train", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"
                  + (f", {len(val[0])} held out for validation)" if val else ")") + f", model {cfg.model}")
-        state = TrainState.create(cfg, len(data.class_names), 0)
+        log_class_counts(train[1], data.class_names, cfg)
         ckpt = run.dir / "checkpoint.safetensors"
-        if run.resumed and ckpt.exists():
-            state.load(ckpt)
+        state = TrainState.create(cfg, data.class_names, 0, checkpoint=ckpt if run.resumed else None)
+        if state.history:
             log.info(f"resuming after epoch {len(state.history)}")
 
         def write_metrics(row: dict) -> None:
@@ -609,14 +669,15 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         final = state.final.eval()
         logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
                                 desc="testing" if distributed.is_main() else None)
-        report = score(logits, data.test_labels, data.class_names)
+        report = score(logits, data.test_labels, data.class_names, data.test_parts)
         if not distributed.is_main():
             return TrainResult(run.dir, final, state.history, report, state.best_epoch)  # rank 0 writes the files
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
                     run.dir / "learning_curves.png")
         written = write_reports(report, run.dir)
-        results = {"test_accuracy": report["accuracy"], "val_accuracy": state.result.get("val_accuracy"),
-                   "best_epoch": state.best_epoch,
+        results = {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+                   **({"test_parts": report["parts"]} if "parts" in report else {}),
+                   "val_accuracy": state.result.get("val_accuracy"), "best_epoch": state.best_epoch, "init": state.init,
                    "train_seconds": sum(row["seconds"] for row in state.history),
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
@@ -625,8 +686,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
         write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
         written.append(write_report(run.dir, data, logits=logits))
-        log.info(f"test accuracy: {100 * report['accuracy']:.2f}% on {len(data.test_images):,} test images, "
-                 f"macro-F1 {report['macro_f1']:.4f} (training took {results['train_seconds']:.0f}s)\n"
+        log.info(f"test accuracy: {format_scores(report)} (training took {results['train_seconds']:.0f}s)\n"
                  f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
                  f"next: fashion-cnn predict IMAGE --model {run.dir}")
     return TrainResult(run.dir, final, state.history, report, state.best_epoch)

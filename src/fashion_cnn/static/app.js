@@ -55,9 +55,10 @@ function heatmap(result) {
   const figure = element("figure", "heatmap");
   const picture = element("img");
   picture.src = result.heatmap;
-  picture.alt = `where the model found its evidence for ${result.class_name}`;
+  const shown = result.unknown ? result.top_k[0].class_name : result.class_name;  // an unknown's best guess
+  picture.alt = `where the model found its evidence for ${shown}`;
   picture.title = picture.alt;
-  figure.append(picture, element("figcaption", "", `evidence for ${result.class_name} (HiResCAM)`));
+  figure.append(picture, element("figcaption", "", `evidence for ${shown} (HiResCAM)`));
   return figure;
 }
 
@@ -89,7 +90,8 @@ async function trySample(sample) {
 async function showModel() {
   const meta = await (await fetch("/model")).json();
   const accuracy = meta.test_accuracy == null ? "" : `, test accuracy ${percent(meta.test_accuracy)}`;
-  $("model-info").textContent = `model: ${meta.architecture}${accuracy} (${meta.file})`;
+  $("model-info").textContent = `model: ${meta.architecture}${accuracy} (${meta.file}); ` +
+    `classes: ${meta.class_names.join(", ")}`;
 }
 
 async function showSamples() {

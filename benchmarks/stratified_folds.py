@@ -1,0 +1,81 @@
+"""Stratified folds on Fashion-MNIST: does `fashion-cnn cv` give the same accuracy with scikit-learn's
+StratifiedKFold (now) as with the plain shuffled KFold it used before?
+
+For each split seed, the same cross-validation of the baseline (same model seeds, same recipe) runs twice:
+with `crossval.kfold_splits` as it is, and with the KFold split of earlier versions put in its place. The
+difference between the two is compared with the spread across split seeds (the noise of choosing a split).
+Saves stratified_folds.json in --out.
+
+    .venv/bin/python benchmarks/stratified_folds.py --limit 12000 --epochs 3 --seeds 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds
+from fashion_cnn import crossval
+from fashion_cnn.crossval import CVConfig, cross_validate
+from fashion_cnn.data import load_fashion_mnist
+from fashion_cnn.runs import write_json
+
+
+def plain_kfold(labels, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The split of earlier versions: shuffled KFold, blind to the labels."""
+    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((len(labels), 1))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=12000, help="training images (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=3, help="(default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=5, help="(default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="split seeds 1..N (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
+    args = parser.parse_args()
+
+    data = load_fashion_mnist(download=False)
+    busy_before, since, cpu0 = others_busy_now(), cpu_snapshot(), own_cpu_seconds()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    stratified = crossval.kfold_splits
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, args.seeds + 1):
+            row = {"split_seed": seed}
+            for name, splitter in (("kfold", plain_kfold), ("stratified", stratified)):
+                crossval.kfold_splits = splitter
+                cfg = CVConfig(limit=args.limit, epochs=args.epochs, folds=args.folds, split_seed=seed, out=tmp,
+                               device="cpu", threads=args.threads)
+                result = cross_validate(cfg, data=data)
+                row[name] = {"mean": result.mean, "std": result.std, "folds": result.fold_accuracies}
+            crossval.kfold_splits = stratified
+            row["difference"] = row["stratified"]["mean"] - row["kfold"]["mean"]
+            rows.append(row)
+            print(f"split seed {seed}: KFold {100 * row['kfold']['mean']:.2f}%, StratifiedKFold "
+                  f"{100 * row['stratified']['mean']:.2f}%, difference {100 * row['difference']:+.2f} points")
+    means = {name: [r[name]["mean"] for r in rows] for name in ("kfold", "stratified")}
+    differences = [r["difference"] for r in rows]
+    summary = {"kfold_mean": float(np.mean(means["kfold"])), "stratified_mean": float(np.mean(means["stratified"])),
+               "mean_difference": float(np.mean(differences)),
+               "seed_spread_kfold": float(np.std(means["kfold"])),
+               "seed_spread_stratified": float(np.std(means["stratified"]))}
+    print(f"over {args.seeds} split seeds: KFold {100 * summary['kfold_mean']:.2f}% (spread across seeds "
+          f"{100 * summary['seed_spread_kfold']:.2f}), StratifiedKFold {100 * summary['stratified_mean']:.2f}% "
+          f"(spread {100 * summary['seed_spread_stratified']:.2f}); mean difference "
+          f"{100 * summary['mean_difference']:+.2f} points")
+    busy = other_cpu_share(since)
+    print(f"CPU seconds {own_cpu_seconds() - cpu0:.0f}; other processes used {100 * busy:.0f}% of the CPUs")
+    write_json(args.out / "stratified_folds.json", {
+        "started": started, "config": vars(args) | {"out": str(args.out)}, "rows": rows, "summary": summary,
+        "cpu_seconds": own_cpu_seconds() - cpu0, "other_cpu_share": busy, "other_cpu_share_before": busy_before})
+
+
+if __name__ == "__main__":
+    main()
