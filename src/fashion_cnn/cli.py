@@ -495,9 +495,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with distributed.quiet_unless_main():  # under torchrun, one usage error (or --help), not one per process
         args = build_parser().parse_args(argv)
+    finished = False
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, not at exit, so that a reader gone away is seen below
+        finished = True
     except BrokenPipeError:
         # The reader stopped early (`| head`): end quietly, as Unix tools do, with the status a shell shows
         # for a tool killed by SIGPIPE; stdout goes to /dev/null so Python's final flush cannot fail again.
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130
     finally:
-        distributed.teardown()
+        distributed.teardown(finished)
     return status or 0
 
 

@@ -96,10 +96,14 @@ def is_main() -> bool:
     return world().is_main
 
 
-def teardown() -> None:
-    """Leave the process group this module joined (at the end of a command)."""
+def teardown(finished: bool = False) -> None:
+    """Leave the process group this module joined (at the end of a command). After a finished command every
+    process waits for the others first: a process that tears its gloo connections down while another
+    still writes the results can abort it ("terminate called without an active exception")."""
     global _world, _started_group, _rank_log
     if _started_group and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
     if _rank_log is not None:
         log.removeHandler(_rank_log)
