@@ -252,6 +252,45 @@ def test_predict_arrays_takes_a_batch(model_file):
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def test_predict_arrays_scales_uint8_as_training_does(real_data, model_file):
+    """uint8, as load_fashion_mnist gives it, is scaled like training data (it once went in as 0-255)."""
+    items = real_data.test_images[:20]
+    predictor = Predictor(model_file)
+    expected = probabilities(model_file, items.numpy())
+    scaled = items.numpy().astype(np.float32) / np.float32(255)
+    for x in (items.numpy(), items, scaled, torch.from_numpy(scaled), scaled.astype(np.float64)):
+        assert np.allclose(predictor.predict_arrays(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("x, reason", [
+    (np.full((2, 28, 28), 255.0, np.float32), "values from 255 to 255"),
+    (np.full((2, 28, 28), -0.5), "values from -0.5"),
+    (np.full((2, 28, 28), np.nan, np.float32), "NaN"),
+    (torch.full((2, 28, 28), float("inf")), "values from inf"),
+    (np.zeros((2, 28, 28), np.int64), "int64"),
+    (np.zeros((2, 28, 28), np.uint16), "uint16"),
+    (np.zeros((2, 28, 28), bool), "bool"),
+    (np.full((2, 28, 28), "x"), "<U1"),
+    (np.zeros((28, 28), np.uint8), r"shape \(28, 28\): expected \(N, 28, 28\)"),
+    (np.zeros((2, 28, 28, 1), np.uint8), r"shape \(2, 28, 28, 1\)"),
+    (np.zeros((2, 32, 32), np.float32), r"shape \(2, 32, 32\)"),
+])
+def test_predict_arrays_refuses_what_the_model_was_not_trained_on(model_file, x, reason):
+    with pytest.raises(ValueError, match=reason):
+        Predictor(model_file).predict_arrays(x)
+
+
+def test_predict_takes_arrays_and_tensors_by_the_same_dtype_rule(real_data, model_file):
+    item = real_data.test_images[0]
+    scaled = item.numpy() / 255.0
+    results = predict([item.numpy(), item, scaled, torch.from_numpy(scaled), item.numpy() * 1.0],
+                      model=model_file)
+    assert [r.error for r in results[:4]] == [None] * 4
+    for r in results[1:4]:
+        assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
+    assert "[0, 1]" in results[4].error  # floats 0-255 are not taken as pixel values
+
+
 def test_bad_arrays_are_rejected_clearly():
     for array, reason in ((np.zeros((5, 28, 28)), "shape"), (np.full((28, 28), 2.0), "[0, 1]"),
                           (np.zeros((28, 28), np.int64), "int64")):

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from .data import CLASS_NAMES, to_float
-from .inference import predict_logits
+from .inference import IMAGES, predict_logits
 from .runs import ModelFileError, load_model, write_atomic
 
 RUNS_DIR = Path("runs")
@@ -299,10 +299,18 @@ class Predictor:
         self.model, self.meta = load_model(self.path, device)
         self.class_names = list(self.meta.get("class_names", CLASS_NAMES))
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
-        logits = predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
-        return torch.softmax(logits, 1).numpy()
+    def predict_arrays(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Probabilities (N, classes) for a batch of Fashion-MNIST-like images (N, 28, 28), numpy or torch:
+        uint8 as `load_fashion_mnist` gives them (scaled as in training) or float in [0, 1]. Other
+        dtypes, float values outside [0, 1] (NaN too) and other shapes are a ValueError."""
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            if x.dtype.kind not in "uif":  # torch cannot even hold strings or objects
+                raise ValueError(f"images of type {x.dtype}: expected {IMAGES}")
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if x.ndim != 3 or tuple(x.shape[1:]) != (SIZE, SIZE):
+            raise ValueError(f"images of shape {tuple(x.shape)}: expected (N, {SIZE}, {SIZE})")
+        return torch.softmax(predict_logits(self.model, x.detach().cpu()), 1).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
                 crop: bool = True) -> list[Prediction]:
