@@ -31,7 +31,9 @@ def test_short_cli_run_on_real_data(real_data, tmp_path, capsys):
 
     assert main(["evaluate", "--model", str(train_dir), "--data-dir", real_data.source]) == 0
     accuracy = json.loads((train_dir / "metrics.json").read_text())["test_accuracy"]
-    assert f"test accuracy: {100 * accuracy:.2f}%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(f"model: {train_dir / 'model.safetensors'} (baseline, test accuracy")
+    assert f"test accuracy: {100 * accuracy:.2f}%" in out
 
 
 def test_data_command(real_data, tmp_path, capsys):

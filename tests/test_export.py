@@ -30,8 +30,9 @@ def onnx_file(exported):
     return exported[0]
 
 
-def test_cli_reports_the_check(exported):
+def test_cli_reports_the_check(exported, model_file):
     path, out = exported
+    assert out.startswith(f"model: {model_file}\n")
     assert f"saved {path}" in out and "same classes as PyTorch" in out
 
 

@@ -401,28 +401,76 @@ def test_bad_model_files_are_refused_clearly_and_never_run_code(tmp_path, monkey
 
 # --- which model -----------------------------------------------------------------------------------
 
-def test_the_newest_run_is_the_default_model_and_the_cli_says_so(model_file, tmp_path, monkeypatch, capsys):
+def copy_run(run_dir: str, model_file: Path, age: float = 0, **meta) -> Path:
+    """runs/<name>/model.safetensors: model_file's weights, `age` seconds old, with metadata changed."""
+    path = Path(run_dir, "model.safetensors")
+    model, saved = load_model(model_file)
+    save_model(path, model, {**saved, **meta})
+    os.utime(path, (1e9 - age, 1e9 - age))
+    return path
+
+
+@pytest.fixture
+def shipped(model_file, tmp_path, monkeypatch) -> Path:
+    """A stand-in for the model shipped with the package, with its own name."""
+    path = tmp_path / "shipped" / "default.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(model_file.read_bytes())
+    monkeypatch.setattr(predict_module, "packaged_model", lambda: path)
+    return path
+
+
+def test_a_new_run_never_replaces_the_shipped_model(model_file, shipped, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for age, run in ((100, "runs/old-train"), (0, "runs/new-train")):
-        Path(run).mkdir(parents=True)
-        Path(run, "model.safetensors").write_bytes(model_file.read_bytes())
-        os.utime(Path(run, "model.safetensors"), (1e9 - age, 1e9 - age))
-    assert resolve_model_path() == Path("runs/new-train/model.safetensors")
-    assert resolve_model_path("runs/old-train") == Path("runs/old-train/model.safetensors")
+    old, new = copy_run("runs/old-train", model_file, age=100), copy_run("runs/new-train", model_file)
+    assert resolve_model_path() == shipped
+    assert resolve_model_path("latest") == Path("runs/new-train/model.safetensors") == new
+    assert resolve_model_path("runs/old-train") == old and resolve_model_path(old) == old
     write(tmp_path / "garment.png", encode(garment(), "PNG"))
     code, out, _ = run_cli(capsys, "garment.png")
+    assert code == 0 and out.startswith(f"model: {shipped} (baseline")
+    code, out, _ = run_cli(capsys, "garment.png", "--model", "latest")
     assert code == 0 and out.startswith("model: runs/new-train/model.safetensors (baseline")
 
 
-def test_the_packaged_model_is_the_fallback_and_its_absence_is_explained(model_file, tmp_path, monkeypatch):
+def test_latest_looks_only_under_the_runs_root(model_file, shipped, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    packaged = predict_module.packaged_model()
-    assert packaged is None or packaged.name == "default.safetensors"
-    monkeypatch.setattr(predict_module, "packaged_model", lambda: model_file)
-    assert resolve_model_path() == model_file
+    copy_run("elsewhere/x-train", model_file)
+    with pytest.raises(ModelFileError, match="--model latest: no trained model under runs/"):
+        resolve_model_path("latest")
+    assert resolve_model_path("latest", runs_root="elsewhere") == Path("elsewhere/x-train/model.safetensors")
+
+
+def test_a_run_of_an_unregistered_architecture_leaves_plain_predict_working(model_file, shipped, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    copy_run("runs/mine-train", model_file, architecture="my-own-net")
+    write(tmp_path / "garment.png", encode(garment(), "PNG"))
+    code, out, _ = run_cli(capsys, "garment.png")
+    assert code == 0 and out.startswith(f"model: {shipped}")
+    code, _, err = run_cli(capsys, "garment.png", "--model", "latest")
+    assert code == 1 and "runs/mine-train/model.safetensors: unknown architecture 'my-own-net'" in err
+
+
+def test_a_missing_shipped_model_is_explained(monkeypatch):
     monkeypatch.setattr(predict_module, "packaged_model", lambda: None)
-    with pytest.raises(ModelFileError, match="none found under runs"):
+    with pytest.raises(ModelFileError, match="shipped with the package is missing.*--model"):
         resolve_model_path()
+
+
+def test_the_package_ships_its_model():
+    packaged = predict_module.packaged_model()
+    assert packaged is not None and packaged.name == "default.safetensors"
+    assert resolve_model_path() == packaged
+
+
+def test_every_model_option_states_the_rule(capsys):
+    for command in ("predict", "serve", "evaluate", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--model PATH|RUN_DIR|latest" in help_text and "newest model under ./runs/" in help_text
+        assert "default: the model shipped with the package" in help_text
 
 
 # --- output ----------------------------------------------------------------------------------------

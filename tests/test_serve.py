@@ -155,3 +155,16 @@ def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, mo
             response = client.post("/predict", files=upload(("a.jpg", photo())))
         assert response.status_code == 500 and response.json()["detail"] == "internal error (ZeroDivisionError)"
         assert client.post("/predict", files=upload(("a.jpg", photo()))).status_code == 200
+
+
+def test_start_up_names_the_model_it_serves(model_file, monkeypatch, capsys):
+    import uvicorn
+
+    from fashion_cnn import serve
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # leave the other tests' threads alone
+    serve.run(model_file, port=8123)
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert first == f"model: {model_file} (baseline)" and "http://127.0.0.1:8123/" in second and served

@@ -66,14 +66,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import load_fashion_mnist
     from .evaluate import evaluate_model, write_reports
-    from .predict import resolve_model_path
+    from .predict import describe_model, resolve_model_path
     from .runs import load_model
 
     path = resolve_model_path(args.model)
     model, meta = load_model(path)
+    print(describe_model(path, meta), flush=True)
     data = load_fashion_mnist(args.data_dir)
     report = evaluate_model(model, data.test_images, data.test_labels)
-    print(f"model: {path} ({meta['architecture']})")
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    report = export_onnx(resolve_model_path(args.model), args.out)
+    path = resolve_model_path(args.model)
+    print(f"model: {path}", flush=True)
+    report = export_onnx(path, args.out)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
           "output probabilities (N, 10)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
@@ -143,8 +145,9 @@ def add_resume_option(parser: argparse.ArgumentParser) -> None:
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """--model, as predict.resolve_model_path reads it."""
-    parser.add_argument("--model", help="model file or run directory (default: newest under runs/, "
-                        "else the packaged model)")
+    from .predict import MODEL_RULE
+
+    parser.add_argument("--model", metavar="PATH|RUN_DIR|latest", help=MODEL_RULE)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,9 +24,8 @@ from PIL import Image, ImageFilter, ImageOps
 
 from .data import CLASS_NAMES, to_float
 from .inference import IMAGES, predict_logits
-from .runs import ModelFileError, load_model, write_atomic
+from .runs import RUNS_ROOT, ModelFileError, load_model, write_atomic
 
-RUNS_DIR = Path("runs")
 DEFAULT_MODEL = "weights/default.safetensors"  # inside the package: the strong model (README)
 MAX_PIXELS = 40_000_000  # a 12-megapixel phone photo is far below; a decompression bomb far above
 MAX_BYTES = 20_000_000
@@ -62,20 +61,29 @@ def packaged_model() -> Path | None:
     return Path(str(ref)) if ref.is_file() else None
 
 
-def resolve_model_path(model: str | Path | None = None, runs_dir: Path = RUNS_DIR) -> Path:
-    """A model file from a file or run directory; by default the newest final model under runs/,
-    else the model shipped with the package."""
-    if model is not None:
-        path = Path(model)
-        return path / "model.safetensors" if path.is_dir() else path
-    candidates = sorted(runs_dir.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if candidates:
+LATEST = "latest"
+MODEL_RULE = (f"a model file, a run directory, or '{LATEST}' for the newest model under ./{RUNS_ROOT}/ "
+              "(default: the model shipped with the package)")
+
+
+def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT) -> Path:
+    """The model file to use: the model shipped with the package unless `model` names one, as a model
+    file, a run directory (its model.safetensors) or 'latest' (the newest model.safetensors of the run
+    directories under runs_root). A new run never replaces the default silently."""
+    if model is None:
+        packaged = packaged_model()
+        if packaged is None:
+            raise ModelFileError(f"the model shipped with the package is missing ({DEFAULT_MODEL}); "
+                                 f"pass --model PATH, a run directory or '{LATEST}'")
+        return packaged
+    if str(model) == LATEST:
+        candidates = sorted(Path(runs_root).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ModelFileError(f"--model {LATEST}: no trained model under {runs_root}/ "
+                                 "(train one with `fashion-cnn train`, or give its path)")
         return candidates[-1]
-    packaged = packaged_model()
-    if packaged is None:
-        raise ModelFileError(f"no model given and none found under {runs_dir}/; "
-                             "train one with `fashion-cnn train` or pass --model")
-    return packaged
+    path = Path(model)
+    return path / "model.safetensors" if path.is_dir() else path
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -291,8 +299,16 @@ def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: b
         return Prediction(name, error=e.reason)
 
 
+def describe_model(path: Path, meta: dict) -> str:
+    """`model: PATH (architecture, test accuracy X%)`: the line every command prints first."""
+    accuracy = meta.get("test_accuracy")
+    score = f", test accuracy {100 * accuracy:.2f}%" if accuracy is not None else ""
+    return f"model: {path} ({meta['architecture']}{score})"
+
+
 class Predictor:
-    """A loaded model and the class names it predicts."""
+    """A loaded model and the class names it predicts; `model` as resolve_model_path reads it (default:
+    the model shipped with the package)."""
 
     def __init__(self, model: str | Path | None = None, device: str = "cpu") -> None:
         self.path = resolve_model_path(model)
@@ -329,14 +345,13 @@ class Predictor:
         return predictions
 
     def describe(self) -> str:
-        accuracy = self.meta.get("test_accuracy")
-        score = f", test accuracy {100 * accuracy:.2f}%" if accuracy is not None else ""
-        return f"model: {self.path} ({self.meta['architecture']}{score})"
+        return describe_model(self.path, self.meta)
 
 
 def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
             **options) -> list[Prediction]:
-    """Predict with a model file or run directory (default: resolve_model_path's); see Predictor.predict."""
+    """Predict with the shipped model, or the one `model` names (see resolve_model_path); see
+    Predictor.predict."""
     return Predictor(model).predict(images, top_k=top_k, **options)
 
 

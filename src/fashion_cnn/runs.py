@@ -23,6 +23,7 @@ from .version import __version__
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
+RUNS_ROOT = "runs"  # where train and cv write their run directories by default (--out), and `--model latest` looks
 FORMAT = "fashion-cnn-model/1"
 META_KEY = "fashion_cnn"
 

@@ -100,7 +100,7 @@ class DeclaredSizeLimit:
 
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
                max_body: int = MAX_BODY) -> FastAPIOffline:
-    """The application for one model file or run directory (default: the newest under runs/)."""
+    """The application for one model (default: the shipped one; see predict.resolve_model_path)."""
     predictor = Predictor(model)
     samples = sample_images(predictor.class_names)
     # One worker: inference never blocks the event loop, and torch, which already uses every core for
@@ -109,6 +109,7 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     app = FastAPIOffline(title="fashion-cnn", version=__version__,
                          description="Classify images of clothing with a CNN trained on Fashion-MNIST.",
                          swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+    app.state.predictor = predictor  # run() names the model it serves
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
 
@@ -177,5 +178,6 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     # under load those threads wait for each other (single-image latency 2 ms with one, 10-70 with two).
     torch.set_num_threads(1)
     app = create_app(model)
+    print(app.state.predictor.describe(), flush=True)
     print(f"serving on http://{host}:{port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
