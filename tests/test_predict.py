@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from scipy import ndimage
 
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
@@ -202,6 +203,101 @@ def test_28x28_fashion_mnist_images_pass_through_unchanged():
 
 def test_preprocess_is_idempotent_on_its_own_output(reference):
     assert np.array_equal(preprocess(reference), reference)
+
+
+# --- the main object: not what lies beside it, not its shadow, upright ----------------------------------
+
+def on_sheet(garment_pixels: np.ndarray) -> np.ndarray:
+    """A 160x120 RGB picture on a larger white sheet (bottom right), leaving room for other things."""
+    sheet = np.full((400, 300, 3), 255, np.uint8)
+    sheet[200:360, 150:270] = garment_pixels
+    return sheet
+
+
+def disc(centre: tuple[int, int], radius: float, shape=(400, 300)) -> np.ndarray:
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def coin(sheet: np.ndarray) -> None:
+    sheet[disc((60, 60), 15)] = (90, 80, 60)
+
+
+def button(sheet: np.ndarray) -> None:
+    sheet[disc((150, 40), 8)] = (20, 20, 20)
+    sheet[disc((150, 37), 2) | disc((150, 43), 2)] = 255
+
+
+def tag(sheet: np.ndarray) -> None:
+    sheet[330:348, 30:70] = (30, 30, 30)  # level with the garment, to its left
+
+
+@pytest.mark.parametrize("add", [coin, button, tag])
+def test_a_small_object_beside_the_garment_is_left_out(add, reference):
+    sheet = on_sheet(np.asarray(garment()))
+    add(sheet)
+    assert np.abs(preprocess(sheet) - reference).max() < 0.05  # only the soft edge's last pixels differ
+
+
+def runs(profile: np.ndarray) -> int:
+    """How many separate stretches of True."""
+    return int(np.sum(np.diff(np.concatenate([[0], profile.astype(int)])) == 1))
+
+
+def test_a_garment_in_separate_parts_stays_whole():
+    legs = np.full((400, 300), 255, np.uint8)
+    legs[100:300, 100:140] = legs[100:300, 152:192] = 40  # two legs 12 px (6% of their length) apart
+    result = preprocess(legs) > 0.5
+    assert runs(result[14]) == 2 and result.any(0).sum() >= 9  # one leg alone: 40/200 of 28 is 5.6
+    sandal = np.full((400, 300), 255, np.uint8)
+    sandal[280:294, 60:240] = 40  # a sole, and two straps 10 px (5.6%) above it
+    sandal[255:270, 80:120] = sandal[255:270, 170:215] = 40
+    result = preprocess(sandal) > 0.5
+    top, bottom, _, _ = bbox(result)
+    assert runs(result[:, 7]) == 2 and bottom - top + 1 >= 5  # the sole alone: 14/180 of 28 is 2.2
+
+
+def test_fashion_mnist_items_in_several_parts_keep_them_all(real_data):
+    """Test items that fall apart into parts as photos (a sandal's straps, a sneaker's sole), parts less than
+    6% of the item's size apart: each part is still in the 28x28, where the item has it."""
+    checked = 0
+    for item in real_data.test_images.numpy():
+        big = np.asarray(Image.fromarray(item).resize((112, 112), Image.Resampling.BICUBIC), np.float32)
+        mask = big > 0.05 * big.max()
+        parts, n = ndimage.label(mask, np.ones((3, 3)))
+        mass = ndimage.sum(big, parts, np.arange(1, n + 1))
+        large = 1 + np.flatnonzero(mass > 0.05 * mass.sum())
+        size = max(np.ptp(np.nonzero(mask)[0]), np.ptp(np.nonzero(mask)[1]))
+        if len(large) < 2 or any(ndimage.distance_transform_edt(~np.isin(parts, large[large != part]))[
+                parts == part].min() > 0.06 * size for part in large):
+            continue
+        photo = np.full((160, 160), 255, np.uint8)  # dark on white, 4x, with a margin
+        photo[24:136, 24:136] = np.round(255 - big.clip(0, 255))
+        result = preprocess(photo)
+        small = np.asarray(Image.fromarray(parts.astype(np.uint8)).resize((28, 28), Image.Resampling.NEAREST))
+        for part in large:
+            assert result[small == part].mean() > 0.5 * item[small == part].mean() / 255
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5
+
+
+def test_a_soft_shadow_is_left_out(reference):
+    silhouette = np.zeros((400, 300))
+    silhouette[200:360, 150:270] = np.asarray(garment().convert("L")) < 128
+    shadow = ndimage.shift(ndimage.gaussian_filter(silhouette, 6), (10, 12))  # down and right, soft
+    sheet = np.full((400, 300, 3), 255.0) * (1 - 0.25 * shadow[..., None])
+    sheet[silhouette > 0] = np.asarray(garment())[0 < silhouette[200:360, 150:270]]
+    result = preprocess(sheet.astype(np.uint8))
+    assert np.abs(np.array(bbox(result)) - bbox(reference)).max() <= 1  # same place and size
+    assert result[reference == 0].max() < 0.3
+
+
+@pytest.mark.parametrize("degrees", [-20, -12, 7, 15])
+def test_a_turned_garment_is_set_upright(degrees, reference):
+    turned = garment().rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
+    assert np.abs(preprocess(turned) - reference).mean() < 0.03  # about 0.2 left turned
 
 
 # --- consistency with the test set -----------------------------------------------------------------
