@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from sample_images import (CANVAS, folder_name, render_photo, write_digits_folder,  # noqa: E402,F401  (re-exported)
+from sample_images import (CANVAS, Scene, folder_name, render_photo, write_digits_folder,  # noqa: E402,F401  (re-exported)
                            write_photo_folder)
 from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)

@@ -77,7 +77,7 @@ async def load(url: str, pngs: list[bytes], expected: list, n_requests: int, con
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="model file or run directory (default: newest under runs/)")
+    parser.add_argument("--model", help="model file, run directory or latest (default: the shipped model)")
     parser.add_argument("--requests", type=int, default=1000, help="(default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=20, help="(default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where serve_load.json goes")

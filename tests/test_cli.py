@@ -58,6 +58,7 @@ def test_short_cli_run(tiny_data_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     accuracy = json.loads((train_dir / "metrics.json").read_text())["test_accuracy"]
+    assert out.startswith(f"model: {train_dir / 'model.safetensors'}\n")
     assert f"test accuracy: {100 * accuracy:.2f}%" in out and "confusion matrix" in out
     assert f"written: {tmp_path / 'eval' / 'per_class.txt'}" in out
 

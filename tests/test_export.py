@@ -41,8 +41,9 @@ def onnx_file(exported):
     return exported[0]
 
 
-def test_cli_reports_the_check(exported):
+def test_cli_reports_the_check(exported, calibrated):
     path, out = exported
+    assert out.startswith(f"model: {calibrated}\n")
     assert f"saved {path}" in out and "same classes as PyTorch" in out
 
 

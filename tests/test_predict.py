@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from scipy import ndimage
 
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
@@ -203,6 +204,101 @@ def test_preprocess_is_idempotent_on_its_own_output(reference):
     assert np.array_equal(preprocess(reference), reference)
 
 
+# --- the main object: not what lies beside it, not its shadow, upright ----------------------------------
+
+def on_sheet(garment_pixels: np.ndarray) -> np.ndarray:
+    """A 160x120 RGB picture on a larger white sheet (bottom right), leaving room for other things."""
+    sheet = np.full((400, 300, 3), 255, np.uint8)
+    sheet[200:360, 150:270] = garment_pixels
+    return sheet
+
+
+def disc(centre: tuple[int, int], radius: float, shape=(400, 300)) -> np.ndarray:
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def coin(sheet: np.ndarray) -> None:
+    sheet[disc((60, 60), 15)] = (90, 80, 60)
+
+
+def button(sheet: np.ndarray) -> None:
+    sheet[disc((150, 40), 8)] = (20, 20, 20)
+    sheet[disc((150, 37), 2) | disc((150, 43), 2)] = 255
+
+
+def tag(sheet: np.ndarray) -> None:
+    sheet[330:348, 30:70] = (30, 30, 30)  # level with the garment, to its left
+
+
+@pytest.mark.parametrize("add", [coin, button, tag])
+def test_a_small_object_beside_the_garment_is_left_out(add, reference):
+    sheet = on_sheet(np.asarray(garment()))
+    add(sheet)
+    assert np.abs(preprocess(sheet) - reference).max() < 0.05  # only the soft edge's last pixels differ
+
+
+def runs(profile: np.ndarray) -> int:
+    """How many separate stretches of True."""
+    return int(np.sum(np.diff(np.concatenate([[0], profile.astype(int)])) == 1))
+
+
+def test_a_garment_in_separate_parts_stays_whole():
+    legs = np.full((400, 300), 255, np.uint8)
+    legs[100:300, 100:140] = legs[100:300, 152:192] = 40  # two legs 12 px (6% of their length) apart
+    result = preprocess(legs) > 0.5
+    assert runs(result[14]) == 2 and result.any(0).sum() >= 9  # one leg alone: 40/200 of 28 is 5.6
+    sandal = np.full((400, 300), 255, np.uint8)
+    sandal[280:294, 60:240] = 40  # a sole, and two straps 10 px (5.6%) above it
+    sandal[255:270, 80:120] = sandal[255:270, 170:215] = 40
+    result = preprocess(sandal) > 0.5
+    top, bottom, _, _ = bbox(result)
+    assert runs(result[:, 7]) == 2 and bottom - top + 1 >= 5  # the sole alone: 14/180 of 28 is 2.2
+
+
+def test_fashion_mnist_items_in_several_parts_keep_them_all(real_data):
+    """Test items that fall apart into parts as photos (a sandal's straps, a sneaker's sole), parts less than
+    6% of the item's size apart: each part is still in the 28x28, where the item has it."""
+    checked = 0
+    for item in real_data.test_images.numpy():
+        big = np.asarray(Image.fromarray(item).resize((112, 112), Image.Resampling.BICUBIC), np.float32)
+        mask = big > 0.05 * big.max()
+        parts, n = ndimage.label(mask, np.ones((3, 3)))
+        mass = ndimage.sum(big, parts, np.arange(1, n + 1))
+        large = 1 + np.flatnonzero(mass > 0.05 * mass.sum())
+        size = max(np.ptp(np.nonzero(mask)[0]), np.ptp(np.nonzero(mask)[1]))
+        if len(large) < 2 or any(ndimage.distance_transform_edt(~np.isin(parts, large[large != part]))[
+                parts == part].min() > 0.06 * size for part in large):
+            continue
+        photo = np.full((160, 160), 255, np.uint8)  # dark on white, 4x, with a margin
+        photo[24:136, 24:136] = np.round(255 - big.clip(0, 255))
+        result = preprocess(photo)
+        small = np.asarray(Image.fromarray(parts.astype(np.uint8)).resize((28, 28), Image.Resampling.NEAREST))
+        for part in large:
+            assert result[small == part].mean() > 0.5 * item[small == part].mean() / 255
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5
+
+
+def test_a_soft_shadow_is_left_out(reference):
+    silhouette = np.zeros((400, 300))
+    silhouette[200:360, 150:270] = np.asarray(garment().convert("L")) < 128
+    shadow = ndimage.shift(ndimage.gaussian_filter(silhouette, 6), (10, 12))  # down and right, soft
+    sheet = np.full((400, 300, 3), 255.0) * (1 - 0.25 * shadow[..., None])
+    sheet[silhouette > 0] = np.asarray(garment())[0 < silhouette[200:360, 150:270]]
+    result = preprocess(sheet.astype(np.uint8))
+    assert np.abs(np.array(bbox(result)) - bbox(reference)).max() <= 1  # same place and size
+    assert result[reference == 0].max() < 0.3
+
+
+@pytest.mark.parametrize("degrees", [-20, -12, 7, 15])
+def test_a_turned_garment_is_set_upright(degrees, reference):
+    turned = garment().rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
+    assert np.abs(preprocess(turned) - reference).mean() < 0.03  # about 0.2 left turned
+
+
 # --- consistency with the test set -----------------------------------------------------------------
 
 def test_test_set_images_saved_as_png_predict_like_the_arrays(real_data, model_file, tmp_path):
@@ -249,6 +345,45 @@ def test_predict_arrays_takes_a_batch(model_file):
     x = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
     probs = Predictor(model_file).predict_arrays(x)
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_predict_arrays_scales_uint8_as_training_does(real_data, model_file):
+    """uint8, as load_fashion_mnist gives it, is scaled like training data (it once went in as 0-255)."""
+    items = real_data.test_images[:20]
+    predictor = Predictor(model_file)
+    expected = probabilities(model_file, items.numpy())
+    scaled = items.numpy().astype(np.float32) / np.float32(255)
+    for x in (items.numpy(), items, scaled, torch.from_numpy(scaled), scaled.astype(np.float64)):
+        assert np.allclose(predictor.predict_arrays(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("x, reason", [
+    (np.full((2, 28, 28), 255.0, np.float32), "values from 255 to 255"),
+    (np.full((2, 28, 28), -0.5), "values from -0.5"),
+    (np.full((2, 28, 28), np.nan, np.float32), "NaN"),
+    (torch.full((2, 28, 28), float("inf")), "values from inf"),
+    (np.zeros((2, 28, 28), np.int64), "int64"),
+    (np.zeros((2, 28, 28), np.uint16), "uint16"),
+    (np.zeros((2, 28, 28), bool), "bool"),
+    (np.full((2, 28, 28), "x"), "<U1"),
+    (np.zeros((28, 28), np.uint8), r"shape \(28, 28\): expected \(N, 28, 28\)"),
+    (np.zeros((2, 28, 28, 1), np.uint8), r"shape \(2, 28, 28, 1\)"),
+    (np.zeros((2, 32, 32), np.float32), r"shape \(2, 32, 32\)"),
+])
+def test_predict_arrays_refuses_what_the_model_was_not_trained_on(model_file, x, reason):
+    with pytest.raises(ValueError, match=reason):
+        Predictor(model_file).predict_arrays(x)
+
+
+def test_predict_takes_arrays_and_tensors_by_the_same_dtype_rule(real_data, model_file):
+    item = real_data.test_images[0]
+    scaled = item.numpy() / 255.0
+    results = predict([item.numpy(), item, scaled, torch.from_numpy(scaled), item.numpy() * 1.0],
+                      model=model_file)
+    assert [r.error for r in results[:4]] == [None] * 4
+    for r in results[1:4]:
+        assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
+    assert "[0, 1]" in results[4].error  # floats 0-255 are not taken as pixel values
 
 
 def test_bad_arrays_are_rejected_clearly():
@@ -366,28 +501,76 @@ def test_bad_model_files_are_refused_clearly_and_never_run_code(tmp_path, monkey
 
 # --- which model -----------------------------------------------------------------------------------
 
-def test_the_newest_run_is_the_default_model_and_the_cli_says_so(model_file, tmp_path, monkeypatch, capsys):
+def copy_run(run_dir: str, model_file: Path, age: float = 0, **meta) -> Path:
+    """runs/<name>/model.safetensors: model_file's weights, `age` seconds old, with metadata changed."""
+    path = Path(run_dir, "model.safetensors")
+    model, saved = load_model(model_file)
+    save_model(path, model, {**saved, **meta})
+    os.utime(path, (1e9 - age, 1e9 - age))
+    return path
+
+
+@pytest.fixture
+def shipped(model_file, tmp_path, monkeypatch) -> Path:
+    """A stand-in for the model shipped with the package, with its own name."""
+    path = tmp_path / "shipped" / "default.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(model_file.read_bytes())
+    monkeypatch.setattr(predict_module, "packaged_model", lambda: path)
+    return path
+
+
+def test_a_new_run_never_replaces_the_shipped_model(model_file, shipped, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    for age, run in ((100, "runs/old-train"), (0, "runs/new-train")):
-        Path(run).mkdir(parents=True)
-        Path(run, "model.safetensors").write_bytes(model_file.read_bytes())
-        os.utime(Path(run, "model.safetensors"), (1e9 - age, 1e9 - age))
-    assert resolve_model_path() == Path("runs/new-train/model.safetensors")
-    assert resolve_model_path("runs/old-train") == Path("runs/old-train/model.safetensors")
+    old, new = copy_run("runs/old-train", model_file, age=100), copy_run("runs/new-train", model_file)
+    assert resolve_model_path() == shipped
+    assert resolve_model_path("latest") == Path("runs/new-train/model.safetensors") == new
+    assert resolve_model_path("runs/old-train") == old and resolve_model_path(old) == old
     write(tmp_path / "garment.png", encode(garment(), "PNG"))
     code, out, _ = run_cli(capsys, "garment.png")
+    assert code == 0 and out.startswith(f"model: {shipped} (baseline")
+    code, out, _ = run_cli(capsys, "garment.png", "--model", "latest")
     assert code == 0 and out.startswith("model: runs/new-train/model.safetensors (baseline")
 
 
-def test_the_packaged_model_is_the_fallback_and_its_absence_is_explained(model_file, tmp_path, monkeypatch):
+def test_latest_looks_only_under_the_runs_root(model_file, shipped, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    packaged = predict_module.packaged_model()
-    assert packaged is None or packaged.name == "default.safetensors"
-    monkeypatch.setattr(predict_module, "packaged_model", lambda: model_file)
-    assert resolve_model_path() == model_file
+    copy_run("elsewhere/x-train", model_file)
+    with pytest.raises(ModelFileError, match="--model latest: no trained model under runs/"):
+        resolve_model_path("latest")
+    assert resolve_model_path("latest", runs_root="elsewhere") == Path("elsewhere/x-train/model.safetensors")
+
+
+def test_a_run_of_an_unregistered_architecture_leaves_plain_predict_working(model_file, shipped, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    copy_run("runs/mine-train", model_file, architecture="my-own-net")
+    write(tmp_path / "garment.png", encode(garment(), "PNG"))
+    code, out, _ = run_cli(capsys, "garment.png")
+    assert code == 0 and out.startswith(f"model: {shipped}")
+    code, _, err = run_cli(capsys, "garment.png", "--model", "latest")
+    assert code == 1 and "runs/mine-train/model.safetensors: unknown architecture 'my-own-net'" in err
+
+
+def test_a_missing_shipped_model_is_explained(monkeypatch):
     monkeypatch.setattr(predict_module, "packaged_model", lambda: None)
-    with pytest.raises(ModelFileError, match="none found under runs"):
+    with pytest.raises(ModelFileError, match="shipped with the package is missing.*--model"):
         resolve_model_path()
+
+
+def test_the_package_ships_its_model():
+    packaged = predict_module.packaged_model()
+    assert packaged is not None and packaged.name == "default.safetensors"
+    assert resolve_model_path() == packaged
+
+
+def test_every_model_option_states_the_rule(capsys):
+    for command in ("predict", "serve", "evaluate", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--model PATH|RUN_DIR|latest" in help_text and "newest model under ./runs/" in help_text
+        assert "default: the model shipped with the package" in help_text
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -564,28 +747,28 @@ def wall_photo(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> Predictor:
+def shipped_predictor() -> Predictor:
     path = predict_module.packaged_model()
     if path is None:
         pytest.skip("no shipped model")
     return Predictor(path)
 
 
-def test_the_shipped_model_says_unknown_for_noise_and_walls_but_not_for_test_images(shipped, real_data):
-    assert shipped.unknown_rule is not None and shipped.temperature != 1.0
-    junk = shipped.predict([noise_photo(i) for i in range(5)] + [wall_photo(i) for i in range(5)])
+def test_the_shipped_model_says_unknown_for_noise_and_walls_but_not_for_test_images(shipped_predictor, real_data):
+    assert shipped_predictor.unknown_rule is not None and shipped_predictor.temperature != 1.0
+    junk = shipped_predictor.predict([noise_photo(i) for i in range(5)] + [wall_photo(i) for i in range(5)])
     assert all(p.unknown and p.class_name == "unknown" and p.class_index is None for p in junk)
     assert all(p.top_k and len(p.probabilities) == 10 for p in junk)  # the best guesses are still there
     # held-out test images: the threshold was fitted on the first 5,000, calling ~1.5% of them unknown
-    items = shipped.predict(list(real_data.test_images[5000:5200].numpy()))
+    items = shipped_predictor.predict(list(real_data.test_images[5000:5200].numpy()))
     assert sum(p.unknown for p in items) <= 8
     right = [p.class_index == label for p, label in zip(items, real_data.test_labels[5000:5200].tolist())]
     assert np.mean(right) > 0.9
 
 
-def test_min_confidence_overrides_the_model_rule(shipped, model_file):
+def test_min_confidence_overrides_the_model_rule(shipped_predictor, model_file):
     noise = noise_photo(0)
-    [answered] = shipped.predict(noise, min_confidence=0)  # 0: never unknown
+    [answered] = shipped_predictor.predict(noise, min_confidence=0)  # 0: never unknown
     assert not answered.unknown and answered.class_name == answered.top_k[0][0]
     [p] = Predictor(model_file).predict(noise)  # no rule of its own: never unknown...
     [q] = Predictor(model_file, min_confidence=0.5).predict(noise)  # ...unless asked

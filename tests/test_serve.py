@@ -168,6 +168,20 @@ def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, mo
         assert client.post("/predict", files=upload(("a.jpg", photo()))).status_code == 200
 
 
+def test_start_up_names_the_model_it_serves(model_file, monkeypatch, capsys):
+    import uvicorn
+
+    from fashion_cnn import serve
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(self.config.app) or [s.close() for s in sockets])
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # leave the other tests' threads alone
+    serve.run(model_file, port=0)
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert first == f"model: {model_file} (baseline; not calibrated, never unknown)" and served
+    assert second.startswith("serving on http://127.0.0.1:")
+
+
 # --- hardening -------------------------------------------------------------------------------------
 
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY"}
@@ -248,6 +262,7 @@ def test_serving_on_is_printed_only_once_the_port_listens(model_file):
     port = free_port()
     server = subprocess.Popen([*command, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
+        assert server.stdout.readline().startswith(f"model: {model_file} (baseline")
         assert server.stdout.readline() == f"serving on http://127.0.0.1:{port}/ (API docs at /docs)\n"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as response:  # no retry
             assert response.status == 200

@@ -216,12 +216,12 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
-
     from .runs import check_output_dir
 
-    out = check_output_dir(args.out) if args.out else None  # before the data is read: it takes a while
-    result = evaluate_file(resolve_model_path(args.model), load_job_data(args), out)
-    print(f"model: {result.model_path} ({result.meta['architecture']})")
+    path = resolve_model_path(args.model)
+    print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
+    out = check_output_dir(args.out) if args.out else None
+    result = evaluate_file(path, load_job_data(args), out)
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
@@ -318,7 +318,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .predict import resolve_model_path
 
-    report = export_onnx(resolve_model_path(args.model), args.out, force=args.force)
+    path = resolve_model_path(args.model)
+    print(f"model: {path}", flush=True)
+    report = export_onnx(path, args.out, force=args.force)
     print(f"saved {report['out']}: input images (N, 28, 28) float32 in [0, 1], "
           "output probabilities (N, classes)")
     print(f"checked with onnxruntime on {report['check_images']}: same classes as PyTorch, "
@@ -337,8 +339,9 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """--model, as predict.resolve_model_path reads it."""
-    parser.add_argument("--model", help="model file or run directory (default: newest under runs/, "
-                        "else the packaged model)")
+    from .predict import MODEL_RULE
+
+    parser.add_argument("--model", metavar="PATH|RUN_DIR|latest", help=MODEL_RULE)
 
 
 def add_image_options(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 Fashion-MNIST items are light objects on a black background, centred, their long side spanning all 28
 pixels, 8-bit grayscale. `preprocess` turns an ordinary picture (usually a dark object on a light
 background, anywhere in the frame) into that: grayscale, invert if the border is light, background to 0,
-crop to the object, pad to a square, resize to 28x28.
+crop to the main object (not a coin beside it, not its shadow) turned upright, pad to a square, resize
+to 28x28.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from typing import IO, Iterable, Iterator, Union
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from scipy import ndimage
 
 from . import calibration
 from .data import CLASS_NAMES, to_float
-from .inference import predict_logits
-from .runs import ModelFileError, load_model, write_atomic
+from .inference import IMAGES, predict_logits
+from .runs import RUNS_ROOT, ModelFileError, load_model, write_atomic
 from .terminal import printable
 
-RUNS_DIR = Path("runs")
 DEFAULT_MODEL = "weights/default.safetensors"  # inside the package: the strong model (README)
 MAX_PIXELS = 40_000_000  # a 12-megapixel phone photo is far below; a decompression bomb far above
 MAX_BYTES = 20_000_000
@@ -41,9 +42,22 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # no EPS (Ghostscript),
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SIZE = 28
 WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the crop need no more detail
+# The brightest pixel of an object stands this many robust standard deviations of the border's noise above
+# it: a bare wall's noise reaches 5-6.2 (its brightest pixel of ~10^5), a garment on a textured background
+# 8.4 or more (benchmarks/predict_clutter.py's renders); without this the crop would blow up a speck of
+# noise into an "object".
+OBJECT_CONTRAST = 7
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
 SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
 UNKNOWN = "unknown"  # the class_name of an image unlike anything the model was trained on
+# Finding the main object (benchmarks/predict_clutter.py measured each choice):
+ANALYSIS_SIZE = 128  # objects are found on a copy shrunk to this by block means: fast, and texture averages out
+MERGE = 0.08  # parts of one garment lie closer than this share of its size (a sandal's straps, a coat's
+#               halves: 99.95% of test items), an unrelated coin or tag lies farther
+SHADOW = 0.4  # a shadow: fainter than this share of the object's median brightness, outside it, and
+#               thicker than the object's own soft edge
+MAX_TURN = 20  # degrees: an object turned by up to this much is set upright
+EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal neighbours touch
 
 Image.init()  # register every plugin now: Image.open(formats=...) fails on ones not yet loaded
 # Pillow only warns between its limit and twice its limit; make that an error (decode() also checks).
@@ -90,20 +104,29 @@ def packaged_model() -> Path | None:
     return Path(str(ref)) if ref.is_file() else None
 
 
-def resolve_model_path(model: str | Path | None = None, runs_dir: Path = RUNS_DIR) -> Path:
-    """A model file from a file or run directory; by default the newest final model under runs/,
-    else the model shipped with the package."""
-    if model is not None:
-        path = Path(model)
-        return path / "model.safetensors" if path.is_dir() else path
-    candidates = sorted(runs_dir.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
-    if candidates:
+LATEST = "latest"
+MODEL_RULE = (f"a model file, a run directory, or '{LATEST}' for the newest model under ./{RUNS_ROOT}/ "
+              "(default: the model shipped with the package)")
+
+
+def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT) -> Path:
+    """The model file to use: the model shipped with the package unless `model` names one, as a model
+    file, a run directory (its model.safetensors) or 'latest' (the newest model.safetensors of the run
+    directories under runs_root). A new run never replaces the default silently."""
+    if model is None:
+        packaged = packaged_model()
+        if packaged is None:
+            raise ModelFileError(f"the model shipped with the package is missing ({DEFAULT_MODEL}); "
+                                 f"pass --model PATH, a run directory or '{LATEST}'")
+        return packaged
+    if str(model) == LATEST:
+        candidates = sorted(Path(runs_root).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ModelFileError(f"--model {LATEST}: no trained model under {runs_root}/ "
+                                 "(train one with `fashion-cnn train`, or give its path)")
         return candidates[-1]
-    packaged = packaged_model()
-    if packaged is None:
-        raise ModelFileError(f"no model given and none found under {runs_dir}/; "
-                             "train one with `fashion-cnn train` or pass --model")
-    return packaged
+    path = Path(model)
+    return path / "model.safetensors" if path.is_dir() else path
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -286,21 +309,111 @@ def background(x: np.ndarray) -> np.ndarray:
 
 
 def remove_background(x: np.ndarray) -> np.ndarray:
-    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST."""
+    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; all 0 when nothing
+    stands out of the background's noise by OBJECT_CONTRAST."""
     x = x - background(x)
     edge = border(x)
-    floor = np.median(edge) + 3 * 1.4826 * np.median(np.abs(edge - np.median(edge)))  # 3 robust sd
+    level, sd = np.median(edge), 1.4826 * np.median(np.abs(edge - np.median(edge)))  # robust
+    floor = level + 3 * sd
     top = x.max()
-    if top <= floor:
+    if top <= max(floor, level + OBJECT_CONTRAST * sd):
         return np.zeros_like(x)
     return np.clip((x - floor) / (top - floor), 0, 1)
 
 
+def box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The slices of the smallest box holding every true pixel; None if there is none."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if len(rows) else None
+
+
+def crop_box(x: np.ndarray) -> np.ndarray:
+    """The box around every pixel brighter than FOREGROUND (all of x if there is none)."""
+    found = box(x > FOREGROUND)
+    return x[found] if found else x
+
+
+def shrink(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Means of f x f blocks (partial ones at the far edges), f chosen so the long side is at most
+    ANALYSIS_SIZE; and f."""
+    f = -(-max(x.shape) // ANALYSIS_SIZE)
+    return np.asarray(Image.fromarray(x.astype(np.float32, copy=False)).reduce(f)) if f > 1 else x, f
+
+
+def long_side(mask: np.ndarray) -> int:
+    rows, cols = box(mask)
+    return max(rows.stop - rows.start, cols.stop - cols.start)
+
+
+def disk(radius: float) -> np.ndarray:
+    r = max(1, round(radius))
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def main_object(low: np.ndarray) -> np.ndarray | None:
+    """The pixels of the main object: of the groups of parts lying within MERGE of its size of each other,
+    the one with the most brightness. None if nothing is brighter than the background."""
+    mask = low > FOREGROUND
+    parts, n = ndimage.label(mask, EIGHT)
+    if n == 0:
+        return None
+    obj = parts == 1 + np.argmax(ndimage.sum(low, parts, np.arange(1, n + 1)))
+    if n > 1:
+        gap = ndimage.distance_transform_edt(~mask)
+        for _ in range(2):  # the group's size sets the distance: once from the largest part, once from the group
+            groups, k = ndimage.label(gap <= MERGE * long_side(obj) / 2, EIGHT)
+            obj = mask & (groups == 1 + np.argmax(ndimage.sum(low, groups, np.arange(1, k + 1))))
+    return obj
+
+
+def shadow_of(low: np.ndarray, obj: np.ndarray) -> np.ndarray:
+    """The object's shadow: the faint band (below SHADOW of its median brightness) that joins it to the
+    background, where that band is thicker than one Fashion-MNIST pixel, the object's own soft edge."""
+    faint, _ = ndimage.label(~obj | (low < SHADOW * np.median(low[obj])))
+    outside = obj & np.isin(faint, np.setdiff1d(border(faint), [0]))
+    edge = disk(long_side(obj) / SIZE)
+    shadow = ndimage.binary_dilation(ndimage.binary_opening(outside, edge), edge) & outside
+    return shadow if (obj & ~shadow).any() else np.zeros_like(obj)
+
+
+def upright_angle(obj: np.ndarray) -> float:
+    """The turn (degrees, within MAX_TURN) that makes the object's bounding box smallest: garments stand
+    upright in Fashion-MNIST, and for 90% of test items this box is smallest within 2 degrees of upright."""
+    rows, cols = np.nonzero(obj & ~ndimage.binary_erosion(obj))
+    degrees = np.array(sorted(range(-MAX_TURN, MAX_TURN + 1), key=abs))  # ties go to the smallest turn
+    angles = np.deg2rad(degrees)[:, None]
+    across = cols * np.cos(angles) + rows * np.sin(angles)
+    down = rows * np.cos(angles) - cols * np.sin(angles)
+    area = (np.ptp(across, 1) + 1) * (np.ptp(down, 1) + 1)
+    return float(degrees[np.argmin(area)])
+
+
 def crop_to_object(x: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(x > FOREGROUND)
-    if len(rows) == 0:
+    """The main object of a background-free image, cropped: other objects and its shadow set to 0, and
+    turned upright when it stands a degree or more off."""
+    low, f = shrink(x)
+    obj = main_object(low)
+    if obj is None:
         return x
-    return x[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    rows, cols = box(obj)  # from here on, only the object's box (and a 1-block rim) matters
+    rim = slice(max(rows.start - 1, 0), rows.stop + 1), slice(max(cols.start - 1, 0), cols.stop + 1)
+    low, obj = low[rim], obj[rim]
+    top, left = rim[0].start, rim[1].start
+    shadow = shadow_of(low, obj)
+    obj &= ~shadow
+    # with the soft edge that the block means dimmed, except next to the shadow, whose faint ends it holds
+    keep = obj | ndimage.binary_dilation(obj, EIGHT) & ~ndimage.binary_dilation(shadow, EIGHT)
+    x = x[top * f:(top + len(keep)) * f, left * f:(left + keep.shape[1]) * f]
+    blocks = keep[np.arange(x.shape[0]) // f][:, np.arange(x.shape[1]) // f]
+    x = crop_box(x * blocks)
+    x /= x.max()  # the object's brightest pixel to 1, though a darker coin beside it set the scale
+    angle = upright_angle(obj)
+    if angle:  # turned at 4x the final size at most: more detail would be resized away
+        turned = Image.fromarray(x.astype(np.float32, copy=False)).reduce(max(1, max(x.shape) // (4 * SIZE)))
+        turned = turned.rotate(angle, Image.Resampling.BICUBIC, expand=True)
+        x = crop_box(np.clip(np.asarray(turned), 0, 1))
+    return x
 
 
 def pad_and_resize(x: np.ndarray) -> np.ndarray:
@@ -386,7 +499,8 @@ def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: b
 
 
 class Predictor:
-    """A loaded model, the class names it predicts, its temperature and its rule for "unknown".
+    """A loaded model, the class names it predicts, its temperature and its rule for "unknown"; `model` as
+    resolve_model_path reads it (default: the model shipped with the package).
 
     min_confidence: call every image whose calibrated top probability is below this unknown, instead of
     the model file's own rule (0: never unknown). Model files without calibration have temperature 1 and
@@ -406,9 +520,18 @@ class Predictor:
         """Raw logits (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
         return predict_logits(self.model, torch.from_numpy(np.asarray(x, np.float32)).unsqueeze(1))
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (N, classes) for float32 images (N, 28, 28) in [0, 1]."""
-        return calibration.probabilities(self.logits(x), self.temperature).numpy()
+    def predict_arrays(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities (N, classes) for a batch of Fashion-MNIST-like images (N, 28, 28), numpy
+        or torch: uint8 as `load_fashion_mnist` gives them (scaled as in training) or float in [0, 1].
+        Other dtypes, float values outside [0, 1] (NaN too) and other shapes are a ValueError."""
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            if x.dtype.kind not in "uif":  # torch cannot even hold strings or objects
+                raise ValueError(f"images of type {x.dtype}: expected {IMAGES}")
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if x.ndim != 3 or tuple(x.shape[1:]) != (SIZE, SIZE):
+            raise ValueError(f"images of shape {tuple(x.shape)}: expected (N, {SIZE}, {SIZE})")
+        return calibration.probabilities(predict_logits(self.model, x.detach().cpu()), self.temperature).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
                 crop: bool = True, min_confidence: float | None = None) -> list[Prediction]:
@@ -444,7 +567,8 @@ class Predictor:
         return predictions
 
     def describe(self) -> str:
-        """`model: PATH (architecture, test accuracy, calibration and the rule for unknown)`"""
+        """`model: PATH (architecture, test accuracy; calibration and the rule for unknown)`: the line every
+        command that uses a model prints first."""
         accuracy = self.meta.get("test_accuracy")
         score = f", test accuracy {100 * accuracy:.2f}%" if accuracy is not None else ""
         calibrated = f"temperature {self.temperature:.3g}" if "calibration" in self.meta else "not calibrated"
@@ -454,7 +578,8 @@ class Predictor:
 
 def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
             **options) -> list[Prediction]:
-    """Predict with a model file or run directory (default: resolve_model_path's); see Predictor.predict."""
+    """Predict with the shipped model, or the one `model` names (see resolve_model_path); see
+    Predictor.predict."""
     return Predictor(model).predict(images, top_k=top_k, **options)
 
 

@@ -30,7 +30,7 @@ from .version import __version__
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
-RUNS_ROOT = "runs"  # where jobs write by default, and where `--model latest` looks
+RUNS_ROOT = "runs"  # where train and cv write their run directories by default (--out), and `--model latest` looks
 MODEL_FORMAT = "fashion-cnn-model/1"
 CHECKPOINT_FORMAT = "fashion-cnn-checkpoint/1"
 META_KEY = "fashion_cnn"

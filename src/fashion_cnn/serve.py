@@ -163,7 +163,7 @@ def bounded_errors(errors: Iterable[dict]) -> list[dict]:
 
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
                max_body: int = MAX_BODY, min_confidence: float | None = None) -> FastAPIOffline:
-    """The application for one model file or run directory (default: the newest under runs/);
+    """The application for one model (default: the shipped one; see predict.resolve_model_path);
     min_confidence as in Predictor, overridable per request."""
     predictor = Predictor(model, min_confidence=min_confidence)
     samples = sample_images(predictor.class_names)
@@ -175,6 +175,7 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     app = FastAPIOffline(title="fashion-cnn", version=__version__, docs_url=None, redoc_url=None,
                          description=f"Classify images with a CNN ({predictor.meta['architecture']}) into its "
                                      f"classes: {', '.join(predictor.class_names)}.")
+    app.state.predictor = predictor  # run() names the model it serves
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
     app.add_middleware(SecurityHeaders)
@@ -291,6 +292,7 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     app = create_app(model, min_confidence=min_confidence)
     sockets = listen(host, port)
     bound = sockets[0].getsockname()[1]
+    print(app.state.predictor.describe(), flush=True)
     print(f"serving on http://{f'[{host}]' if ':' in host else host}:{bound}/ (API docs at /docs)", flush=True)
     protocol = guarded_protocol(header_timeout, connection_cap())
     config = uvicorn.Config(app, http=protocol, ws="none", log_level="info", backlog=BACKLOG,
