@@ -15,7 +15,8 @@ destroyed (the model-randomisation check of Adebayo et al., 2018):
 Randomised models, each over --seeds seeds:
 - fresh: the architecture as `create_model` initialises it (zero biases, batch norm the identity);
 - randomised: every parameter of every stage drawn from a truncated normal, as the paper does
-  (explain.randomise, whose docstring gives the recipe);
+  (explain.randomise, whose docstring gives the recipe), batch norm's running statistics measured again on
+  --calibration training images (--batch-norm: or reset to 0 and 1, or kept from the trained model);
 - cascade (the method `explain` uses, and --cascade): the stages randomised one after the other from the
   top (the logits) down, one seed.
 Prints a table and saves explain_sanity.json in --out.
@@ -203,7 +204,22 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-def measure_method(trained: nn.Module, name: str, images: np.ndarray, seeds: int, cascade: bool) -> dict | None:
+class Randomiser:
+    """explain.randomise with the benchmark's choice of batch norm statistics."""
+
+    def __init__(self, trained: nn.Module, batch_norm: str, calibration: torch.Tensor) -> None:
+        self.trained, self.batch_norm, self.calibration = trained, batch_norm, calibration
+
+    def __call__(self, model: nn.Module, names: list[str] | None, seed: int) -> nn.Module:
+        randomise(model, names, seed, self.calibration if self.batch_norm == "measure" else None)
+        if self.batch_norm == "keep":
+            kept = {k: v for k, v in self.trained.state_dict().items() if "running_" in k}
+            model.load_state_dict({**model.state_dict(), **kept})
+        return model
+
+
+def measure_method(trained: nn.Module, name: str, images: np.ndarray, seeds: int, cascade: bool,
+                   randomiser: Randomiser) -> dict | None:
     build = METHODS[name]
     if build(trained) is None:
         return None
@@ -221,14 +237,14 @@ def measure_method(trained: nn.Module, name: str, images: np.ndarray, seeds: int
                 torch.manual_seed(seed)
                 model = create_model(trained.arch, trained.num_classes, trained.tta).eval()
             else:
-                model = randomise(copy_of(trained), seed=seed)
+                model = randomiser(copy_of(trained), None, seed)
             maps = explain_model(model, build, images)
             runs.append({"seed": seed, **scores(maps, images), "rank_correlation": rank_correlation(trained_maps, maps)})
         result[variant] = summary(runs)
     if cascade:
         model, steps = copy_of(trained), []
         for stage in reversed(stages(trained)):
-            randomise(model, [stage], seed=len(steps))
+            randomiser(model, [stage], len(steps))
             maps = explain_model(model, build, images)
             steps.append({"randomised_down_to": stage, **scores(maps, images),
                           "rank_correlation": rank_correlation(trained_maps, maps)})
@@ -246,6 +262,11 @@ def main() -> None:
                         help=f"default: all ({', '.join(METHODS)})")
     parser.add_argument("--cascade", nargs="*", choices=METHODS, default=[METHOD], metavar="METHOD",
                         help="methods to run the cascading randomisation for (default: %(default)s)")
+    parser.add_argument("--batch-norm", choices=("measure", "reset", "keep"), default="measure",
+                        help="batch norm statistics of randomised stages (default: %(default)s; the others "
+                             "write explain_sanity-<choice>.json)")
+    parser.add_argument("--calibration", type=int, default=2000,
+                        help="training images to measure them on (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where explain_sanity.json goes")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")
@@ -254,6 +275,7 @@ def main() -> None:
     picked = np.random.default_rng(args.seed).choice(len(data.test_images), args.n, replace=False)
     images = to_float(data.test_images[picked])[:, 0].numpy()
     labels = data.test_labels[picked]
+    calibration = to_float(data.train_images[:args.calibration])
     area = {str(t): float(evidence_on_object(images, images, t)[1].mean()) for t in THRESHOLDS}
     print("share of the image that is garment: " + ", ".join(f"{v:.3f} (>{t} of max)" for t, v in area.items()))
     models: list[dict] = []
@@ -267,7 +289,8 @@ def main() -> None:
                  "stages": stages(trained), "methods": {}}
         models.append(entry)
         for method in args.methods:
-            r = measure_method(trained, method, images, args.seeds, method in args.cascade)
+            r = measure_method(trained, method, images, args.seeds, method in args.cascade,
+                               Randomiser(trained, args.batch_norm, calibration))
             if r is None:
                 continue
             entry["methods"][method] = r
@@ -285,12 +308,18 @@ def main() -> None:
                   f"{r['trained']['class_rank_correlation']:.2f} | empty {r['trained']['empty_maps']} | ceiling "
                   f"{r['resolution_ceiling'][t]:.3f}{cascade}", flush=True)
         save(args, area, models)  # after each model: a long run keeps what it has measured
-    print(f"saved {args.out / 'explain_sanity.json'}")
+    print(f"saved {result_path(args)}")
+
+
+def result_path(args: argparse.Namespace) -> Path:
+    return args.out / ("explain_sanity.json" if args.batch_norm == "measure" else
+                       f"explain_sanity-{args.batch_norm}.json")
 
 
 def save(args: argparse.Namespace, area: dict, models: list[dict]) -> None:
-    write_json(args.out / "explain_sanity.json",
+    write_json(result_path(args),
                {"n": args.n, "seed": args.seed, "seeds": args.seeds, "thresholds": list(THRESHOLDS),
+                "batch_norm": args.batch_norm, "calibration": args.calibration,
                 "garment_area": area, "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,
                 "occlusion_window_stride": list(OCCLUSION), "models": models})
 

@@ -147,26 +147,34 @@ def stages(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(ran)) + [name for name in names if name not in ran]
 
 
-def randomise(model: nn.Module, names: Iterable[str] | None = None, seed: int = 0) -> nn.Module:
+def randomise(model: nn.Module, names: Iterable[str] | None = None, seed: int = 0,
+              images: torch.Tensor | None = None, batch_size: int = 500) -> nn.Module:
     """The model, with every parameter of the named stages (default: all) drawn afresh, in place.
 
     As Adebayo et al. do: from a truncated normal (cut at 2 standard deviations), the weights and the
     biases alike. The scale is He's, sqrt(2 / fan-in), so that a signal keeps its size through every
     randomised layer and no layer's part vanishes or dominates; a bias is one more weight of its unit (fed
-    a constant 1), and batch norm's scale and shift those of a unit with one input. Batch norm's running
-    statistics are reset to mean 0 and variance 1, so that the randomised layer is the random affine map
-    its parameters say: the statistics were measured on the trained layers below and are part of what the
-    model learned. Zero biases, as the models' own initialisation sets them, would not do: activations of
-    a zero image would then be exactly zero, and every map of a fresh model would lie on the garment.
+    a constant 1), and batch norm's scale and shift those of a unit with one input. Zero biases, as the
+    models' own initialisation sets them, would not do: activations of a black image would then be
+    exactly zero, and every map of a fresh model would lie on the garment.
+
+    Batch norm's running statistics are no parameters but the mean and variance of its input over the
+    data, and randomising a stage changes the input of every batch norm from that stage up. Given float
+    `images` (N, 1, 28, 28), those statistics are measured again on them, as training mode computes them,
+    so that each batch norm normalises what it now receives, as at the start of training. Without, they
+    are reset to mean 0 and variance 1. (Keeping the trained ones would scale random activations by the
+    statistics of others and keep a learned shift per channel.)
     """
     generator = torch.Generator().manual_seed(seed)
+    order = stages(model)
+    names = order if names is None else list(names)
 
     def draw(t: torch.Tensor, fan_in: int) -> None:
         std = (2 / fan_in) ** 0.5
         t.copy_(nn.init.trunc_normal_(torch.empty(t.shape), 0, std, -2 * std, 2 * std, generator=generator))
 
     with torch.no_grad():
-        for name in stages(model) if names is None else names:
+        for name in names:
             for module in model.get_submodule(name).modules():
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     fan_in = module.weight[0].numel()
@@ -179,7 +187,36 @@ def randomise(model: nn.Module, names: Iterable[str] | None = None, seed: int = 
                     module.reset_running_stats()
                 elif any(True for _ in module.parameters(recurse=False)):
                     raise ValueError(f"cannot randomise {type(module).__name__} in {name!r}")
+    if images is not None and names:
+        changed = order[min(order.index(name) for name in names):]
+        measure_batch_norm(model, images, changed, batch_size)
     return model
+
+
+def measure_batch_norm(model: nn.Module, images: torch.Tensor, names: Iterable[str], batch_size: int = 500
+                       ) -> None:
+    """Batch norm's running statistics in the named stages, measured on the images: their plain average
+    over the batches, as training mode computes them (no gradients; every other module as it was)."""
+    norms = [m for name in names for m in model.get_submodule(name).modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                model.logits(images[start:start + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, scale: int = OVERLAY_SCALE) -> np.ndarray:
