@@ -2,11 +2,17 @@
 
 The heat map is HiResCAM (Draelos & Carin, 2020), computed with captum: the gradient of the class's logit
 times the activations of the model's last convolutional stage (the module its registry spec names as
-`cam_layer`), summed over channels, kept where positive and upsampled to 28x28. For a model that ends in
-global average pooling (strong) this is exactly Grad-CAM. For models whose dense layer reads every position
-(baseline, fast), Grad-CAM averages the gradient over positions first, and on the trained baseline its map
-lit up the background instead of the garment (benchmarks/explain_sanity.py); HiResCAM keeps each position's
-own gradient. Models evaluated with test-time augmentation get the mean of the maps of both views.
+`cam_layer`), summed over channels, kept where positive and put on the 28x28 input grid. For the fast and
+strong models the map is an exact decomposition of the logit (less its bias) over the stage's positions:
+what follows the stage is piecewise linear and without bias until the logits; for the baseline, nearly so.
+For a model that ends in global average pooling (strong) it is exactly Grad-CAM; for models whose dense
+layer reads every position (baseline, fast), Grad-CAM averages the gradient over positions first and its
+maps lie mostly off the garment (8% and 22% of their mass on it). Among the captum methods compared by
+benchmarks/explain_sanity.py, it is the one whose trained maps beat those of a randomised model (the check
+of Adebayo et al., 2018, as `randomise` does it) on the garment for the fast and strong models, and it
+depends on the class; methods that are zero wherever the input is black (Integrated Gradients or Input x
+Gradient from a black image, occlusion by black patches) lie on the garment for any model, trained or not.
+Models evaluated with test-time augmentation get the mean of the maps of both views.
 """
 
 from __future__ import annotations
@@ -40,29 +46,50 @@ def cam_layer(model: nn.Module) -> nn.Module:
     return model.get_submodule(spec.cam_layer)
 
 
-def class_activation(model: nn.Module, method: str = METHOD) -> Callable:
-    """(images, targets) -> the layer's map (N, 1, h, w) before the ReLU: HiResCAM, or Grad-CAM for comparison
-    (benchmarks/explain_sanity.py)."""
+LayerMap = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, targets) -> (N, 1, h, w)
+
+
+def class_activation(model: nn.Module, method: str = METHOD, layer: str | None = None) -> LayerMap:
+    """(model, images, targets) -> the layer's map (N, 1, h, w) before the ReLU: HiResCAM, or Grad-CAM for
+    comparison (benchmarks/explain_sanity.py), on `layer` (default: the spec's cam_layer)."""
     from captum.attr import LayerGradCam, LayerGradientXActivation
 
+    module = model.get_submodule(layer) if layer else cam_layer(model)
     if method == "HiResCAM":
-        per_channel = LayerGradientXActivation(model.logits, cam_layer(model))
-        return lambda x, target: per_channel.attribute(x, target=target).sum(1, keepdim=True)
+        def hirescam(m: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return LayerGradientXActivation(m.logits, module).attribute(x, target=target).sum(1, keepdim=True)
+        return hirescam
     if method == "Grad-CAM":
-        return LayerGradCam(model.logits, cam_layer(model)).attribute
+        return lambda m, x, target: LayerGradCam(m.logits, module).attribute(x, target=target,
+                                                                              relu_attributions=False)
     raise unknown("explanation method", method, ("HiResCAM", "Grad-CAM"))
 
 
-def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Sequence[int],
-             batch_size: int = 200, method: str = METHOD) -> np.ndarray:
-    """float32 (N, 28, 28) in [0, 1], each map scaled to a maximum of 1 (all 0 where the layer holds no
-    positive evidence), for float images (N, 28, 28) in [0, 1] and one target class per image."""
+def to_input_grid(layer_map: torch.Tensor) -> torch.Tensor:
+    """A layer's map (N, 1, h, w) on the 28x28 input grid. A strided or pooled layer (h divides 28) is
+    stretched bilinearly, which puts each unit on the centre of the pixels it pools; an unpadded
+    convolution's map (28 - k + 1 wide) is its units' centres already, framed by the border pixels no unit
+    is centred on (stretching it would shift the map by up to a pixel at the garment's edges)."""
     from captum.attr import LayerAttribution
 
+    h = layer_map.shape[-1]
+    if SIZE % h == 0:
+        return LayerAttribution.interpolate(layer_map.float(), (SIZE, SIZE), interpolate_mode="bilinear")
+    border = (SIZE - h) // 2
+    return torch.nn.functional.pad(layer_map.float(), (border, SIZE - h - border) * 2)
+
+
+def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Sequence[int],
+             batch_size: int = 200, method: str | LayerMap = METHOD) -> np.ndarray:
+    """float32 (N, 28, 28) in [0, 1], each map scaled to a maximum of 1 (all 0 where the layer holds no
+    positive evidence), for float images (N, 28, 28) in [0, 1] and one target class per image.
+
+    method: a name class_activation knows, or any (model, images, targets) -> (N, 1, h, w) map of one view.
+    """
     images = torch.as_tensor(np.asarray(images, np.float32)).unsqueeze(1)
     targets = torch.as_tensor(np.asarray(targets, np.int64))
     device = next(model.parameters()).device
-    attribute = class_activation(model, method)
+    attribute = class_activation(model, method) if isinstance(method, str) else method
     flips = (False, True) if model.tta else (False,)
     was_training = model.training
     model.eval()
@@ -71,9 +98,8 @@ def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Seque
         for start in range(0, len(images), batch_size):
             x, target = images[start:start + batch_size].to(device), targets[start:start + batch_size].to(device)
             total = 0
-            for flip in flips:  # each view's map, upsampled, then mirrored back onto the input
-                layer_map = attribute(x.flip(3) if flip else x, target)
-                view = LayerAttribution.interpolate(layer_map.float(), (SIZE, SIZE), interpolate_mode="bilinear")
+            for flip in flips:  # each view's map, on the input grid, then mirrored back onto the input
+                view = to_input_grid(attribute(model, x.flip(3) if flip else x, target))
                 total = total + (view.flip(3) if flip else view)
             maps.append(total[:, 0].detach().clamp(min=0).cpu())
     model.train(was_training)
@@ -86,14 +112,111 @@ def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Seque
 
 def evidence_on_object(heats: np.ndarray, images: np.ndarray, threshold: float = FOREGROUND
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the share of the heat map's mass on the object (pixels brighter than threshold; NaN for
-    an empty map), and the share of the image the object covers. A map that ignored the image would put
-    about the covered share of its mass there."""
-    on = images > threshold
+    """Per image: the share of the heat map's mass on the object (pixels brighter than `threshold` times
+    the image's brightest pixel; NaN for an empty map), and the share of the image the object covers. A map
+    that ignored the image would put about the covered share of its mass there."""
+    on = images > threshold * images.max(axis=(1, 2), keepdims=True)
     total = heats.sum(axis=(1, 2))
     inside = (heats * on).sum(axis=(1, 2))
     share = np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
     return share, on.mean(axis=(1, 2))
+
+
+# --- the model-randomisation check (Adebayo et al., 2018) ------------------------------------------------
+
+def stages(model: nn.Module) -> list[str]:
+    """The names of the model's stages in the order its forward runs them, which together hold every
+    parameter once: its top-level modules, a container of blocks (ResNet's blocks, FastNet's layers) split
+    into its blocks. The units that cascading randomisation destroys one after the other, from the top."""
+    names = []
+    for name, child in model.named_children():
+        blocks = list(child.named_children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) else []
+        if blocks and all(any(True for _ in block.children()) for _, block in blocks):
+            names += [f"{name}.{sub}" for sub, _ in blocks]
+        else:
+            names.append(name)
+    ran: list[str] = []
+    hooks = [model.get_submodule(name).register_forward_hook(lambda *_, name=name: ran.append(name))
+             for name in names]
+    try:
+        with torch.no_grad():
+            model.logits(torch.zeros(1, 1, SIZE, SIZE, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list(dict.fromkeys(ran)) + [name for name in names if name not in ran]
+
+
+def randomise(model: nn.Module, names: Iterable[str] | None = None, seed: int = 0,
+              images: torch.Tensor | None = None, batch_size: int = 500) -> nn.Module:
+    """The model, with every parameter of the named stages (default: all) drawn afresh, in place.
+
+    As Adebayo et al. do: from a truncated normal (cut at 2 standard deviations), the weights and the
+    biases alike. The scale is He's, sqrt(2 / fan-in), so that a signal keeps its size through every
+    randomised layer and no layer's part vanishes or dominates; a bias is one more weight of its unit (fed
+    a constant 1), and batch norm's scale and shift those of a unit with one input. Zero biases, as the
+    models' own initialisation sets them, would not do: activations of a black image would then be
+    exactly zero, and every map of a fresh model would lie on the garment.
+
+    Batch norm's running statistics are no parameters but the mean and variance of its input over the
+    data, and randomising a stage changes the input of every batch norm from that stage up. Given float
+    `images` (N, 1, 28, 28), those statistics are measured again on them, as training mode computes them,
+    so that each batch norm normalises what it now receives, as at the start of training. Without, they
+    are reset to mean 0 and variance 1. (Keeping the trained ones would scale random activations by the
+    statistics of others and keep a learned shift per channel.)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    order = stages(model)
+    names = order if names is None else list(names)
+
+    def draw(t: torch.Tensor, fan_in: int) -> None:
+        std = (2 / fan_in) ** 0.5
+        t.copy_(nn.init.trunc_normal_(torch.empty(t.shape), 0, std, -2 * std, 2 * std, generator=generator))
+
+    with torch.no_grad():
+        for name in names:
+            for module in model.get_submodule(name).modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    fan_in = module.weight[0].numel()
+                    draw(module.weight, fan_in)
+                    if module.bias is not None:
+                        draw(module.bias, fan_in)
+                elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    draw(module.weight, 1)
+                    draw(module.bias, 1)
+                    module.reset_running_stats()
+                elif any(True for _ in module.parameters(recurse=False)):
+                    raise ValueError(f"cannot randomise {type(module).__name__} in {name!r}")
+    if images is not None and names:
+        changed = order[min(order.index(name) for name in names):]
+        measure_batch_norm(model, images, changed, batch_size)
+    return model
+
+
+def measure_batch_norm(model: nn.Module, images: torch.Tensor, names: Iterable[str], batch_size: int = 500
+                       ) -> None:
+    """Batch norm's running statistics in the named stages, measured on the images: their plain average
+    over the batches, as training mode computes them (no gradients; every other module as it was)."""
+    norms = [m for name in names for m in model.get_submodule(name).modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                model.logits(images[start:start + batch_size].to(device))
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, scale: int = OVERLAY_SCALE) -> np.ndarray:
