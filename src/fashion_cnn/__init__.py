@@ -20,7 +20,8 @@ _EXPORTS = {
     "inference": ("predict_logits",),
     "models": ("count_parameters", "create_model", "list_models"),
     "plots": ("confusion_matrix_figure", "fold_boxplot", "learning_curves", "save_figure"),
-    "predict": ("ImageError", "Prediction", "Predictor", "predict"),
+    # (not predict.predict: `fashion_cnn.predict` is the module, which Python's import sets on the package)
+    "predict": ("ImageError", "Prediction", "Predictor"),
     "runs": ("ModelFileError", "load_model", "save_model"),
     "train": ("TrainConfig", "TrainResult", "TrainState", "fit", "train_final"),
 }

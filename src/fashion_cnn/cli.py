@@ -346,7 +346,9 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 
 def add_image_options(parser: argparse.ArgumentParser) -> None:
     """How images become model inputs, and how many classes to show, as predict and explain take them."""
-    parser.add_argument("--top-k", type=int, default=3,
+    from .predict import TOP_K
+
+    parser.add_argument("--top-k", type=int, default=TOP_K,
                         help="how many classes to list per image (default: %(default)s)")
     parser.add_argument("--no-invert", action="store_true",
                         help="never invert (default: invert when the border is light, as in photos)")

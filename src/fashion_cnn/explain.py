@@ -30,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from .models import spec_of, unknown
-from .predict import (FOREGROUND, SIZE, Prediction, Predictor, Source, expand_sources, output_name, png_bytes,
+from .predict import (FOREGROUND, SIZE, TOP_K, Prediction, Predictor, Source, expand_sources, output_name, png_bytes,
                       prepare)
 from .runs import write_atomic
 
@@ -289,7 +289,7 @@ def output_paths(predictions: list[Prediction], sources: list[tuple[str, Source]
 
 
 def explain_files(images: Source | Iterable[Source], model: str | Path | None = None,
-                  out_dir: str | Path = "explanations", force: bool = False, top_k: int = 3,
+                  out_dir: str | Path = "explanations", force: bool = False, top_k: int = TOP_K,
                   invert: bool | None = None, crop: bool = True,
                   ) -> tuple[Predictor, list[Prediction], list[np.ndarray | None], list[Path | None]]:
     """Predict and explain images as `fashion-cnn predict` preprocesses them; one PNG per usable image in

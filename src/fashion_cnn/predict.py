@@ -49,6 +49,7 @@ WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the cr
 OBJECT_CONTRAST = 7
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
 SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
+TOP_K = 3  # classes listed per image unless asked otherwise (predict, explain, the web API)
 UNKNOWN = "unknown"  # the class_name of an image unlike anything the model was trained on
 # Finding the main object (benchmarks/predict_clutter.py measured each choice):
 ANALYSIS_SIZE = 128  # objects are found on a copy shrunk to this by block means: fast, and texture averages out
@@ -533,7 +534,7 @@ class Predictor:
             raise ValueError(f"images of shape {tuple(x.shape)}: expected (N, {SIZE}, {SIZE})")
         return calibration.probabilities(predict_logits(self.model, x.detach().cpu()), self.temperature).numpy()
 
-    def predict(self, images: Source | Iterable[Source], top_k: int = 3, invert: bool | None = None,
+    def predict(self, images: Source | Iterable[Source], top_k: int = TOP_K, invert: bool | None = None,
                 crop: bool = True, min_confidence: float | None = None) -> list[Prediction]:
         """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise.
 
@@ -542,7 +543,7 @@ class Predictor:
         return self.predict_prepared([prepare(name, source, invert, crop) for name, source in expand_sources(images)],
                                      top_k, min_confidence)
 
-    def predict_prepared(self, predictions: list[Prediction], top_k: int = 3,
+    def predict_prepared(self, predictions: list[Prediction], top_k: int = TOP_K,
                          min_confidence: float | None = None) -> list[Prediction]:
         """Fill in the classes of predictions made by `prepare` (those with an `error` stay as they are)."""
         if top_k < 1:
@@ -576,7 +577,7 @@ class Predictor:
         return f"model: {self.path} ({self.meta['architecture']}{score}; {calibrated}, {rule})"
 
 
-def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = 3,
+def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = TOP_K,
             **options) -> list[Prediction]:
     """Predict with the shipped model, or the one `model` names (see resolve_model_path); see
     Predictor.predict."""

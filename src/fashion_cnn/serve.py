@@ -30,7 +30,7 @@ from .connections import BACKLOG, HEADER_TIMEOUT, connection_cap, guarded_protoc
 from .version import __version__
 from .data import CLASS_NAMES, FILES, DataError, find_data_dir, read_idx
 from .explain import explain_predictions, overlay_png
-from .predict import MAX_BYTES, Prediction, Predictor, as_record, data_url, png_bytes
+from .predict import MAX_BYTES, TOP_K, Prediction, Predictor, as_record, data_url, png_bytes
 
 MAX_FILES = 16
 MAX_BODY = 64_000_000  # a whole request; each file is further held to MAX_BYTES
@@ -226,7 +226,7 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
                                               f"{max_body:,} bytes"},
                          422: {"model": PredictResponse, "description": "no file could be used"}})
     async def predict(files: list[UploadFile] = File(..., description=f"up to {max_files} images"),
-                      top_k: int = Query(3, ge=1, le=len(predictor.class_names)),
+                      top_k: int = Query(TOP_K, ge=1, le=len(predictor.class_names)),
                       explain: bool = Query(False, description="also return each image's heat map"),
                       min_confidence: float | None = Query(
                           None, ge=0, le=1, description="answer unknown below this calibrated top probability, "
