@@ -759,7 +759,7 @@ def test_the_shipped_model_says_unknown_for_noise_and_walls_but_not_for_test_ima
     junk = shipped_predictor.predict([noise_photo(i) for i in range(5)] + [wall_photo(i) for i in range(5)])
     assert all(p.unknown and p.class_name == "unknown" and p.class_index is None for p in junk)
     assert all(p.top_k and len(p.probabilities) == 10 for p in junk)  # the best guesses are still there
-    # held-out test images: the threshold was fitted on the first 5,000, calling ~1.5% of them unknown
+    # held-out test images: the threshold was fitted on the first 5,000, calling ~1% of them unknown
     items = shipped_predictor.predict(list(real_data.test_images[5000:5200].numpy()))
     assert sum(p.unknown for p in items) <= 8
     right = [p.class_index == label for p, label in zip(items, real_data.test_labels[5000:5200].tolist())]

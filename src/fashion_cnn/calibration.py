@@ -29,8 +29,11 @@ from .runs import ModelFileError
 log = logging.getLogger("fashion_cnn")
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
-UNKNOWN_RATE = 0.015  # share of the in-distribution fitting images the threshold calls unknown, at most
-MIN_IMAGES = 200  # held-out images needed: 100 per half still put a 1.5% threshold between real images
+# Share of the in-distribution fitting images the threshold calls unknown, at most. Issue 11 allows 2% of
+# unseen test images; the unseen share varies with the split (at 1.5%: 1.52% mean, sd 0.24, largest 2.36%
+# over 200 random halves of the test set), so 1% keeps it below 2% with room.
+UNKNOWN_RATE = 0.01
+MIN_IMAGES = 200  # held-out images needed: 100 per half still put a 1% threshold between real images
 TEMPERATURE_RANGE = (0.01, 100.0)  # a perfectly separated fitting set drives T to 0; keep it finite
 
 def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
