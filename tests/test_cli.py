@@ -125,6 +125,7 @@ CV_ONLY = [
     (["--split-seed", "-1"], "--split-seed must be 0 or more"),
     (["--val-size", "50"], "--val-size makes one validation split, so it goes with --folds 1"),
     (["--folds", "1"], "--folds 1 needs --val-size"),
+    (["--folds", "1", "--val-size", "50", "--split-seed", "3"], "--split-seed shuffles the k folds"),
 ]
 
 

@@ -28,13 +28,18 @@ from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_s
 log = logging.getLogger("fashion_cnn")
 
 
+SPLIT_SEED = 1
+
+
 @dataclass
 class CVConfig(TrainConfig):
     """A `cv` run's options: TrainConfig's, the folds, and the split's seed."""
 
     folds: int = opt(5, "number of folds (the tutorial's 5); 1 validates once on a --val-size holdout",
                      {"rule": "at least 1", "test": lambda v: v >= 1})
-    split_seed: int = opt(1, "shuffle seed of the split (the tutorial's KFold random_state=1)", AT_LEAST_0)
+    split_seed: int = opt(SPLIT_SEED, "shuffle seed of the stratified k folds (the tutorial's KFold random_state=1); "
+                                      "the --folds 1 holdout is fixed, the one `train --val-size` draws",
+                          AT_LEAST_0)
 
     def validates(self) -> bool:
         return True  # on the held-out fold
@@ -44,6 +49,9 @@ class CVConfig(TrainConfig):
         if (self.folds == 1) != bool(self.val_size):
             raise ValueError("--val-size makes one validation split, so it goes with --folds 1 (and --folds 1 "
                              "needs --val-size); k-fold cross-validation validates on each fold in turn")
+        if self.folds == 1 and self.split_seed != SPLIT_SEED:
+            raise ValueError("--split-seed shuffles the k folds; the --folds 1 holdout is fixed (the split "
+                             "`train --val-size` draws, so that runs compared on it agree)")
 
 
 def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

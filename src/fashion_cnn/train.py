@@ -78,7 +78,7 @@ class TrainConfig:
     model's recipe (`fashion-cnn models`)."""
 
     model: str | None = opt(None, "architecture from the registry (`fashion-cnn models` lists them); default: "
-                                  "baseline, or --init's")
+                                  "baseline, or that of the --init model (train, cv)")
     epochs: int | None = recipe(10, "passes over the training data (the tutorial's 10)", AT_LEAST_1)
     batch_size: int | None = recipe(32, "images per step (the tutorial's 32)", AT_LEAST_1)
     lr: float | None = recipe(0.01, "peak learning rate (the tutorial's 0.01)", POSITIVE)
