@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 USER = "fashion"  # the database's superuser; trust authentication over the socket, so no password
@@ -97,7 +100,15 @@ class PostgresServer:
         self.dir = None
 
     def __enter__(self) -> str:
+        # A plain `kill` ends Python without unwinding, which would leave the server running: make it unwind.
+        self.previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         return self.start()
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self.previous_handler is not None:
+                signal.signal(signal.SIGTERM, self.previous_handler)

@@ -229,6 +229,24 @@ def storage(request, tmp_path):
         server.stop()
 
 
+def test_a_killed_process_stops_the_server_it_started(tmp_path):
+    """The harness (tests/postgres.py) is also what benchmarks/tune_fast.py runs under: a `kill` of it must
+    not leave a PostgreSQL server behind."""
+    try:
+        PostgresServer()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL: {e}")
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); from postgres import PostgresServer\n"
+              "server = PostgresServer()\nwith server:\n    print(server.dir, flush=True)\n    time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                             text=True)
+    folder = Path(child.stdout.readline().strip())
+    assert (folder / "data" / "postmaster.pid").exists()
+    child.terminate()
+    assert child.wait(60) == 128 + 15
+    assert not folder.exists()
+
+
 def test_two_workers_share_one_study_and_a_third_reads_the_best(storage, tiny_data_dir, tmp_path):
     trials = 4
     workers = [subprocess.Popen([sys.executable, "-m", "fashion_cnn", *tune_args(
