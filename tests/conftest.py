@@ -10,6 +10,24 @@ import pytest
 from fashion_cnn.data import DEBIAN_DIR, FILES, has_all_files
 
 
+def machine_line() -> str:
+    """Which CPU ran the suite, and whether the C kernel built: exactness is tested per machine."""
+    import os
+
+    from fashion_cnn.fastpath import native_library
+    from fashion_cnn.machine import cpu_model
+
+    return f"machine: {cpu_model()}, {os.cpu_count()} CPUs; C kernel {'in use' if native_library() else 'not in use (torch ops)'}"
+
+
+def pytest_report_header(config) -> str:
+    return machine_line()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(machine_line())
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """The IDX encoding of a uint8 array: magic 0x08 0x(ndim), big-endian dimensions, data."""
     magic = 0x0800 | array.ndim
