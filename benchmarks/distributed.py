@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="strong: steps of 128 images per epoch")
     parser.add_argument("--small", action="store_true", help="1 cv epoch on 4,000 images, 4 strong steps")
     args = parser.parse_args()
-    from fashion_cnn.fastpath import cpu_model
+    from fashion_cnn.machine import cpu_model
 
     cores = len(os.sched_getaffinity(0))
     if cores < 2:
