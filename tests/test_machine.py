@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import subprocess
@@ -33,6 +34,46 @@ def test_other_processes_share_is_what_the_machine_used_minus_this_process():
     assert machine.other_cpu_share(before, before) == 0.0  # no time passed: nothing to tell
     ours_only = machine.Snapshot(busy=int(0.5 * tick), total=2 * tick, own=10.6, wall=1.0)
     assert machine.other_cpu_share(before, ours_only) == 0.0  # never below zero
+
+
+RANK = """
+import dataclasses, json, os, sys, time
+spinner = int(sys.argv[2])
+os.environ["LOCAL_WORLD_SIZE"] = sys.argv[1]
+from fashion_cnn import machine
+siblings = machine.sibling_ranks()
+since, own, spun = machine.cpu_snapshot(), machine.own_cpu_seconds(), machine.process_cpu_seconds(spinner)
+time.sleep(1.0)
+now = machine.cpu_snapshot()
+alone = machine.other_cpu_share(dataclasses.replace(since, own=own),
+                                dataclasses.replace(now, own=machine.own_cpu_seconds()))
+spun = (machine.process_cpu_seconds(spinner) - spun) / ((now.total - since.total) / os.sysconf("SC_CLK_TCK"))
+print(json.dumps({"siblings": siblings, "spinner": spinner, "job": machine.other_cpu_share(since, now),
+                  "alone": alone, "spun": spun}))
+"""
+PARENT = """
+import subprocess, sys
+spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # the rank's sibling
+try:
+    sys.exit(subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2], str(spinner.pid)]).returncode)
+finally:
+    spinner.kill()
+"""
+
+
+def rank_sees(local_world_size: int) -> dict:
+    """What a process (RANK) counts as other processes' load while its sibling spins."""
+    out = subprocess.run([sys.executable, "-c", PARENT, RANK, str(local_world_size)], capture_output=True,
+                         text=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def test_under_torchrun_sibling_ranks_are_not_other_processes():
+    seen = rank_sees(2)  # under torchrun: the spinning sibling is another rank of the same job
+    assert seen["siblings"] == [seen["spinner"]] and seen["spun"] > 0.01
+    assert seen["job"] == pytest.approx(seen["alone"] - seen["spun"], abs=0.03)  # its time is the job's
+    seen = rank_sees(1)  # without: another process, as any
+    assert seen["siblings"] == [] and seen["job"] == seen["alone"]
 
 
 @pytest.mark.parametrize("others, usable, most, threads", [

@@ -84,24 +84,52 @@ def own_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a running process, from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def sibling_ranks() -> list[int]:
+    """Under torchrun with several processes on this machine: the other ranks' pids (torchrun's other
+    children), which share its cores by design and are no competing load. [] otherwise."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+        return []
+    parent = os.getppid()
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    try:
+        return [int(p) for p in children.read_text().split() if int(p) != os.getpid()]
+    except OSError:
+        return []
+
+
+def job_cpu_seconds() -> float:
+    """CPU seconds of this job on this machine: this process's, and its sibling ranks' under torchrun."""
+    return own_cpu_seconds() + sum(process_cpu_seconds(pid) for pid in sibling_ranks())
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """CPU time so far: the machine's (busy and total clock ticks of some CPUs) and this process's."""
+    """CPU time so far: the machine's (busy and total clock ticks of some CPUs) and this job's."""
 
     busy: int  # ticks
     total: int  # ticks
-    own: float  # seconds
+    own: float  # seconds: this process's, with its sibling ranks' under torchrun (job_cpu_seconds)
     wall: float  # seconds (monotonic)
 
 
 def cpu_snapshot(cpus: list[int] | None = None) -> Snapshot:
-    """The CPU time of the given CPUs (all when None) and of this process, now."""
-    return Snapshot(*cpu_ticks(cpus), own_cpu_seconds(), time.monotonic())
+    """The CPU time of the given CPUs (all when None) and of this job (job_cpu_seconds), now."""
+    return Snapshot(*cpu_ticks(cpus), job_cpu_seconds(), time.monotonic())
 
 
 def other_cpu_share(since: Snapshot, now: Snapshot | None = None) -> float:
-    """Share of the CPUs' time (0 to 1) that processes other than this one and its children used between
-    two snapshots of the same CPUs (now: all CPUs, now): 0 means the machine was otherwise quiet."""
+    """Share of the CPUs' time (0 to 1) that processes other than this job (this one, its children, its
+    sibling ranks) used between two snapshots of the same CPUs (now: all CPUs, now): 0 means the machine
+    was otherwise quiet."""
     now = now or cpu_snapshot()
     if now.total <= since.total:
         return 0.0
