@@ -17,7 +17,8 @@ def machine_line() -> str:
     from fashion_cnn.fastpath import native_library
     from fashion_cnn.machine import cpu_model
 
-    return f"machine: {cpu_model()}, {os.cpu_count()} CPUs; C kernel {'in use' if native_library() else 'not in use (torch ops)'}"
+    kernel = "in use" if native_library() else "not in use (torch ops)"
+    return f"machine: {cpu_model()}, {os.cpu_count()} CPUs; C kernel {kernel}"
 
 
 def pytest_report_header(config) -> str:

@@ -1,5 +1,6 @@
 """Real images for tests and benchmarks: scikit-learn's handwritten digits as a folder of PNG files, and
-Fashion-MNIST items rendered as photos (benchmarks/common.py re-exports these)."""
+Fashion-MNIST items rendered as photos, plain or with clutter (a Scene): other objects, textured
+backgrounds, shadows, uneven light, rotation (benchmarks/common.py re-exports these)."""
 
 from __future__ import annotations
 

@@ -174,7 +174,13 @@ def test_start_up_names_the_model_it_serves(model_file, monkeypatch, capsys):
     from fashion_cnn import serve
 
     served = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(self.config.app) or [s.close() for s in sockets])
+
+    def run(server, sockets) -> None:
+        served.append(server.config.app)
+        for s in sockets:
+            s.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # leave the other tests' threads alone
     serve.run(model_file, port=0)
     first, second = capsys.readouterr().out.splitlines()[:2]
