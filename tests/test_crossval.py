@@ -113,9 +113,13 @@ def test_threads_that_follow_the_load_give_a_quiet_runs_numbers(real_data, tmp_p
     load = itertools.cycle([1.0, 0.0])  # other processes: a whole core busy, then none, ...
     monkeypatch.setattr(machine.LoadMeter, "read", lambda self: next(load))
     counts = []
-    real_set = torch.set_num_threads
+    real_set, before = torch.set_num_threads, torch.get_num_threads()
+    real_set(2)  # what the job restores at its end, as on a 2-core machine whatever OMP_NUM_THREADS says
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (counts.append(n), real_set(n)))
-    busy = cross_validate(tiny_cv(tmp_path, 0), data=real_data)
+    try:
+        busy = cross_validate(tiny_cv(tmp_path, 0), data=real_data)
+    finally:
+        real_set(before)
 
     adapts = stage == "native" and fastpath.mkl_functions() is not None
     assert set(counts) == ({1, 2} if adapts else {2})
