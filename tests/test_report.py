@@ -157,6 +157,13 @@ def test_calibration_is_that_of_the_kept_predictions(train_run, tiny):
         pytest.approx(0.1)
 
 
+def test_probabilities_are_the_calibrated_ones_predict_gives():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.4, 0.0]])
+    meta = {"calibration": {"temperature": 0.5}}
+    assert np.allclose(report.calibrated(logits, meta, "m"), torch.softmax(logits / 0.5, 1).numpy())
+    assert np.allclose(report.calibrated(logits, {}, "m"), torch.softmax(logits, 1).numpy())  # uncalibrated
+
+
 def test_the_highest_loss_examples_come_first_with_heat_maps(train_run):
     text = (train_run / "report.html").read_text()
     section = text.split('<section id="losses">', 1)[1].split("</section>", 1)[0]

@@ -29,6 +29,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import calibration
+from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves
@@ -38,7 +40,6 @@ from .version import __version__
 
 REPORT = "report.html"
 PREDICTIONS = "predictions.safetensors"
-ECE_BINS = 15
 HIGHEST_LOSSES = 24
 CONFUSED_PAIRS = 10
 SCALE = 3  # gallery thumbnails: 28x28 shown as 84x84
@@ -204,7 +205,7 @@ def evaluation_of(run: Run, data: Dataset | None = None, model: str | Path | Non
                      {"model": str(path), "model_sha256": digest, "model_meta": meta, "data": data.source})
     else:
         raise DataError(f"{cache}: made on other test data than {data.source}, and its model is gone")
-    return Evaluation(torch.softmax(logits.float(), 1).numpy(), data, list(meta.get("class_names") or CLASS_NAMES),
+    return Evaluation(calibrated(logits, meta, path or cache), data, list(meta.get("class_names") or CLASS_NAMES),
                       meta, path, loaded)
 
 
@@ -220,11 +221,14 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
             np.bincount(which, correct.astype(float), bins) / seen)
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the mean gap between confidence and accuracy over equal-width confidence bins, weighted by
-    the share of examples in each (Guo et al., 2017)."""
-    counts, confidence, accuracy = reliability(probabilities, labels, bins)
-    return float(np.sum(counts * np.abs(accuracy - confidence)) / max(len(labels), 1))
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """calibration.expected_calibration_error (the one definition) on numpy arrays."""
+    return calibration.expected_calibration_error(torch.from_numpy(probabilities), torch.from_numpy(labels))
+
+
+def calibrated(logits: torch.Tensor, meta: dict, source: str | Path) -> np.ndarray:
+    """The probabilities `predict` gives: softmax at the model file's temperature (1 if uncalibrated)."""
+    return calibration.probabilities(logits, calibration.from_metadata(meta, source)[0]).numpy()
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -758,7 +762,7 @@ def cached_calibration(run: Run) -> float | None:
     tensors, kept = read_kept(run.path / PREDICTIONS)
     if kept is None:
         return None
-    return expected_calibration_error(torch.softmax(tensors["logits"].float(), 1).numpy(),
+    return expected_calibration_error(calibrated(tensors["logits"], kept["model_meta"], run.path / PREDICTIONS),
                                       tensors["labels"].numpy())
 
 
