@@ -17,7 +17,6 @@ neither needs the file nor notices a change to it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -26,7 +25,7 @@ from torch import nn
 
 from .datasets import class_mapping
 from .models import count_parameters, spec_of
-from .runs import ModelFileError, load_model
+from .runs import ModelFileError, file_sha256, load_model
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -81,14 +80,6 @@ def freeze_backbone(model: nn.Module) -> None:
         p.requires_grad_(name.split(".")[0] == head)
     model.frozen_backbone = True
     model.train(model.training)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def start_from_init(model: nn.Module, cfg: TrainConfig, class_names: Sequence[str], load: bool = True) -> dict | None:

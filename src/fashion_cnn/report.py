@@ -14,7 +14,6 @@ file is unchanged, so a later `fashion-cnn report` does not run the model again.
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -35,7 +34,7 @@ from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves
 from .predict import data_url, png_bytes
-from .runs import ModelFileError, load_model, load_tensors, read_config, save_tensors, write_atomic
+from .runs import ModelFileError, file_sha256, load_model, load_tensors, read_config, save_tensors, write_atomic
 from .version import __version__
 
 REPORT = "report.html"
@@ -143,10 +142,6 @@ class Evaluation:
         return -np.log(np.maximum(true, np.finfo(np.float32).tiny))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_data(config: dict, data_dir: str | None = None) -> Dataset:
     """The data a run was made on, from its config's data options (data_dir, given, overrides them);
     never downloaded."""
@@ -191,7 +186,7 @@ def evaluation_of(run: Run, data: Dataset | None = None, model: str | Path | Non
     if path is None and cached is None:
         return None
     loaded, meta = load_model(path) if path else (None, cached["model_meta"])
-    digest = sha256(path) if path else cached["model_sha256"]
+    digest = file_sha256(path) if path else cached["model_sha256"]
     data = data or run_data(run.config if run.job != "evaluate" else meta.get("config", {}), data_dir)
     labels = data.test_labels.numpy()
     fresh = (cached is not None and cached["model_sha256"] == digest
