@@ -314,10 +314,11 @@ def remove_background(x: np.ndarray) -> np.ndarray:
     stands out of the background's noise by OBJECT_CONTRAST."""
     x = x - background(x)
     edge = border(x)
-    level, sd = np.median(edge), 1.4826 * np.median(np.abs(edge - np.median(edge)))  # robust
+    level = np.median(edge)
+    sd = 1.4826 * np.median(np.abs(edge - level))  # robust: a median absolute deviation
     floor = level + 3 * sd
     top = x.max()
-    if top <= max(floor, level + OBJECT_CONTRAST * sd):
+    if top <= level + OBJECT_CONTRAST * sd:  # (above the floor too: the floor is 3 sd)
         return np.zeros_like(x)
     return np.clip((x - floor) / (top - floor), 0, 1)
 
