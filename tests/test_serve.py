@@ -279,10 +279,11 @@ def test_serving_on_is_printed_only_once_the_port_listens(model_file):
 
 class Trickle:
     """count connections to 127.0.0.1:port that send a request head a byte at a time and never finish it
-    (slowloris); one the server closes is opened again, as an attacker would."""
+    (slowloris), or with silent=True send nothing at all; one the server closes is opened again, as an
+    attacker would."""
 
-    def __init__(self, port: int, count: int, interval: float = 0.3) -> None:
-        self.port, self.count, self.interval = port, count, interval
+    def __init__(self, port: int, count: int, interval: float = 0.3, silent: bool = False) -> None:
+        self.port, self.count, self.interval, self.silent = port, count, interval, silent
         self.sockets: list[socket.socket | None] = []
         self.reopened = 0
         self.stop = threading.Event()
@@ -291,7 +292,8 @@ class Trickle:
     def connect(self) -> socket.socket | None:
         try:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            if not self.silent:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             return sock
         except OSError:
             return None
@@ -300,14 +302,22 @@ class Trickle:
         while not self.stop.wait(self.interval):
             for i, sock in enumerate(self.sockets):
                 try:
-                    if sock is None:
+                    if sock is None or (self.silent and self.closed(sock)):
                         raise OSError
-                    sock.send(b"X")
+                    if not self.silent:
+                        sock.send(b"X")
                 except OSError:
                     if sock is not None:
                         sock.close()
                     self.reopened += 1
                     self.sockets[i] = self.connect()
+
+    @staticmethod
+    def closed(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
 
     def __enter__(self) -> "Trickle":
         self.sockets = [self.connect() for _ in range(self.count)]
@@ -322,10 +332,13 @@ class Trickle:
                 sock.close()
 
 
-def test_slow_connections_do_not_lock_out_real_requests(model_file):
+@pytest.mark.parametrize("silent", [False, True], ids=["trickling", "silent"])
+def test_slow_connections_do_not_lock_out_real_requests(model_file, silent):
     """1,100 connections trickling a byte each used up a 1024-descriptor server's descriptors; here 300
-    of them against 256 descriptors, while real requests must still be answered promptly."""
-    with server_process(model_file, fd_limit=256) as url, Trickle(int(url.rsplit(":", 1)[1]), 300) as slow:
+    of them against 256 descriptors, while real requests must still be answered promptly. Real requests
+    arrive amid bursts of reconnecting ones: closing the oldest waiting connection of a burst closed them."""
+    with (server_process(model_file, fd_limit=256) as url,
+          Trickle(int(url.rsplit(":", 1)[1]), 300, silent=silent) as slow):
         for _ in range(3):
             start = time.monotonic()
             with urllib.request.urlopen(url + "/health", timeout=10) as response:

@@ -5,7 +5,7 @@ timed out).
 uvicorn closes idle keep-alive connections, but gives a request's headers unlimited time, and its
 `limit_concurrency` counts open connections too, so slow ones would turn every real request into a 503.
 `guarded_protocol` extends its h11 protocol with a deadline for each request's headers and a cap on open
-connections: a new connection past the cap closes the oldest one still waiting for its headers.
+connections: past the cap, the oldest connection that has shown itself slow is closed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ HEADER_TIMEOUT = 10.0  # seconds from connecting (or from the last response) to 
 MAX_CONNECTIONS = 1000
 BACKLOG = 128  # connections the kernel queues, and so the most one accept round can add at once
 RESERVED_FDS = 64  # descriptors the server needs besides its connections (model, logs, threads, ...)
+UNREAD_GRACE = 1.0  # seconds a new connection may send nothing before it counts as slow (a client's head
+# arrives with its first packet, right after the handshake that let it be accepted)
 
 
 def connection_cap(max_connections: int = MAX_CONNECTIONS) -> int:
@@ -36,22 +38,44 @@ def connection_cap(max_connections: int = MAX_CONNECTIONS) -> int:
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
     """An h11 protocol class for uvicorn's Config(http=...): a connection waiting for a request head
-    longer than header_timeout is closed, and so is the oldest waiting one when a new connection would
-    make more than max_connections. Connections busy with a request are never closed for the cap."""
-    waiting: dict[H11Protocol, None] = {}  # connections without a complete request head, oldest first
+    longer than header_timeout is closed, and past max_connections open ones, the oldest *suspect* is
+    closed. Connections busy with a request are never closed for the cap.
+
+    A suspect is a connection that has sent part of a head, or sits idle between requests, or has sent
+    nothing for UNREAD_GRACE seconds. A connection not read yet is not one: a burst of accepts (up to
+    BACKLOG) is handed to the protocol before any of them is read, and closing the oldest waiting
+    connection then closed real clients whose complete request was already in the socket. The burst fits
+    in the BACKLOG descriptors connection_cap keeps free, and is sorted out as soon as it is read."""
+    suspects: dict[H11Protocol, None] = {}  # oldest first
+    unread: dict[H11Protocol, float] = {}  # connected, nothing received yet: when it connected
+    retry: asyncio.TimerHandle | None = None  # a later shed, for when only unread connections are over the cap
+
+    def shed(loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        """Close suspects, oldest first, until at most max_connections are open."""
+        nonlocal retry
+        now = loop.time()
+        for old in [c for c, since in unread.items() if now - since >= UNREAD_GRACE]:
+            unread.pop(old)
+            suspects[old] = None
+        while len(connections) > max_connections and suspects:
+            next(iter(suspects)).drop()
+        if len(connections) > max_connections and unread and (retry is None or retry.when() <= now):
+            retry = loop.call_later(UNREAD_GRACE, shed, loop, connections)
 
     class GuardedH11Protocol(H11Protocol):
         deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            unread[self] = self.loop.time()
             self.track()
-            if len(self.connections) > max_connections and waiting:
-                next(iter(waiting)).drop()
+            shed(self.loop, self.connections)
 
         def data_received(self, data: bytes) -> None:
+            unread.pop(self, None)
             super().data_received(data)
             self.track()
+            shed(self.loop, self.connections)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -67,7 +91,8 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 if self.deadline is None:
                     self.deadline = self.loop.call_later(header_timeout, self.drop)
-                    waiting[self] = None
+                if self not in unread:
+                    suspects.setdefault(self, None)
             else:
                 self.stop_waiting()
 
@@ -75,7 +100,8 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
             if self.deadline is not None:
                 self.deadline.cancel()
                 self.deadline = None
-            waiting.pop(self, None)
+            suspects.pop(self, None)
+            unread.pop(self, None)
 
         def drop(self) -> None:
             self.stop_waiting()
