@@ -11,14 +11,18 @@ from fashion_cnn.data import DEBIAN_DIR, FILES, has_all_files
 
 
 def machine_line() -> str:
-    """Which CPU ran the suite, and whether the C kernel built: exactness is tested per machine."""
+    """Which CPU ran the suite, the kernels torch chose for it, and whether the C kernel built: exactness
+    is tested per machine."""
     import os
+
+    import torch
 
     from fashion_cnn.fastpath import native_library
     from fashion_cnn.machine import cpu_model
 
     kernel = "in use" if native_library() else "not in use (torch ops)"
-    return f"machine: {cpu_model()}, {os.cpu_count()} CPUs; C kernel {kernel}"
+    return (f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch kernels {torch.backends.cpu.get_cpu_capability()};"
+            f" C kernel {kernel}")
 
 
 def pytest_report_header(config) -> str:
