@@ -28,6 +28,19 @@ def test_kfold_splits_stratified_disjoint_covering_reproducible():
     assert not np.array_equal(splits[0][1], np.arange(len(splits[0][1])))  # shuffled, not blocks
 
 
+def test_balanced_classes_get_the_tutorials_kfold(real_data):
+    from sklearn.model_selection import KFold
+
+    labels = real_data.train_labels.numpy()
+    assert np.bincount(labels).tolist() == [6000] * 10
+    tutorial = KFold(n_splits=5, shuffle=True, random_state=1).split(np.zeros((60000, 28, 28)))
+    assert all(np.array_equal(a, b) and np.array_equal(c, d)
+               for (a, c), (b, d) in zip(kfold_splits(labels, 5, seed=1), tutorial, strict=True))
+    imbalanced = labels[:59999]  # one image fewer: stratified folds, each class's share in every fold
+    for _, val in kfold_splits(imbalanced, 5, seed=1):
+        assert np.abs(np.bincount(imbalanced[val]) - np.bincount(imbalanced) / 5).max() < 1
+
+
 def test_bad_fold_count():
     with pytest.raises(ValueError, match="--folds"):
         kfold_splits(np.zeros(10), 1, 1)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
@@ -37,7 +37,7 @@ class CVConfig(TrainConfig):
 
     folds: int = opt(5, "number of folds (the tutorial's 5); 1 validates once on a --val-size holdout",
                      {"rule": "at least 1", "test": lambda v: v >= 1})
-    split_seed: int = opt(SPLIT_SEED, "shuffle seed of the stratified k folds (the tutorial's KFold random_state=1); "
+    split_seed: int = opt(SPLIT_SEED, "shuffle seed of the k folds (the tutorial's KFold random_state=1); "
                                       "the --folds 1 holdout is fixed, the one `train --val-size` draws",
                           AT_LEAST_0)
 
@@ -54,12 +54,23 @@ class CVConfig(TrainConfig):
                              "`train --val-size` draws, so that runs compared on it agree)")
 
 
+def balanced(labels: np.ndarray) -> bool:
+    """Whether every class present has as many images as any other (all of Fashion-MNIST: 6,000 each)."""
+    counts = np.bincount(labels)
+    return counts[counts > 0].min() == counts.max()
+
+
 def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train indices, validation indices) per fold, stratified: each fold holds each class's share of
-    the images (scikit-learn's shuffled StratifiedKFold), so a small class is validated in every fold."""
+    """(train indices, validation indices) per fold, shuffled with seed. Stratified, so that each fold
+    holds each class's share of the images and a small class is validated in every fold (scikit-learn's
+    StratifiedKFold), unless the classes are balanced: there every class's expected share of a fold is
+    already equal, and the folds are the tutorial's KFold(folds, shuffle=True, random_state=seed), so
+    Fashion-MNIST's numbers are those of the tutorial's split."""
     labels = np.asarray(labels)
     if not 2 <= folds <= len(labels):
         raise ValueError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
+    if balanced(labels):
+        return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(labels))
     with warnings.catch_warnings():  # a class with fewer images than folds: cross_validate logs it
         warnings.simplefilter("ignore", UserWarning)
         return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels))
@@ -123,7 +134,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     world = distributed.world()
     with start_job(cfg, "cv", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
-                 + (f"{cfg.folds} stratified folds" if cfg.folds > 1 else f"{cfg.val_size} held out")
+                 + (f"{cfg.folds} {'' if balanced(labels.numpy()) else 'stratified '}folds" if cfg.folds > 1
+                    else f"{cfg.val_size} held out")
                  + f", model {cfg.model})")
         log_class_counts(labels, data.class_names, cfg)
         few = [name for name, n in zip(data.class_names, class_counts(labels, len(data.class_names))) if n < cfg.folds]
