@@ -67,7 +67,7 @@ def run_measured(cmd: list[str]) -> dict:
 
 def tutorial_fold1(n: int):
     """(train indices, validation indices) of fold 1 of the tutorial's KFold(5, shuffle=True,
-    random_state=1): the split the speed benchmarks' recorded results used (`fashion-cnn cv` now stratifies)."""
+    random_state=1): the split the speed benchmarks use, and fold 1 of `fashion-cnn cv` on Fashion-MNIST."""
     import numpy as np
     from sklearn.model_selection import KFold
 
