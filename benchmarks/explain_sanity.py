@@ -49,8 +49,18 @@ from fashion_cnn.predict import FOREGROUND, SIZE, resolve_model_path
 from fashion_cnn.runs import load_model, write_json
 
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)
-IG_STEPS = 16  # few: its map is zero on black pixels at any number of steps, which decides the measure
-OCCLUSION = (4, 4)  # black patches of 4x4 pixels, side by side (every 2 pixels costs 3.4x as much)
+IG_STEPS = 16  # few: from black, its map is zero on black pixels at any number of steps, which decides the measure
+OCCLUSION = (4, 4)  # patches of 4x4 pixels, side by side (every 2 pixels costs 3.4x as much)
+GRAY = 0.286  # Fashion-MNIST's mean pixel: a reference that is not zero on the background
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """The image under a 9x9 box blur: a reference that keeps its rough brightness but not its shape."""
+    return F.avg_pool2d(F.pad(x, (4, 4, 4, 4), mode="replicate"), 9, stride=1)
+
+
+REFERENCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "black": torch.zeros_like, "gray": lambda x: torch.full_like(x, GRAY), "blurred": blurred}
 
 
 def earlier_layer(model: nn.Module) -> str | None:
@@ -109,20 +119,21 @@ def guided_grad_cam(model: nn.Module) -> LayerMap:
     return attribute
 
 
-def input_method(name: str) -> Callable[[nn.Module], LayerMap]:
-    """A captum attribution on the input pixels; every one takes the black image as its reference."""
+def input_method(name: str, reference: str = "black") -> Callable[[nn.Module], LayerMap]:
+    """A captum attribution on the input pixels, against a reference image (REFERENCES)."""
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     def build(model: nn.Module) -> LayerMap:
         if name == "Integrated Gradients":
             return lambda m, x, target: IntegratedGradients(m.logits).attribute(
-                x, baselines=0.0, target=target, n_steps=IG_STEPS, internal_batch_size=len(x) * 8)
+                x, baselines=REFERENCES[reference](x), target=target, n_steps=IG_STEPS,
+                internal_batch_size=len(x) * 8)
         if name == "Input x Gradient":
             return lambda m, x, target: InputXGradient(m.logits).attribute(x, target=target)
         window, stride = OCCLUSION
         return lambda m, x, target: Occlusion(m.logits).attribute(
             x, target=target, sliding_window_shapes=(1, window, window), strides=(1, stride, stride),
-            baselines=0.0, perturbations_per_eval=32)
+            baselines=REFERENCES[reference](x), perturbations_per_eval=32)
     return build
 
 
@@ -142,6 +153,10 @@ METHODS: dict[str, Callable[[nn.Module], LayerMap | None]] = {
     "Integrated Gradients": input_method("Integrated Gradients"),
     "Input x Gradient": input_method("Input x Gradient"),
     "Occlusion": input_method("Occlusion"),
+    # references that are not black, so that the background can carry attribution
+    "Integrated Gradients, gray reference": input_method("Integrated Gradients", "gray"),
+    "Integrated Gradients, blurred reference": input_method("Integrated Gradients", "blurred"),
+    "Occlusion, gray patches": input_method("Occlusion", "gray"),
 }
 # zero wherever the input is zero (or, for occlusion, wherever a black patch covers only black pixels), for
 # any model whatever: such a map is on the garment by construction
