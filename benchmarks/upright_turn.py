@@ -1,0 +1,79 @@
+"""What does `predict`'s upright turn cost upright photos, and what does it gain on turned ones?
+
+Renders N Fashion-MNIST test items as 300x400 JPEG photos (tests/sample_images.py's render_photo) of three
+kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is preprocessed by
+`predict.preprocess` as it is, and with `predict.upright_angle` replaced by one that turns only when the
+turn makes the object's bounding box smaller by at least a margin (--margins; 1 means never turn). For each
+variant and kind: agreement with the class the model gives the original 28x28 item, and accuracy.
+Saves upright_turn.json in --out.
+
+    .venv/bin/python benchmarks/upright_turn.py --n 600
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from common import HERE, Scene, render_photo
+from fashion_cnn import predict
+from fashion_cnn.data import load_fashion_mnist
+from fashion_cnn.runs import write_json
+
+KINDS = {"plain": Scene(), "turned": Scene(rotation=20),
+         "all": Scene(distractor=True, texture=True, shadow=True, lighting=True, rotation=20)}
+
+
+def upright_angle_with_margin(margin: float):
+    """predict.upright_angle, but 0 unless the turn shrinks the box's area by at least `margin`."""
+    def upright_angle(obj: np.ndarray) -> float:
+        rows, cols = np.nonzero(obj & ~ndimage.binary_erosion(obj))
+        degrees = np.array(sorted(range(-predict.MAX_TURN, predict.MAX_TURN + 1), key=abs))
+        angles = np.deg2rad(degrees)[:, None]
+        across = cols * np.cos(angles) + rows * np.sin(angles)
+        down = rows * np.cos(angles) - cols * np.sin(angles)
+        area = (np.ptp(across, 1) + 1) * (np.ptp(down, 1) + 1)
+        best = int(np.argmin(area))
+        return float(degrees[best]) if area[best] <= (1 - margin) * area[0] else 0.0
+    return upright_angle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=600, help="test items per kind (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--margins", type=float, nargs="*", default=[0.02, 0.05, 1.0],
+                        help="box-area margins to compare with the turn as it is (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where upright_turn.json goes")
+    args = parser.parse_args()
+
+    data = load_fashion_mnist(download=False)
+    items = np.random.default_rng(args.seed).choice(len(data.test_images), args.n, replace=False)
+    originals, labels = data.test_images.numpy()[items], data.test_labels.numpy()[items]
+    predictor = predict.Predictor()
+    reference = predictor.predict_arrays(originals).argmax(1)
+    photos = {name: [render_photo(item, np.random.default_rng([args.seed, k, i]), scene)
+                     for i, item in enumerate(originals)]
+              for k, (name, scene) in enumerate(KINDS.items())}
+    as_is = predict.upright_angle
+    variants = {"as it is": as_is, **{f"margin {m:g}": upright_angle_with_margin(m) for m in args.margins}}
+    result = {"n": args.n, "seed": args.seed, "model": str(predictor.path), "variants": {}}
+    for variant, angle in variants.items():
+        predict.upright_angle = angle
+        row = {}
+        for name, kind in photos.items():
+            classes = predictor.predict_arrays(np.stack([predict.preprocess(p) for p in kind])).argmax(1)
+            row[name] = {"agreement": float((classes == reference).mean()), "accuracy": float((classes == labels).mean())}
+        result["variants"][variant] = row
+        print(f"{variant:<12} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
+                                               f"{100 * r['accuracy']:.1f}%" for name, r in row.items()), flush=True)
+    predict.upright_angle = as_is
+    write_json(args.out / "upright_turn.json", result)
+    print(f"saved {args.out / 'upright_turn.json'}")
+
+
+if __name__ == "__main__":
+    main()
