@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from common import HERE, Scene, render_photo
 from fashion_cnn import predict
@@ -30,12 +29,7 @@ KINDS = {"plain": Scene(), "turned": Scene(rotation=20),
 def upright_angle_with_margin(margin: float):
     """predict.upright_angle, but 0 unless the turn shrinks the box's area by at least `margin`."""
     def upright_angle(obj: np.ndarray) -> float:
-        rows, cols = np.nonzero(obj & ~ndimage.binary_erosion(obj))
-        degrees = np.array(sorted(range(-predict.MAX_TURN, predict.MAX_TURN + 1), key=abs))
-        angles = np.deg2rad(degrees)[:, None]
-        across = cols * np.cos(angles) + rows * np.sin(angles)
-        down = rows * np.cos(angles) - cols * np.sin(angles)
-        area = (np.ptp(across, 1) + 1) * (np.ptp(down, 1) + 1)
+        degrees, area = predict.turned_box_areas(obj)
         best = int(np.argmin(area))
         return float(degrees[best]) if area[best] <= (1 - margin) * area[0] else 0.0
     return upright_angle

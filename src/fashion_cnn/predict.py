@@ -379,15 +379,21 @@ def shadow_of(low: np.ndarray, obj: np.ndarray) -> np.ndarray:
     return shadow if (obj & ~shadow).any() else np.zeros_like(obj)
 
 
-def upright_angle(obj: np.ndarray) -> float:
-    """The turn (degrees, within MAX_TURN) that makes the object's bounding box smallest: garments stand
-    upright in Fashion-MNIST, and for 90% of test items this box is smallest within 2 degrees of upright."""
+def turned_box_areas(obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The turns tried (whole degrees within MAX_TURN, smallest first: 0 is the first) and the area of the
+    object's bounding box after each."""
     rows, cols = np.nonzero(obj & ~ndimage.binary_erosion(obj))
     degrees = np.array(sorted(range(-MAX_TURN, MAX_TURN + 1), key=abs))  # ties go to the smallest turn
     angles = np.deg2rad(degrees)[:, None]
     across = cols * np.cos(angles) + rows * np.sin(angles)
     down = rows * np.cos(angles) - cols * np.sin(angles)
-    area = (np.ptp(across, 1) + 1) * (np.ptp(down, 1) + 1)
+    return degrees, (np.ptp(across, 1) + 1) * (np.ptp(down, 1) + 1)
+
+
+def upright_angle(obj: np.ndarray) -> float:
+    """The turn (degrees, within MAX_TURN) that makes the object's bounding box smallest: garments stand
+    upright in Fashion-MNIST, and for 90% of test items this box is smallest within 2 degrees of upright."""
+    degrees, area = turned_box_areas(obj)
     return float(degrees[np.argmin(area)])
 
 
