@@ -69,9 +69,9 @@ def tutorial_fold1(n: int):
     """(train indices, validation indices) of fold 1 of the tutorial's KFold(5, shuffle=True,
     random_state=1): the split the speed benchmarks use, and fold 1 of `fashion-cnn cv` on Fashion-MNIST."""
     import numpy as np
-    from sklearn.model_selection import KFold
+    from fashion_cnn.crossval import kfold_splits
 
-    return next(KFold(n_splits=5, shuffle=True, random_state=1).split(np.zeros((n, 1))))
+    return kfold_splits(np.zeros(n, np.int64), 5, 1, stratify=False)[0]
 
 
 # --- timing; keras_baseline.py has its own copies, as it runs without torch in .venv-keras ------------

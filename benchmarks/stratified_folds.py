@@ -12,28 +12,18 @@ Saves stratified_folds.json in --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds
 from fashion_cnn import crossval
 from fashion_cnn.crossval import CVConfig, cross_validate
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.runs import write_json
-
-
-def plain_kfold(labels, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The tutorial's split: shuffled KFold, blind to the labels."""
-    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((len(labels), 1))))
-
-
-def stratified_kfold(labels, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each fold holds each class's share of the images."""
-    return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, np.asarray(labels)))
 
 
 def main() -> None:
@@ -54,8 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, args.seeds + 1):
             row = {"split_seed": seed}
-            for name, splitter in (("kfold", plain_kfold), ("stratified", stratified_kfold)):
-                crossval.kfold_splits = splitter
+            for name, stratify in (("kfold", False), ("stratified", True)):
+                crossval.kfold_splits = functools.partial(as_is, stratify=stratify)
                 cfg = CVConfig(limit=args.limit, epochs=args.epochs, folds=args.folds, split_seed=seed, out=tmp,
                                device="cpu", threads=args.threads)
                 result = cross_validate(cfg, data=data)

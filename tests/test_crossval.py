@@ -36,6 +36,8 @@ def test_balanced_classes_get_the_tutorials_kfold(real_data):
     tutorial = KFold(n_splits=5, shuffle=True, random_state=1).split(np.zeros((60000, 28, 28)))
     assert all(np.array_equal(a, b) and np.array_equal(c, d)
                for (a, c), (b, d) in zip(kfold_splits(labels, 5, seed=1), tutorial, strict=True))
+    for _, val in kfold_splits(labels, 5, seed=1, stratify=True):  # asked for: exactly 1,200 a class
+        assert np.bincount(labels[val]).tolist() == [1200] * 10
     imbalanced = labels[:59999]  # one image fewer: stratified folds, each class's share in every fold
     for _, val in kfold_splits(imbalanced, 5, seed=1):
         assert np.abs(np.bincount(imbalanced[val]) - np.bincount(imbalanced) / 5).max() < 1

@@ -53,6 +53,8 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
     def shed(loop: asyncio.AbstractEventLoop, connections: set) -> None:
         """Close suspects, oldest first, until at most max_connections are open."""
         nonlocal retry
+        if len(connections) <= max_connections:
+            return  # the common case, on every packet: nothing to look at
         now = loop.time()
         for old in [c for c, since in unread.items() if now - since >= UNREAD_GRACE]:
             unread.pop(old)

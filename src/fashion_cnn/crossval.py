@@ -60,16 +60,17 @@ def balanced(labels: np.ndarray) -> bool:
     return counts[counts > 0].min() == counts.max()
 
 
-def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int, stratify: bool | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train indices, validation indices) per fold, shuffled with seed. Stratified, so that each fold
     holds each class's share of the images and a small class is validated in every fold (scikit-learn's
     StratifiedKFold), unless the classes are balanced: there every class's expected share of a fold is
     already equal, and the folds are the tutorial's KFold(folds, shuffle=True, random_state=seed), so
-    Fashion-MNIST's numbers are those of the tutorial's split."""
+    Fashion-MNIST's numbers are those of the tutorial's split. `stratify` overrides that choice."""
     labels = np.asarray(labels)
     if not 2 <= folds <= len(labels):
         raise ValueError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
-    if balanced(labels):
+    if not (stratify if stratify is not None else not balanced(labels)):
         return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(labels))
     with warnings.catch_warnings():  # a class with fewer images than folds: cross_validate logs it
         warnings.simplefilter("ignore", UserWarning)
