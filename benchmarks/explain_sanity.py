@@ -51,6 +51,7 @@ from fashion_cnn.runs import load_model, write_json
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)
 IG_STEPS = 16  # few: from black, its map is zero on black pixels at any number of steps, which decides the measure
 OCCLUSION = (4, 4)  # patches of 4x4 pixels, side by side (every 2 pixels costs 3.4x as much)
+SMOOTHGRAD = (16, 0.15)  # noisy copies per image, and the noise's standard deviation (pixels in [0, 1])
 GRAY = 0.286  # Fashion-MNIST's mean pixel: a reference that is not zero on the background
 
 
@@ -137,6 +138,19 @@ def input_method(name: str, reference: str = "black") -> Callable[[nn.Module], L
     return build
 
 
+def gradient(smooth: bool) -> Callable[[nn.Module], LayerMap]:
+    """The size of the logit's gradient at each pixel (Simonyan et al., 2014), or its mean over noisy copies
+    of the image (SmoothGrad, Smilkov et al., 2017): no reference image, so black pixels count like any."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    def build(model: nn.Module) -> LayerMap:
+        if smooth:
+            return lambda m, x, target: NoiseTunnel(Saliency(m.logits)).attribute(
+                x, target=target, nt_type="smoothgrad", nt_samples=SMOOTHGRAD[0], stdevs=SMOOTHGRAD[1], abs=True)
+        return lambda m, x, target: Saliency(m.logits).attribute(x, target=target, abs=True)
+    return build
+
+
 def earlier(method: str) -> Callable[[nn.Module], LayerMap | None]:
     def build(model: nn.Module) -> LayerMap | None:
         layer = earlier_layer(model)
@@ -157,6 +171,8 @@ METHODS: dict[str, Callable[[nn.Module], LayerMap | None]] = {
     "Integrated Gradients, gray reference": input_method("Integrated Gradients", "gray"),
     "Integrated Gradients, blurred reference": input_method("Integrated Gradients", "blurred"),
     "Occlusion, gray patches": input_method("Occlusion", "gray"),
+    "Gradient": gradient(smooth=False),
+    "SmoothGrad": gradient(smooth=True),
 }
 # zero wherever the input is zero (or, for occlusion, wherever a black patch covers only black pixels), for
 # any model whatever: such a map is on the garment by construction
@@ -283,6 +299,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=2000,
                         help="training images to measure them on (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where explain_sanity.json goes")
+    parser.add_argument("--tag", help="write explain_sanity-TAG.json instead (a run of some of the methods)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")
 
@@ -327,8 +344,8 @@ def main() -> None:
 
 
 def result_path(args: argparse.Namespace) -> Path:
-    return args.out / ("explain_sanity.json" if args.batch_norm == "measure" else
-                       f"explain_sanity-{args.batch_norm}.json")
+    tag = args.tag or (args.batch_norm if args.batch_norm != "measure" else None)
+    return args.out / (f"explain_sanity-{tag}.json" if tag else "explain_sanity.json")
 
 
 def save(args: argparse.Namespace, area: dict, models: list[dict]) -> None:

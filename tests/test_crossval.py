@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_killed_at
-from fashion_cnn import fastpath, machine, train
+from fashion_cnn import crossval, fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
 
 
@@ -95,6 +95,21 @@ def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     # every epoch's losses and accuracies, identical to the uninterrupted run
     assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
 
+
+
+def test_resume_refuses_folds_other_than_the_checkpoints(real_data, tmp_path, monkeypatch):
+    """A run resumed where the folds come out otherwise (another version's splitter, say) would continue a
+    fold's epochs on other images: refused, and the checkpoint kept as it was."""
+    cfg = CVConfig(limit=600, folds=2, epochs=2, out=str(tmp_path / "runs"))
+    run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: cross_validate(cfg, data=real_data))
+    [run_dir] = (tmp_path / "runs").iterdir()
+    saved = (run_dir / "checkpoint-fold1.safetensors").read_bytes()
+    monkeypatch.setattr(crossval, "kfold_splits", lambda labels, folds, seed: kfold_splits(labels, folds, seed + 1))
+    with pytest.raises(ValueError, match="checkpoint-fold1.safetensors: its epochs trained on other images"):
+        cross_validate(resume=run_dir, data=real_data)
+    assert (run_dir / "checkpoint-fold1.safetensors").read_bytes() == saved
+    monkeypatch.undo()
+    assert len(cross_validate(resume=run_dir, data=real_data).fold_accuracies) == 2  # its own folds resume
 
 
 def tiny_cv(tmp_path, threads: int) -> CVConfig:

@@ -514,9 +514,15 @@ def find_duplicates(files: list[ImageFile], usable: dict[str, str], part: dict[s
                   if len({f.label for f in group}) > 1 or len({part[f.rel] for f in group}) > 1)
 
 
-def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """SHA-256 of the images and labels exactly as imported: what a model trained on."""
-    return hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+def fingerprint(*tensors: torch.Tensor, names: Sequence[str] = ()) -> str:
+    """SHA-256 of the tensors' bytes one after the other (and of class names, one per line, where given):
+    of images and labels exactly as imported, what a model trained on."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if names:
+        h.update("\n".join(names).encode())
+    return h.hexdigest()
 
 
 # --- your images added to Fashion-MNIST ------------------------------------------------------------

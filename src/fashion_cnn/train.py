@@ -24,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import distributed, tensorboard_log
 from .augment import make_augment
 from .data import Dataset, class_counts, to_float
+from .datasets import fingerprint, load_dataset
 from .inference import loss_and_accuracy
 from . import calibration
 from . import machine
@@ -306,6 +307,7 @@ class TrainState:
     best_loss: float | None = None
     stopped: bool = False  # early stopping ended the run
     init: dict | None = None  # fine-tuning: the --init file the weights started from (path, sha256, ...)
+    data: str | None = None  # SHA-256 of the images and labels it trains and validates on: resume checks it
 
     @classmethod
     def create(cls, cfg: TrainConfig, classes: int | Sequence[str], *keys: int,
@@ -351,7 +353,7 @@ class TrainState:
 
     def save(self, path: Path, cfg: TrainConfig) -> None:
         progress = {"history": self.history, "best_epoch": self.best_epoch, "best_loss": self.best_loss,
-                    "stopped": self.stopped, "init": self.init}
+                    "stopped": self.stopped, "init": self.init, "data": self.data}
         save_checkpoint(path, self.parts(), progress, asdict(cfg))
 
     def load(self, path: Path) -> None:
@@ -359,6 +361,7 @@ class TrainState:
         self.history = History(progress["history"])
         self.best_epoch, self.best_loss, self.stopped = (progress[k] for k in ("best_epoch", "best_loss", "stopped"))
         self.init = progress.get("init")
+        self.data = progress.get("data")  # None in checkpoints written before it was recorded
 
     def track_best(self, val_loss: float, patience: int) -> None:
         """Early stopping: remember the best epoch's weights; stop after `patience` epochs without a better one."""
@@ -433,6 +436,11 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     learning rate (the optimizer's own, untouched unless a schedule or warm-up is set), and shuffling
     and augmentation are seeded per (seed, keys, epoch): resuming from a checkpoint repeats the same run.
     """
+    data = fingerprint(*train, *(val or ()))
+    if state.data not in (None, data):  # the data, --limit or the folds changed since the checkpoint
+        raise ValueError(f"{checkpoint or 'the checkpoint'}: its epochs trained on other images than this run "
+                         "gives it (the data or its split changed since); start a new run instead of resuming")
+    state.data = data
     model, optimizer, ema, history = state.model, state.optimizer, state.ema, state.history
     device = next(model.parameters()).device
     images, labels = (t.to(device) for t in train)
@@ -510,8 +518,6 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
 def load_data(data: str | None = None, classes: str | None = None, test_fraction: float = 0.2,
               data_dir: str | None = None, add_to: str | None = None) -> Dataset:
     """The data set the data options name (datasets.load_dataset), for every job alike."""
-    from .datasets import load_dataset
-
     return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir, add_to=add_to)
 
 

@@ -16,7 +16,6 @@ file, a history plot, a parameter-importance plot, and the command that trains t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import socket
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .crossval import CVConfig
 from .data import Dataset
+from .datasets import fingerprint
 from .runs import check_output_dir, open_run, start_log, write_atomic, write_json
 from .sweep import check_fits_data, cv_in_folder, cv_record, fmt, job_values
 from .train import History, TrainConfig, TrainingDiverged, job_data
@@ -276,15 +276,6 @@ def open_study(url: str, name: str):
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
 
 
-def data_fingerprint(data: Dataset) -> str:
-    """SHA-256 of the training images, labels and class names a trial uses: workers must share them."""
-    h = hashlib.sha256()
-    for t in (data.train_images, data.train_labels):
-        h.update(t.contiguous().numpy().tobytes())
-    h.update("\n".join(data.class_names).encode())
-    return h.hexdigest()
-
-
 def join(study, options: dict, space: dict) -> tuple[dict, dict]:
     """The options and space this worker runs with: the study's, where a worker joins one; a joining
     worker's own options may only differ in WORKER_OPTIONS."""
@@ -309,13 +300,13 @@ def join(study, options: dict, space: dict) -> tuple[dict, dict]:
 
 def same_data(study, data: Dataset) -> None:
     """Every worker of a study trains on the same images, wherever its copy of them is."""
-    fingerprint = data_fingerprint(data)
+    ours = fingerprint(data.train_images, data.train_labels, names=data.class_names)  # what a trial trains on
     theirs = study.user_attrs.get("data_sha256")
     if theirs is None:
-        study.set_user_attr("data_sha256", fingerprint)
-    elif theirs != fingerprint:
+        study.set_user_attr("data_sha256", ours)
+    elif theirs != ours:
         raise ValueError(f"study {study.study_name!r} was trained on other data (training set SHA-256 "
-                         f"{theirs[:12]}..., here {fingerprint[:12]}...): give this worker the same data")
+                         f"{theirs[:12]}..., here {ours[:12]}...): give this worker the same data")
 
 
 @dataclass
