@@ -3,9 +3,9 @@
 Test images are rendered as 300x400 JPEG photos (tests/sample_images.py's render_photo) of several kinds:
 plain (as predict_robustness.py), with a small dark coin, button or tag elsewhere in the frame, on a
 textured background, with a soft drop shadow, under strong uneven lighting, turned by up to 20 degrees,
-and all of these at once. Each photo goes through `predict`'s preprocessing twice in the same run: the
-current one (the main object) and the earlier one (the box around everything brighter than the
-background, rebuilt here from predict's lower-level steps). The agreement rate is the share of photos
+and all of these at once. Each photo is classified twice in the same run: as `predict` does it (the main
+object, seen upright and, where the crop turned it, as it stands) and after the earlier preprocessing (the
+box around everything brighter than the background, rebuilt here from predict's lower-level steps). The agreement rate is the share of photos
 that get the class the model gives the original 28x28 image. Prints a table per model; saves
 predict_clutter.json in --out.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import (Predictor, crop_box, has_light_background, load_image, pad_and_resize,
-                                 preprocess, remove_background, to_grayscale)
+                                 preprocess_views, remove_background, to_grayscale)
 from fashion_cnn.runs import write_atomic, write_json
 from common import CANVAS, HERE, Scene, render_photo
 
@@ -49,10 +49,10 @@ def box_around_everything(photo: bytes) -> np.ndarray:
     return pad_and_resize(crop_box(remove_background(x)))
 
 
-def preprocessed(photos: list[bytes], preprocess) -> tuple[np.ndarray, float]:
-    """The 28x28 images and the preprocessing time per photo."""
+def preprocessed(photos: list[bytes], preprocess) -> tuple[list, float]:
+    """What preprocess makes of each photo, and the preprocessing time per photo."""
     started = time.perf_counter()
-    images = np.stack([preprocess(photo) for photo in photos])
+    images = [preprocess(photo) for photo in photos]
     return images, (time.perf_counter() - started) / len(photos)
 
 
@@ -84,12 +84,12 @@ def main() -> None:
             for i, photo in enumerate(photos[:8]):
                 write_atomic(args.examples / f"{name}-{i}.jpg", photo)
         old, old_seconds = preprocessed(photos, box_around_everything)
-        new, new_seconds = preprocessed(photos, preprocess)
+        _, new_seconds = preprocessed(photos, preprocess_views)
         result["seconds_per_photo"][name] = {"old": old_seconds, "new": new_seconds}
         for predictor, reference, entry in zip(predictors, direct, result["models"]):
-            entry["agreement"][name] = {
-                version: float((predictor.predict_arrays(images).argmax(1) == reference).mean())
-                for version, images in (("old", old), ("new", new))}
+            classes = {"old": predictor.predict_arrays(np.stack(old)).argmax(1),
+                       "new": np.array([p.probabilities for p in predictor.predict(photos)]).argmax(1)}
+            entry["agreement"][name] = {version: float((c == reference).mean()) for version, c in classes.items()}
         print(f"{name}: done", flush=True)
 
     print(f"\n{args.n} test images per kind, rendered as {CANVAS[0]}x{CANVAS[1]} JPEG photos (seed {args.seed});"

@@ -1,11 +1,12 @@
 """What does `predict`'s upright turn cost upright photos, and what does it gain on turned ones?
 
 Renders N Fashion-MNIST test items as 300x400 JPEG photos (tests/sample_images.py's render_photo) of three
-kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is preprocessed by
-`predict.preprocess` as it is, and with `predict.upright_angle` replaced by one that turns only when the
-turn makes the object's bounding box smaller by at least a margin (--margins; 1 means never turn). For each
-variant and kind: agreement with the class the model gives the original 28x28 item, and accuracy.
-Saves upright_turn.json in --out.
+kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is classified as
+`predict` does it (the mean of the logits of the object turned upright and as it stands, where the crop
+turns it), and from one view: `predict.preprocess`'s (turned upright), and with `predict.upright_angle`
+replaced by one that turns only when the turn makes the object's bounding box smaller by at least a margin
+(--margins; 1 means never turn). For each variant and kind: agreement with the class the model gives the
+original 28x28 item, and accuracy. Saves upright_turn.json in --out.
 
     .venv/bin/python benchmarks/upright_turn.py --n 600
 """
@@ -53,16 +54,20 @@ def main() -> None:
                      for i, item in enumerate(originals)]
               for k, (name, scene) in enumerate(KINDS.items())}
     as_is = predict.upright_angle
-    variants = {"as it is": as_is, **{f"margin {m:g}": upright_angle_with_margin(m) for m in args.margins}}
+    variants = {"predict (both views)": None, "upright view": as_is,
+                **{f"upright view, margin {m:g}": upright_angle_with_margin(m) for m in args.margins}}
     result = {"n": args.n, "seed": args.seed, "model": str(predictor.path), "variants": {}}
     for variant, angle in variants.items():
-        predict.upright_angle = angle
+        predict.upright_angle = angle or as_is
         row = {}
         for name, kind in photos.items():
-            classes = predictor.predict_arrays(np.stack([predict.preprocess(p) for p in kind])).argmax(1)
+            if angle is None:
+                classes = np.array([p.probabilities for p in predictor.predict(kind)]).argmax(1)
+            else:
+                classes = predictor.predict_arrays(np.stack([predict.preprocess(p) for p in kind])).argmax(1)
             row[name] = {"agreement": float((classes == reference).mean()), "accuracy": float((classes == labels).mean())}
         result["variants"][variant] = row
-        print(f"{variant:<12} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
+        print(f"{variant:<27} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
                                                f"{100 * r['accuracy']:.1f}%" for name, r in row.items()), flush=True)
     predict.upright_angle = as_is
     write_json(args.out / "upright_turn.json", result)

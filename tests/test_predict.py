@@ -23,11 +23,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import ndimage
 
+from fashion_cnn import calibration
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model
-from fashion_cnn.predict import (ImageError, Predictor, load_image, predict, preprocess,
+from fashion_cnn.predict import (ImageError, Predictor, load_image, predict, preprocess, preprocess_views,
                                  resolve_model_path)
 from fashion_cnn.runs import ModelFileError, load_model, save_model
 
@@ -298,6 +299,22 @@ def test_a_turned_garment_is_set_upright(degrees, reference):
     turned = garment().rotate(degrees, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
     assert np.abs(preprocess(turned) - reference).mean() < 0.03  # about 0.2 left turned
 
+
+
+def test_a_turned_garment_is_also_seen_as_it_stands_and_the_views_logits_averaged(reference, model_file):
+    turned = garment().rotate(12, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
+    upright, as_it_stands = preprocess_views(turned)
+    assert np.array_equal(upright, preprocess(turned))
+    assert np.abs(as_it_stands - reference).mean() > 2 * np.abs(upright - reference).mean()
+    predictor = Predictor(model_file)
+    [p] = predictor.predict(turned)
+    assert np.array_equal(p.image, upright) and np.array_equal(p.as_it_stands, as_it_stands)
+    both = predictor.logits(np.stack([upright, as_it_stands])).mean(0, keepdim=True)
+    assert np.allclose(p.probabilities, calibration.probabilities(both, predictor.temperature)[0], atol=1e-6)
+    assert not np.allclose(p.probabilities, predictor.predict_arrays(upright[None])[0], atol=1e-3)
+    # upright already, and 28x28 inputs: one view, the image itself
+    assert len(preprocess_views(garment())) == len(preprocess_views(reference)) == 1
+    assert predictor.predict(garment())[0].as_it_stands is None
 
 # --- consistency with the test set -----------------------------------------------------------------
 
@@ -613,6 +630,13 @@ def test_text_output_and_save_preprocessed(model_file, tmp_path, capsys):
     assert seen.shape == (28, 28) and np.array_equal(seen, np.round(result.image * 255))
     [again] = Predictor(model_file).predict(png)  # the saved image is exactly what the model saw
     assert again.probabilities == pytest.approx(result.probabilities, abs=1e-6)
+
+    turned = write(tmp_path / "turned.png", encode(garment().rotate(12, expand=True, fillcolor="white"), "PNG"))
+    run_cli(capsys, turned, "--model", model_file, "--save-preprocessed", tmp_path / "both")
+    upright, as_it_stands = preprocess_views(turned)
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["0000-turned-as-it-stands.png", "0000-turned.png"]
+    for name, view in (("0000-turned.png", upright), ("0000-turned-as-it-stands.png", as_it_stands)):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "both" / name)), np.round(view * 255))
 
 
 def test_no_invert_and_no_crop_reach_the_preprocessing(model_file, tmp_path, capsys):
