@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from scipy.stats import spearmanr
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -49,6 +50,7 @@ from fashion_cnn.predict import FOREGROUND, SIZE, resolve_model_path
 from fashion_cnn.runs import load_model, write_json
 
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)
+NEAR = (1, 2)  # pixels around the garment (FOREGROUND) counted as its outline
 IG_STEPS = 16  # few: from black, its map is zero on black pixels at any number of steps, which decides the measure
 OCCLUSION = (4, 4)  # patches of 4x4 pixels, side by side (every 2 pixels costs 3.4x as much)
 SMOOTHGRAD = (16, 0.15)  # noisy copies per image, and the noise's standard deviation (pixels in [0, 1])
@@ -185,10 +187,25 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(rhos)) if rhos else float("nan")
 
 
+def near_garment(images: np.ndarray, pixels: int) -> np.ndarray:
+    """The garment (FOREGROUND) and every pixel within `pixels` of it (a square neighbourhood): its outline's
+    outer side, where the evidence of a shape lies as much as on its inner side."""
+    on = images > FOREGROUND * images.max(axis=(1, 2), keepdims=True)
+    return ndimage.binary_dilation(on, np.ones((1, 2 * pixels + 1, 2 * pixels + 1), bool))
+
+
+def mass_share(maps: np.ndarray, region: np.ndarray) -> float:
+    """The share of each non-empty map's mass in the region, averaged over images."""
+    total = maps.sum(axis=(1, 2))
+    return float(np.mean((maps * region).sum(axis=(1, 2))[total > 0] / total[total > 0]))
+
+
 def scores(maps: np.ndarray, images: np.ndarray) -> dict:
-    """Mass on the garment at each threshold (mean over non-empty maps) and the number of empty maps."""
+    """Mass on the garment at each threshold and within NEAR pixels of it (means over non-empty maps), and
+    the number of empty maps."""
     shares = {str(t): evidence_on_object(maps, images, t)[0] for t in THRESHOLDS}
     return {"mass_on_garment": {t: float(np.nanmean(s)) for t, s in shares.items()},
+            "mass_near_garment": {str(d): mass_share(maps, near_garment(images, d)) for d in NEAR},
             "empty_maps": int(np.isnan(shares[str(FOREGROUND)]).sum()),
             "image_rank_correlation": rank_correlation(maps, images)}
 
@@ -223,14 +240,12 @@ def explain_model(model: nn.Module, build: Callable, images: np.ndarray, rank: i
 
 def summary(runs: list[dict]) -> dict:
     """Mean and range over seeds of each number."""
-    out = {}
-    for t in runs[0]["mass_on_garment"]:
-        values = [r["mass_on_garment"][t] for r in runs]
-        out.setdefault("mass_on_garment", {})[t] = {"mean": float(np.mean(values)), "min": min(values),
-                                                    "max": max(values)}
+    def spread(values: list[float]) -> dict:
+        return {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
+    out = {key: {k: spread([r[key][k] for r in runs]) for k in runs[0][key]}
+           for key in ("mass_on_garment", "mass_near_garment")}
     for key in ("rank_correlation", "image_rank_correlation"):
-        values = [r[key] for r in runs]
-        out[key] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
+        out[key] = spread([r[key] for r in runs])
     out["runs"] = runs
     return out
 
@@ -309,6 +324,7 @@ def main() -> None:
     labels = data.test_labels[picked]
     calibration = to_float(data.train_images[:args.calibration])
     area = {str(t): float(evidence_on_object(images, images, t)[1].mean()) for t in THRESHOLDS}
+    near_area = {str(d): float(near_garment(images, d).mean()) for d in NEAR}
     print("share of the image that is garment: " + ", ".join(f"{v:.3f} (>{t} of max)" for t, v in area.items()))
     models: list[dict] = []
     for name in args.models or [None]:
@@ -338,8 +354,12 @@ def main() -> None:
                   f"{r['trained']['image_rank_correlation']:.2f}, randomised "
                   f"{r['randomised']['image_rank_correlation']['mean']:.2f} | class rank correlation "
                   f"{r['trained']['class_rank_correlation']:.2f} | empty {r['trained']['empty_maps']} | ceiling "
-                  f"{r['resolution_ceiling'][t]:.3f}{cascade}", flush=True)
-        save(args, area, models)  # after each model: a long run keeps what it has measured
+                  f"{r['resolution_ceiling'][t]:.3f} | within 1 / 2 pixels of the garment (area "
+                  + " / ".join(f"{near_area[str(d)]:.3f}" for d in NEAR) + "): trained "
+                  + " / ".join(f"{r['trained']['mass_near_garment'][str(d)]:.3f}" for d in NEAR) + ", randomised "
+                  + " / ".join(f"{r['randomised']['mass_near_garment'][str(d)]['mean']:.3f}" for d in NEAR)
+                  + cascade, flush=True)
+        save(args, {"garment_area": area, "near_garment_area": near_area}, models)  # after each model: a long run keeps what it has measured
     print(f"saved {result_path(args)}")
 
 
@@ -348,11 +368,10 @@ def result_path(args: argparse.Namespace) -> Path:
     return args.out / (f"explain_sanity-{tag}.json" if tag else "explain_sanity.json")
 
 
-def save(args: argparse.Namespace, area: dict, models: list[dict]) -> None:
+def save(args: argparse.Namespace, areas: dict, models: list[dict]) -> None:
     write_json(result_path(args),
                {"n": args.n, "seed": args.seed, "seeds": args.seeds, "thresholds": list(THRESHOLDS),
-                "batch_norm": args.batch_norm, "calibration": args.calibration,
-                "garment_area": area, "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,
+                "batch_norm": args.batch_norm, "calibration": args.calibration, **areas, "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,
                 "occlusion_window_stride": list(OCCLUSION), "models": models})
 
 
