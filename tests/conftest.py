@@ -130,9 +130,12 @@ def with_calibration(model: Path, out: Path, calibration: dict) -> Path:
 @pytest.fixture(params=["native", "torch"])
 def stage(request, monkeypatch) -> str:
     """Run a test with the C kernel for the first stage (conv_pool.c), and again with the torch ops
-    that stand in for it where no C compiler is available."""
-    from fashion_cnn import fastpath
+    that stand in for it where no C compiler is available; on the CPU, which these paths are for, also
+    where there is a GPU (--device auto would take it)."""
+    from fashion_cnn import fastpath, train
 
+    real_resolve = train.resolve_device
+    monkeypatch.setattr(train, "resolve_device", lambda name: real_resolve("cpu" if name == "auto" else name))
     if request.param == "torch":
         monkeypatch.setattr(fastpath, "native_library", lambda: None)
     else:  # `make test` installs gcc: here the kernel must build, not silently fall back

@@ -99,20 +99,24 @@ def test_cuda_training_saves_a_model_that_predicts_alike_on_the_cpu(real_data, t
     test accuracy is that of the saved model, and the file predicts on the CPU as on the GPU."""
     cfg = TrainConfig(model="fast", device="cuda", amp=amp, limit=5000, epochs=3, out=str(tmp_path / "runs"))
     result = train_final(cfg, data=real_data)
-    assert next(result.model.parameters()).is_cuda
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert result.test["accuracy"] > 0.8  # 5,000 images, 3 epochs
     on_cpu, meta = load_model(result.model_path)
+    assert meta["machine"] == torch.cuda.get_device_name()  # where it trained
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert meta["test_accuracy"] > 0.75  # 5,000 images, 3 epochs
     on_gpu, _ = load_model(result.model_path, "cuda")
     cpu_logits, gpu_logits = predict_logits(on_cpu, real_data.test_images), predict_logits(on_gpu, real_data.test_images)
     assert (cpu_logits.argmax(1) == gpu_logits.argmax(1)).float().mean() > 0.995
+    # within 5 images: cuDNN chooses its kernels (and their rounding) by the batch's shape
     assert (gpu_logits.argmax(1) == real_data.test_labels).float().mean().item() == pytest.approx(
-        meta["test_accuracy"], abs=1e-6)
+        meta["test_accuracy"], abs=5e-4)
 
 
 @cuda
-def test_cuda_resume_gives_the_uninterrupted_runs_weights(real_data, tmp_path, monkeypatch):
-    cfg = TrainConfig(model="fast", device="cuda", limit=3000, epochs=2, out=str(tmp_path / "runs"))
+@pytest.mark.parametrize("model", ["baseline", "fast"])
+def test_cuda_resume_gives_the_uninterrupted_runs_weights(real_data, tmp_path, monkeypatch, model):
+    """Exact on the GPU too: cuDNN's fastest algorithm for the baseline's convolution adds in any order
+    (train.deterministic_cudnn)."""
+    cfg = TrainConfig(model=model, device="cuda", limit=3000, epochs=2, out=str(tmp_path / "runs"))
     reference, _ = load_model(train_final(cfg, data=real_data).model_path)
     run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: train_final(cfg, data=real_data))
     resumed, _ = load_model(train_final(resume=max((tmp_path / "runs").iterdir()), data=real_data).model_path)

@@ -574,12 +574,29 @@ def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) ->
 
 
 @contextlib.contextmanager
+def deterministic_cudnn(on: bool) -> Iterator[None]:
+    """cuDNN limited to convolution algorithms that give the same bits every time, for the length of the
+    block: its fastest may add partial sums with atomics in any order, so that a seeded run or a resumed
+    one would not repeat the weights of another (seen on an H200 with the baseline). cuBLAS repeats its
+    bits on one stream already."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    if on:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
 def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
     """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed on
-    every thread (machine.flush_denormals), and a log. Under torchrun, rank 0 opens it and the others
-    share it (distributed.shared_run), each process with its share of the node's cores unless --threads says."""
+    every thread (machine.flush_denormals), deterministic cuDNN on a GPU, and a log. Under torchrun, rank
+    0 opens it and the others share it (distributed.shared_run), each process with its share of the node's
+    cores unless --threads says."""
     with (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume)) as run,
-          machine.threads_for_job(cfg.threads or distributed.default_threads())):
+          machine.threads_for_job(cfg.threads or distributed.default_threads()),
+          deterministic_cudnn(resolve_device(cfg.device).type == "cuda")):
         if resume and cfg.epochs != run.config["epochs"] and distributed.is_main():
             write_json(run.dir / "config.json", {"job": job, **asdict(cfg)})
             log.info(f"continuing to {cfg.epochs} epochs (the run was set to {run.config['epochs']})")
