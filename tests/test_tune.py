@@ -274,3 +274,24 @@ def test_two_workers_share_one_study_and_a_third_reads_the_best(storage, tiny_da
     assert not (run / "trials").exists()
     assert (report["best"]["number"], report["best"]["value"]) == (study.best_trial.number, study.best_value)
     assert tomllib.loads((run / "best_config.toml").read_text())["lr"] == study.best_params["lr"]
+
+
+def test_a_worker_with_other_data_is_refused_and_studies_keep_their_fingerprints(tiny_data_dir):
+    """same_data stores the data's SHA-256 in the study; a worker whose training set differs is refused.
+    The stored value is what earlier versions wrote (images, labels, then the class names, one per
+    line), so studies they started still accept the same data."""
+    import dataclasses
+    import hashlib
+
+    import optuna
+
+    data = train.load_data(str(tiny_data_dir))
+    study = optuna.create_study()
+    tune_module.same_data(study, data)
+    assert study.user_attrs["data_sha256"] == hashlib.sha256(
+        data.train_images.numpy().tobytes() + data.train_labels.numpy().tobytes()
+        + "\n".join(data.class_names).encode()).hexdigest()
+    tune_module.same_data(study, data)  # the same data again: accepted
+    other = dataclasses.replace(data, train_labels=data.train_labels.roll(1))
+    with pytest.raises(ValueError, match="was trained on other data"):
+        tune_module.same_data(study, other)
