@@ -2,11 +2,12 @@
 
 Renders N Fashion-MNIST test items as 300x400 JPEG photos (tests/sample_images.py's render_photo) of three
 kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is classified as
-`predict` does it (the mean of the logits of the object turned upright and as it stands, where the crop
-turns it), and from one view: `predict.preprocess`'s (turned upright), and with `predict.upright_angle`
-replaced by one that turns only when the turn makes the object's bounding box smaller by at least a margin
-(--margins; 1 means never turn). For each variant and kind: agreement with the class the model gives the
-original 28x28 item, and accuracy. Saves upright_turn.json in --out.
+`predict` does it (from the view the model is surer of, the object turned upright or as it stands, where
+the crop turns it), by the mean of both views' logits, and from one view: `predict.preprocess`'s (turned
+upright), and with `predict.upright_angle` replaced by one that turns only when the turn makes the
+object's bounding box smaller by at least a margin (--margins; 1 means never turn). For each variant and
+kind: agreement with the class the model gives the original 28x28 item, accuracy, and the share the
+model file's rule calls unknown. Saves upright_turn.json in --out.
 
     .venv/bin/python benchmarks/upright_turn.py --n 600
 """
@@ -54,21 +55,28 @@ def main() -> None:
                      for i, item in enumerate(originals)]
               for k, (name, scene) in enumerate(KINDS.items())}
     as_is = predict.upright_angle
-    variants = {"predict (both views)": None, "upright view": as_is,
+    variants = {"predict (surer view)": None, "mean of both views": None, "upright view": as_is,
                 **{f"upright view, margin {m:g}": upright_angle_with_margin(m) for m in args.margins}}
     result = {"n": args.n, "seed": args.seed, "model": str(predictor.path), "variants": {}}
     for variant, angle in variants.items():
         predict.upright_angle = angle or as_is
         row = {}
         for name, kind in photos.items():
-            if angle is None:
-                classes = np.array([p.probabilities for p in predictor.predict(kind)]).argmax(1)
+            if variant == "predict (surer view)":
+                got = predictor.predict(kind)
+                classes, unknown = np.array([p.probabilities for p in got]).argmax(1), np.array([p.unknown for p in got])
             else:
-                classes = predictor.predict_arrays(np.stack([predict.preprocess(p) for p in kind])).argmax(1)
-            row[name] = {"agreement": float((classes == reference).mean()), "accuracy": float((classes == labels).mean())}
+                views = [predict.preprocess_views(p) for p in kind]
+                logits = predictor.logits(np.stack([v[0] for v in views]))
+                if variant == "mean of both views":  # where there is one view, the mean is that view's
+                    logits = (logits + predictor.logits(np.stack([v[-1] for v in views]))) / 2
+                classes, unknown = logits.argmax(1).numpy(), predictor.unknown_rule.unknown(logits).numpy()
+            row[name] = {"agreement": float((classes == reference).mean()), "accuracy": float((classes == labels).mean()),
+                         "unknown": float(unknown.mean())}
         result["variants"][variant] = row
         print(f"{variant:<27} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
-                                               f"{100 * r['accuracy']:.1f}%" for name, r in row.items()), flush=True)
+                                               f"{100 * r['accuracy']:.1f}%, unknown {100 * r['unknown']:.1f}%"
+                                               for name, r in row.items()), flush=True)
     predict.upright_angle = as_is
     write_json(args.out / "upright_turn.json", result)
     print(f"saved {args.out / 'upright_turn.json'}")

@@ -23,7 +23,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import ndimage
 
-from fashion_cnn import calibration
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
 from fashion_cnn.inference import predict_logits
@@ -301,20 +300,27 @@ def test_a_turned_garment_is_set_upright(degrees, reference):
 
 
 
-def test_a_turned_garment_is_also_seen_as_it_stands_and_the_views_logits_averaged(reference, model_file):
+def test_a_turned_garment_is_also_seen_as_it_stands_and_the_surer_view_answers(reference, model_file, monkeypatch):
     turned = garment().rotate(12, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
     upright, as_it_stands = preprocess_views(turned)
     assert np.array_equal(upright, preprocess(turned))
     assert np.abs(as_it_stands - reference).mean() > 2 * np.abs(upright - reference).mean()
     predictor = Predictor(model_file)
+    views = predictor.predict_arrays(np.stack([upright, as_it_stands]))
+    surer = int(views[1].max() > views[0].max())
     [p] = predictor.predict(turned)
-    assert np.array_equal(p.image, upright) and np.array_equal(p.as_it_stands, as_it_stands)
-    both = predictor.logits(np.stack([upright, as_it_stands])).mean(0, keepdim=True)
-    assert np.allclose(p.probabilities, calibration.probabilities(both, predictor.temperature)[0], atol=1e-6)
-    assert not np.allclose(p.probabilities, predictor.predict_arrays(upright[None])[0], atol=1e-3)
+    assert np.array_equal(p.image, (upright, as_it_stands)[surer])
+    assert np.array_equal(p.other_view, (upright, as_it_stands)[1 - surer])
+    assert np.allclose(p.probabilities, views[surer], atol=1e-6)
+    # the views the other way round: the same view answers
+    monkeypatch.setattr(predict_module, "preprocess_views", lambda *args, **kwargs: [as_it_stands, upright])
+    [q] = predictor.predict(turned)
+    assert np.array_equal(q.image, p.image) and np.allclose(q.probabilities, p.probabilities, atol=1e-6)
+    monkeypatch.undo()
     # upright already, and 28x28 inputs: one view, the image itself
     assert len(preprocess_views(garment())) == len(preprocess_views(reference)) == 1
-    assert predictor.predict(garment())[0].as_it_stands is None
+    assert predictor.predict(garment())[0].other_view is None
+
 
 # --- consistency with the test set -----------------------------------------------------------------
 
@@ -633,9 +639,9 @@ def test_text_output_and_save_preprocessed(model_file, tmp_path, capsys):
 
     turned = write(tmp_path / "turned.png", encode(garment().rotate(12, expand=True, fillcolor="white"), "PNG"))
     run_cli(capsys, turned, "--model", model_file, "--save-preprocessed", tmp_path / "both")
-    upright, as_it_stands = preprocess_views(turned)
-    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["0000-turned-as-it-stands.png", "0000-turned.png"]
-    for name, view in (("0000-turned.png", upright), ("0000-turned-as-it-stands.png", as_it_stands)):
+    [p] = Predictor(model_file).predict(turned)
+    assert sorted(f.name for f in (tmp_path / "both").iterdir()) == ["0000-turned-other-view.png", "0000-turned.png"]
+    for name, view in (("0000-turned.png", p.image), ("0000-turned-other-view.png", p.other_view)):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "both" / name)), np.round(view * 255))
 
 

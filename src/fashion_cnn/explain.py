@@ -239,8 +239,9 @@ def explanation_png(p: Prediction, heat: np.ndarray) -> bytes:
     FigureCanvasAgg(fig)
     seen, cam, bars = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
     seen.imshow(p.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    seen.set_title("the 28x28 input the model saw" if p.as_it_stands is None else
-                   "the 28x28 input, turned upright\n(the model also saw it as it stood)", fontsize=9)
+    seen.set_title("the 28x28 input the model saw" if p.other_view is None else
+                   "the 28x28 input the model was surer of\n(of the object turned upright and as it stood)",
+                   fontsize=9)
     cam.imshow(overlay(p.image, heat))
     cam.set_title(f"{METHOD}: {p.class_name}", fontsize=9)
     for ax in (seen, cam):

@@ -4,7 +4,8 @@ Fashion-MNIST items are light objects on a black background, centred, their long
 pixels, 8-bit grayscale. `preprocess` turns an ordinary picture (usually a dark object on a light
 background, anywhere in the frame) into that: grayscale, invert if the border is light, background to 0,
 crop to the main object (not a coin beside it, not its shadow) turned upright, pad to a square, resize
-to 28x28. Where it turned the object, the model sees it as it stood too, and averages the two views.
+to 28x28. Where it turned the object, the model also sees it as it stood, and answers from the view it
+is surer of.
 """
 
 from __future__ import annotations
@@ -446,8 +447,9 @@ def preprocess_views(image: Source, invert: bool | None = None, crop: bool = Tru
     """What `predict` shows the model: float32 (28, 28) images in [0, 1], light object on black, as the
     model was trained on. One, or two where the crop found the object standing 1-20 degrees off upright:
     turned upright, then as it stands. Either can be right (a garment can have a slanted outline, or a
-    box smallest off upright), and the mean of the two views' logits scores best on upright and turned
-    photos alike (benchmarks/upright_turn.py).
+    box smallest off upright): `predict` answers from the one the model is surer of, which scores as well
+    as never turning on upright photos and as well as always turning on turned ones
+    (benchmarks/upright_turn.py).
 
     invert=None inverts when the border is light. A 28x28 input is taken as already framed like
     Fashion-MNIST: only inverted (if at all), never cropped or rescaled, so test-set images pass
@@ -485,8 +487,8 @@ class Prediction:
     class_index: int | None = None
     probabilities: list[float] = field(default_factory=list)  # calibrated, one per class, in the model's order
     top_k: list[tuple[str, float]] = field(default_factory=list)
-    image: np.ndarray | None = None  # the 28x28 the model saw (turned upright where `as_it_stands` is set)
-    as_it_stands: np.ndarray | None = None  # the object not turned: the model's second view (preprocess_views)
+    image: np.ndarray | None = None  # the 28x28 the model saw and answered from
+    other_view: np.ndarray | None = None  # where the crop turned the object, the view it did not answer from
     error: str | None = None  # why this input could not be used; the other fields are then empty
     unknown: bool = False  # unlike the training images: by the model file's rule, or --min-confidence
 
@@ -518,8 +520,8 @@ def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: b
     try:
         if isinstance(source, ImageError):
             raise source
-        image, *as_it_stands = preprocess_views(source, invert, crop)
-        return Prediction(name, image=image, as_it_stands=as_it_stands[0] if as_it_stands else None)
+        image, *other = preprocess_views(source, invert, crop)
+        return Prediction(name, image=image, other_view=other[0] if other else None)
     except ImageError as e:
         return Prediction(name, error=e.reason)
 
@@ -577,16 +579,19 @@ class Predictor:
             calibration.min_confidence_rule(min_confidence, self.temperature)
         ok = [p for p in predictions if p.error is None]
         if ok:
-            second = [i for i, p in enumerate(ok) if p.as_it_stands is not None]
-            logits = self.logits(np.stack([p.image for p in ok] + [ok[i].as_it_stands for i in second]))
-            logits[second] = (logits[second] + logits[len(ok):]) / 2  # the mean of both views
-            logits = logits[:len(ok)]
+            second = [i for i, p in enumerate(ok) if p.other_view is not None]
+            views = self.logits(np.stack([p.image for p in ok] + [ok[i].other_view for i in second]))
+            logits, other = views[:len(ok)], views[len(ok):]
+            top = calibration.probabilities(views, self.temperature).amax(1)
+            for j, i in enumerate(second):  # the view the model is surer of answers
+                if top[len(ok) + j] > top[i]:
+                    logits[i], ok[i].image, ok[i].other_view = other[j], ok[i].other_view, ok[i].image
             unknown = rule.unknown(logits).tolist() if rule else [False] * len(ok)
             probabilities = calibration.probabilities(logits, self.temperature).numpy()
             for p, probs, is_unknown in zip(ok, probabilities, unknown):
                 if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON
                     p.error = "the model gave non-finite probabilities (a broken model file?)"
-                    p.image = p.as_it_stands = None
+                    p.image = p.other_view = None
                     continue
                 order = np.argsort(-probs, kind="stable")
                 p.unknown = is_unknown
@@ -671,16 +676,16 @@ def output_name(index: int, source: str) -> str:
 
 
 def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
-    """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order, and where the crop
-    turned the object, the view of it as it stands beside it (<index>-<name>-as-it-stands.png)."""
+    """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order (the view it answered
+    from), and where the crop turned the object, the other view beside it (<index>-<name>-other-view.png)."""
     paths = []
     for i, p in enumerate(predictions):
         if p.image is None:
             continue
         path = Path(out_dir) / output_name(i, p.source)
         views = [(path, p.image)]
-        if p.as_it_stands is not None:
-            views.append((path.with_name(f"{path.stem}-as-it-stands.png"), p.as_it_stands))
+        if p.other_view is not None:
+            views.append((path.with_name(f"{path.stem}-other-view.png"), p.other_view))
         for path, image in views:
             write_atomic(path, png_bytes(image))
             paths.append(path)
