@@ -4,9 +4,10 @@ Test images are rendered as 300x400 JPEG photos (tests/sample_images.py's render
 plain (as predict_robustness.py), with a small dark coin, button or tag elsewhere in the frame, on a
 textured background, with a soft drop shadow, under strong uneven lighting, turned by up to 20 degrees,
 and all of these at once. Each photo is classified twice in the same run: as `predict` does it (the main
-object, seen upright and, where the crop turned it, as it stands) and after the earlier preprocessing (the
-box around everything brighter than the background, rebuilt here from predict's lower-level steps). The agreement rate is the share of photos
-that get the class the model gives the original 28x28 image. Prints a table per model; saves
+object; where the crop turned it, from the view the model is surer of, upright or as it stood) and after
+the earlier preprocessing (the box around everything brighter than the background, rebuilt here from
+predict's lower-level steps). The agreement rate is the share of photos that get the class the model
+gives the original 28x28 image. Prints a table per model; saves
 predict_clutter.json in --out.
 
     .venv/bin/python benchmarks/predict_clutter.py                      # the shipped model
