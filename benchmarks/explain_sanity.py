@@ -359,7 +359,8 @@ def main() -> None:
                   + " / ".join(f"{r['trained']['mass_near_garment'][str(d)]:.3f}" for d in NEAR) + ", randomised "
                   + " / ".join(f"{r['randomised']['mass_near_garment'][str(d)]['mean']:.3f}" for d in NEAR)
                   + cascade, flush=True)
-        save(args, {"garment_area": area, "near_garment_area": near_area}, models)  # after each model: a long run keeps what it has measured
+        # after each model: a long run keeps what it has measured
+        save(args, {"garment_area": area, "near_garment_area": near_area}, models)
     print(f"saved {result_path(args)}")
 
 
@@ -371,7 +372,8 @@ def result_path(args: argparse.Namespace) -> Path:
 def save(args: argparse.Namespace, areas: dict, models: list[dict]) -> None:
     write_json(result_path(args),
                {"n": args.n, "seed": args.seed, "seeds": args.seeds, "thresholds": list(THRESHOLDS),
-                "batch_norm": args.batch_norm, "calibration": args.calibration, **areas, "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,
+                "batch_norm": args.batch_norm, "calibration": args.calibration, **areas,
+                "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,
                 "occlusion_window_stride": list(OCCLUSION), "models": models})
 
 

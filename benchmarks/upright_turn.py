@@ -64,15 +64,16 @@ def main() -> None:
         for name, kind in photos.items():
             if variant == "predict (surer view)":
                 got = predictor.predict(kind)
-                classes, unknown = np.array([p.probabilities for p in got]).argmax(1), np.array([p.unknown for p in got])
+                classes = np.array([p.probabilities for p in got]).argmax(1)
+                unknown = np.array([p.unknown for p in got])
             else:
                 views = [predict.preprocess_views(p) for p in kind]
                 logits = predictor.logits(np.stack([v[0] for v in views]))
                 if variant == "mean of both views":  # where there is one view, the mean is that view's
                     logits = (logits + predictor.logits(np.stack([v[-1] for v in views]))) / 2
                 classes, unknown = logits.argmax(1).numpy(), predictor.unknown_rule.unknown(logits).numpy()
-            row[name] = {"agreement": float((classes == reference).mean()), "accuracy": float((classes == labels).mean()),
-                         "unknown": float(unknown.mean())}
+            row[name] = {"agreement": float((classes == reference).mean()),
+                         "accuracy": float((classes == labels).mean()), "unknown": float(unknown.mean())}
         result["variants"][variant] = row
         print(f"{variant:<27} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
                                                f"{100 * r['accuracy']:.1f}%, unknown {100 * r['unknown']:.1f}%"

@@ -299,7 +299,6 @@ def test_a_turned_garment_is_set_upright(degrees, reference):
     assert np.abs(preprocess(turned) - reference).mean() < 0.03  # about 0.2 left turned
 
 
-
 def test_a_turned_garment_is_also_seen_as_it_stands_and_the_surer_view_answers(reference, model_file, monkeypatch):
     turned = garment().rotate(12, Image.Resampling.BILINEAR, expand=True, fillcolor="white")
     upright, as_it_stands = preprocess_views(turned)

@@ -104,7 +104,8 @@ def test_cuda_training_saves_a_model_that_predicts_alike_on_the_cpu(real_data, t
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert meta["test_accuracy"] > 0.75  # 5,000 images, 3 epochs
     on_gpu, _ = load_model(result.model_path, "cuda")
-    cpu_logits, gpu_logits = predict_logits(on_cpu, real_data.test_images), predict_logits(on_gpu, real_data.test_images)
+    cpu_logits = predict_logits(on_cpu, real_data.test_images)
+    gpu_logits = predict_logits(on_gpu, real_data.test_images)
     assert (cpu_logits.argmax(1) == gpu_logits.argmax(1)).float().mean() > 0.995
     # within 5 images: cuDNN chooses its kernels (and their rounding) by the batch's shape
     assert (gpu_logits.argmax(1) == real_data.test_labels).float().mean().item() == pytest.approx(

@@ -434,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", dest="format", action="store_const", const="json", default="text",
                         help="one JSON document on stdout")
     output.add_argument("--csv", dest="format", action="store_const", const="csv", help="CSV on stdout")
-    p.add_argument("--save-preprocessed", metavar="DIR", help="also save the 28x28 images the model saw here (where the "
-                   "object was turned upright, also <name>-other-view.png: the view the answer did not come from)")
+    p.add_argument("--save-preprocessed", metavar="DIR",
+                   help="also save the 28x28 images the model saw here (where the object was turned upright, "
+                        "also <name>-other-view.png: the view the answer did not come from)")
     add_min_confidence_option(p)
 
     p = command("explain", "heat maps of where in each image the model found its evidence", cmd_explain)
