@@ -42,8 +42,8 @@ from torch.overrides import TorchFunctionMode
 
 from common import HERE
 from fashion_cnn.data import load_fashion_mnist, to_float
-from fashion_cnn.explain import (METHOD, LayerMap, class_activation, evidence_on_object, heatmaps, randomise, stages,
-                                 to_input_grid)
+from fashion_cnn.explain import (METHOD, LayerMap, class_activation, evidence_on_object, heatmaps, mass_in, object_mask,
+                                 randomise, stages, to_input_grid)
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model, spec_of
 from fashion_cnn.predict import FOREGROUND, SIZE, resolve_model_path
@@ -190,14 +190,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def near_garment(images: np.ndarray, pixels: int) -> np.ndarray:
     """The garment (FOREGROUND) and every pixel within `pixels` of it (a square neighbourhood): its outline's
     outer side, where the evidence of a shape lies as much as on its inner side."""
-    on = images > FOREGROUND * images.max(axis=(1, 2), keepdims=True)
-    return ndimage.binary_dilation(on, np.ones((1, 2 * pixels + 1, 2 * pixels + 1), bool))
-
-
-def mass_share(maps: np.ndarray, region: np.ndarray) -> float:
-    """The share of each non-empty map's mass in the region, averaged over images."""
-    total = maps.sum(axis=(1, 2))
-    return float(np.mean((maps * region).sum(axis=(1, 2))[total > 0] / total[total > 0]))
+    return ndimage.binary_dilation(object_mask(images), np.ones((1, 2 * pixels + 1, 2 * pixels + 1), bool))
 
 
 def scores(maps: np.ndarray, images: np.ndarray) -> dict:
@@ -205,7 +198,7 @@ def scores(maps: np.ndarray, images: np.ndarray) -> dict:
     the number of empty maps."""
     shares = {str(t): evidence_on_object(maps, images, t)[0] for t in THRESHOLDS}
     return {"mass_on_garment": {t: float(np.nanmean(s)) for t, s in shares.items()},
-            "mass_near_garment": {str(d): mass_share(maps, near_garment(images, d)) for d in NEAR},
+            "mass_near_garment": {str(d): float(np.nanmean(mass_in(maps, near_garment(images, d)))) for d in NEAR},
             "empty_maps": int(np.isnan(shares[str(FOREGROUND)]).sum()),
             "image_rank_correlation": rank_correlation(maps, images)}
 
@@ -215,7 +208,7 @@ def resolution_ceiling(images: np.ndarray, size: int) -> dict:
     over each unit's pixels and put back on the input grid as the layer's maps are (explain.to_input_grid)."""
     out = {}
     for t in THRESHOLDS:
-        garment = torch.from_numpy((images > t * images.max(axis=(1, 2), keepdims=True)).astype(np.float32))[:, None]
+        garment = torch.from_numpy(object_mask(images, t).astype(np.float32))[:, None]
         if SIZE % size:  # an unpadded convolution: its units sit on the pixels inside the border
             border = (SIZE - size) // 2
             units = garment[..., border:border + size, border:border + size]

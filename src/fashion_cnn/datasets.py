@@ -519,7 +519,7 @@ def fingerprint(*tensors: torch.Tensor, names: Sequence[str] = ()) -> str:
     of images and labels exactly as imported, what a model trained on."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy())  # its buffer, not a copy (47 MB for Fashion-MNIST)
     if names:
         h.update("\n".join(names).encode())
     return h.hexdigest()

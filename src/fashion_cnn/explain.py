@@ -110,16 +110,25 @@ def heatmaps(model: nn.Module, images: np.ndarray | torch.Tensor, targets: Seque
     return np.divide(out, peak, out=np.zeros_like(out), where=peak > 0)
 
 
+def object_mask(images: np.ndarray, threshold: float = FOREGROUND) -> np.ndarray:
+    """Per image (N, H, W): the object, the pixels brighter than `threshold` times the image's brightest."""
+    return images > threshold * images.max(axis=(1, 2), keepdims=True)
+
+
+def mass_in(heats: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Per image: the share of the heat map's mass in the region (NaN for an empty map)."""
+    total = heats.sum(axis=(1, 2))
+    inside = (heats * region).sum(axis=(1, 2))
+    return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
+
+
 def evidence_on_object(heats: np.ndarray, images: np.ndarray, threshold: float = FOREGROUND
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the share of the heat map's mass on the object (pixels brighter than `threshold` times
-    the image's brightest pixel; NaN for an empty map), and the share of the image the object covers. A map
-    that ignored the image would put about the covered share of its mass there."""
-    on = images > threshold * images.max(axis=(1, 2), keepdims=True)
-    total = heats.sum(axis=(1, 2))
-    inside = (heats * on).sum(axis=(1, 2))
-    share = np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
-    return share, on.mean(axis=(1, 2))
+    """Per image: the share of the heat map's mass on the object (object_mask; NaN for an empty map), and
+    the share of the image the object covers. A map that ignored the image would put about the covered
+    share of its mass there."""
+    on = object_mask(images, threshold)
+    return mass_in(heats, on), on.mean(axis=(1, 2))
 
 
 # --- the model-randomisation check (Adebayo et al., 2018) ------------------------------------------------

@@ -581,13 +581,15 @@ class Predictor:
         if ok:
             second = [i for i, p in enumerate(ok) if p.other_view is not None]
             views = self.logits(np.stack([p.image for p in ok] + [ok[i].other_view for i in second]))
-            logits, other = views[:len(ok)], views[len(ok):]
-            top = calibration.probabilities(views, self.temperature).amax(1)
-            for j, i in enumerate(second):  # the view the model is surer of answers
-                if top[len(ok) + j] > top[i]:
-                    logits[i], ok[i].image, ok[i].other_view = other[j], ok[i].other_view, ok[i].image
+            view_probabilities = calibration.probabilities(views, self.temperature)
+            top = view_probabilities.amax(1)
+            answer = list(range(len(ok)))  # the row of `views` each prediction answers from
+            for j, i in enumerate(second, start=len(ok)):  # the view the model is surer of
+                if top[j] > top[i]:
+                    answer[i], ok[i].image, ok[i].other_view = j, ok[i].other_view, ok[i].image
+            logits = views[answer]
             unknown = rule.unknown(logits).tolist() if rule else [False] * len(ok)
-            probabilities = calibration.probabilities(logits, self.temperature).numpy()
+            probabilities = view_probabilities[answer].numpy()
             for p, probs, is_unknown in zip(ok, probabilities, unknown):
                 if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON
                     p.error = "the model gave non-finite probabilities (a broken model file?)"
