@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/fashion-cnn
 ARGS   ?=
 
-.PHONY: setup setup-test system-deps test-system-deps cv test clean-venv bench-speed bench-same-steps bench-job \
+.PHONY: setup setup-test system-deps test-system-deps cv test docs docs-serve clean-venv bench-speed bench-same-steps bench-job \
         bench-sweep-lr bench-tune-fast bench-contention
 
 # What the jobs need: `make cv` installs this much and no more.
@@ -57,6 +57,14 @@ cv: setup
 test: setup-test
 	$(PY) -m pytest -q $(ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link, anchor or image.
+docs: setup $(VENV)/.installed-test
+	$(PY) -m mkdocs build --strict
+
+# The same, served at http://127.0.0.1:8000/ and rebuilt on every change.
+docs-serve: setup $(VENV)/.installed-test
+	$(PY) -m mkdocs serve --strict
+
 # Keras 3 + TensorFlow (CPU build) in a virtualenv of their own: the reference the speed benchmark
 # compares against, kept apart so neither stack's libraries or threads leak into the other.
 KERAS_VENV ?= .venv-keras
@@ -68,7 +76,8 @@ $(KERAS_VENV)/.installed:
 	$(KERAS_VENV)/bin/python -m pip install -q tensorflow-cpu==2.21.0 keras==3.15.1
 	touch $@
 
-# fashion-cnn vs Keras, same split, batch and optimiser: `make bench-speed EPOCHS=10 ARGS="--seeds 5"` for the README.
+# fashion-cnn vs Keras, same split, batch and optimiser: `make bench-speed EPOCHS=10 ARGS="--seeds 5"` for the docs
+# (docs/benchmarks/speed-vs-keras.md).
 bench-speed: setup $(KERAS_VENV)/.installed
 	$(PY) benchmarks/speed_vs_keras.py --epochs $(EPOCHS) --keras-python $(KERAS_VENV)/bin/python $(ARGS)
 
@@ -85,7 +94,7 @@ bench-job: setup
 	$(PY) benchmarks/default_job.py $(ARGS)
 
 # The tutorial's experiment: the baseline at five learning rates, 5-fold cross-validation, 10 epochs each
-# (README, "Experiments"); the sweep's table and plots land in runs/<timestamp>-sweep/.
+# (docs/benchmarks/experiments.md); the sweep's table and plots land in runs/<timestamp>-sweep/.
 bench-sweep-lr: setup
 	$(PY) benchmarks/sweep_lr.py $(ARGS)
 
