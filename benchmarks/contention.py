@@ -8,7 +8,7 @@ per load level, so drifts in what else the machine does hit all three alike. Per
 epoch, CPU seconds of the training process, the thread changes fashion-cnn logged; per load level: the
 share of the CPUs other processes used just before the spinners started. Saves contention.json in --out.
 
-    python benchmarks/contention.py --keras-python .venv-keras/bin/python      # the README's table
+    python benchmarks/contention.py --keras-python .venv-keras/bin/python      # docs/benchmarks/busy-machine.md
     python benchmarks/contention.py --limit 4800 --epochs 2 --repeats 1       # a quick check
 """
 

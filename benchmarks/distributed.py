@@ -10,7 +10,7 @@ Each job runs as a child process (`python -m fashion_cnn`, or `python -m torch.d
   images/s (the first includes one-time set-up), on one process with C threads and on 2 with C/2 each.
 Saves distributed.json in --out.
 
-    .venv/bin/python benchmarks/distributed.py               # the README's numbers
+    .venv/bin/python benchmarks/distributed.py               # docs/benchmarks/distributed.md
     .venv/bin/python benchmarks/distributed.py --small       # a quick check of the script
 """
 

@@ -1,4 +1,4 @@
-"""The models' results table (README), from real runs, and the shipped default model.
+"""The models' results table (docs/benchmarks/models.md), from real runs, and the shipped default model.
 
     python benchmarks/model_results.py --train fast strong --ship strong   # train, tabulate, ship
     python benchmarks/model_results.py runs/2026...-train ...              # tabulate finished runs
@@ -6,7 +6,7 @@
 `--train` trains each model twice with its recipe: once with 5,000 training images held out, whose
 accuracy is the validation score recipes are chosen by, and once on all 60,000, whose test accuracy
 is the one reported and whose weights `--ship` copies into the package as the default model.
-Writes benchmarks/results/model_results.json and .md (the markdown table for the README).
+Writes benchmarks/results/model_results.json and .md (the markdown table for docs/benchmarks/models.md).
 """
 
 from __future__ import annotations

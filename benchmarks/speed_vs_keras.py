@@ -6,7 +6,7 @@ on the same 48,000 images (fold 1 of the 5-fold split), validate on the same 12,
 can be. Prints a table of ratios; saves speed_vs_keras.json and speed_vs_keras.png in --out.
 
     make bench-speed                 # 3 epochs
-    make bench-speed EPOCHS=10 ARGS="--seeds 5"   # the tutorial's 10 epochs, 5 seeds a side: the README's table
+    make bench-speed EPOCHS=10 ARGS="--seeds 5"   # the tutorial's 10 epochs, 5 seeds a side: the docs' table
     .venv/bin/python benchmarks/speed_vs_keras.py --epochs 1 --limit 4000   # a quick check
 """
 

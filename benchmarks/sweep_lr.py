@@ -1,7 +1,7 @@
 """The tutorial's experiment, "try changing the learning rate": the baseline at five learning rates, each
 cross-validated (5 folds, 10 epochs), by `fashion-cnn sweep` in a child process. The reference is the
 tutorial's own 0.01, one of the points. Copies the sweep's table and plots into --out
-(sweep_lr.json, sweep_lr.csv, sweep_lr_curves.png, sweep_lr_metric.png) for the README.
+(sweep_lr.json, sweep_lr.csv, sweep_lr_curves.png, sweep_lr_metric.png) for docs/benchmarks/experiments.md.
 
     make bench-sweep-lr
     .venv/bin/python benchmarks/sweep_lr.py --folds 2 --epochs 1 -- --limit 2000   # a quick check

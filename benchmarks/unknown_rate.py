@@ -38,7 +38,7 @@ from common import CANVAS, HERE, render_photo
 
 WIDTH, HEIGHT = CANVAS
 RESAMPLES = 200
-RELIABILITY_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 1.0)  # coarse confidence bins for the README's table
+RELIABILITY_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 1.0)  # coarse confidence bins for docs/benchmarks/unknown.md's table
 
 
 # --- out-of-distribution sets: (rng, n, digits) -> inputs for Predictor.predict ------------------------

@@ -1,5 +1,5 @@
-"""The README's picture of a report: the report opened in Chromium (Playwright), one confusion-matrix cell
-clicked, the window from the matrix down saved as PNG.
+"""The picture of a report in docs/howto/reports.md: the report opened in Chromium (Playwright), one
+confusion-matrix cell clicked, the window from the matrix down saved as PNG.
 
     .venv/bin/python docs/screenshot.py runs/<run>/report.html docs/report.png --cell 6 0
 """

@@ -193,7 +193,7 @@ def test_the_trained_model_puts_more_evidence_on_the_garment_than_a_randomised_o
     """Issue 16's two criteria on 50 test images, for the packaged model: its maps put more of their mass
     on the garment than the garment's share of the image, and more than the maps of the same network with
     every parameter randomised, which have nothing in common with them; and they depend on the class
-    (benchmarks/explain_sanity.py measures all this on 200; the README has the numbers). Measured here:
+    (benchmarks/explain_sanity.py measures all this on 200: docs/benchmarks/explain-sanity.md). Measured here:
     0.605 on the garment against an area of 0.441; randomised 0.425 (seeds 1 and 2: 0.382, 0.424), rank
     correlation with the trained maps -0.22 (-0.39, -0.41); rank correlation of the maps of the first and
     second class 0.03 (Guided Grad-CAM's, which hardly depend on the class, 0.81 in the benchmark)."""
