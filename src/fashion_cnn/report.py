@@ -34,7 +34,8 @@ from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves
 from .predict import data_url, png_bytes
-from .runs import ModelFileError, file_sha256, load_model, load_tensors, read_config, save_tensors, write_atomic
+from .runs import (ModelFileError, check_output_file, file_sha256, load_model, load_tensors, read_config, save_tensors,
+                   write_atomic)
 from .version import __version__
 
 REPORT = "report.html"
@@ -100,6 +101,15 @@ def load_run(path: str | Path) -> Run:
         raise FileNotFoundError(f"{path}: not a run directory (no config.json or test_report.json)")
     return Run(path, config.get("job", "train"), config, read_history(path / "metrics.csv"),
                read_json(path / "cv_results.json"), read_json(path / "metrics.json"), test)
+
+
+def report_path(out: str | Path | None, default: Path, runs: list[Run], force: bool,
+                model: str | Path | None = None) -> Path:
+    """Where a report goes, refused before any work as runs.check_output_file refuses: `out`, an existing
+    file there only with force; or the default, a report's own earlier file, which is replaced. Never a
+    link, FIFO or folder, nor a file of the runs (their report aside) or the model given."""
+    inputs = tuple(p for run in runs for p in run.path.iterdir() if p.name != REPORT) + ((model,) if model else ())
+    return check_output_file(out or default, force or not out, inputs)
 
 
 def folds(history: list[dict]) -> list[list[dict]]:
@@ -721,14 +731,15 @@ def written_by() -> str:
 
 def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | Path | None = None,
                  out: str | Path | None = None, data_dir: str | None = None,
-                 logits: torch.Tensor | None = None) -> Path:
+                 logits: torch.Tensor | None = None, force: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path.
 
     data: the dataset, where the caller has it loaded (else the run's, found again); model: the model file
     that `evaluate --out` scored (a train run's is its own); logits: the model's on the test set, where the
-    caller has just computed them (the report then runs no model).
+    caller has just computed them (the report then runs no model); force: replace an existing file at out.
     """
     run = load_run(run_dir)
+    path = report_path(out, run.path / REPORT, [run], force, model)
     evaluation = evaluation_of(run, data, model, data_dir, logits)
     if evaluation is not None:
         data = evaluation.data
@@ -745,7 +756,6 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | 
         sections += [losses_section(evaluation), calibration_section(evaluation)]
     arch = (evaluation.meta.get("architecture") if evaluation else None) or run.config.get("model", "")
     html_text = page(f"fashion-cnn {run.job}: {run.name}", f"{esc(arch)} · {written_by()}", sections, evaluation)
-    path = Path(out) if out else run.path / REPORT
     write_atomic(path, html_text.encode())
     return path
 
@@ -782,12 +792,14 @@ def summary_row(k: int, run: Run) -> list[str]:
     return shown
 
 
-def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None, force: bool = False) -> Path:
     """One report comparing several runs: their metrics in one table, their learning curves overlaid, their
-    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run)."""
+    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run; an existing file
+    at out is replaced only with force)."""
     runs = [load_run(d) for d in run_dirs]
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ValueError("the same run is named twice")
+    path = report_path(out, runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html", runs, force)
     head = ["run", "job", "model", "epochs", "training images", "cv accuracy (mean ± std)",
             "validation accuracy", "test accuracy", "macro-F1", "test loss", "ECE", "training time", "machine"]
     body = table(head, [summary_row(k, run) for k, run in enumerate(runs)], "numbers")
@@ -803,6 +815,5 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None) 
                          table(["class"] + [esc(r.name) for r in tested], rows, "numbers")))
     commands = [[f"<b>{esc(r.name)}</b>", f"<code>{esc(command_line(r, None))}</code>"] for r in runs]
     sections.append(("commands", "Commands", table(None, commands, "facts")))
-    path = Path(out) if out else runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html"
     write_atomic(path, page(f"fashion-cnn: {len(runs)} runs compared", written_by(), sections).encode())
     return path
