@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", "search a model's recipe with Optuna (TPE, median pruning), scored by cross-validation "
                 "on the training data only; one worker of a study that any number of workers can join", cmd_tune)
     add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
-                    "trials, and the worker's interrupted trial resumes")
+                    "trials, and the worker's interrupted trial resumes; a --storage URL with a password is "
+                    "given again (the run keeps it without)")
     p.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
                    help="change the search space: NAME=LOW:HIGH (whole numbers for whole-number options), "
                         "NAME=LOW:HIGH:log, NAME=A,B,C (choices) or NAME=VALUE (fixed). Default: "
