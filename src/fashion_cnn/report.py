@@ -32,7 +32,7 @@ from . import calibration
 from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
-from .plots import fold_boxplot, learning_curves
+from .plots import fold_boxplot, learning_curves, plain
 from .predict import data_url, png_bytes
 from .runs import (ModelFileError, check_output_file, file_sha256, load_model, load_tensors, read_config, save_tensors,
                    write_atomic)
@@ -274,10 +274,10 @@ def comparison_curves(runs: list[Run]) -> str:
     for k, run in enumerate(r for r in runs if r.history):
         color = f"C{k % 10}"
         per_fold = folds(run.history)
-        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=run.name)
+        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=plain(run.name))
         validated = "val_accuracy" in per_fold[0][0]
         acc_ax.plot(*mean_curve(per_fold, "val_accuracy" if validated else "accuracy"), ".-" if validated else ".--",
-                    color=color, label=run.name)
+                    color=color, label=plain(run.name))
     loss_ax.legend(fontsize=7)
     return figure_url(fig)
 
