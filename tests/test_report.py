@@ -329,3 +329,26 @@ def test_evaluate_out_onto_an_existing_run_needs_force(train_run, real_data, tmp
     assert main(argv + ["--force"]) == 0
     assert json.loads((run_dir / "test_report.json").read_text())["per_class"]
     assert (run_dir / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+def test_every_value_is_escaped_whatever_file_it_comes_from(cv_run, tmp_path, capsys):
+    """A hand-edited metrics.csv put its `epoch` cell into the cv report as it was: a stored script."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cv_run, run_dir)
+    attack = "<script>alert(1)</script>"
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    head, last = lines[0].split(","), lines[-1].split(",")
+    last[head.index("epoch")] = attack
+    (run_dir / "metrics.csv").write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    assert main(["report", str(run_dir)]) == 0
+    text = (run_dir / "report.html").read_text()
+    assert attack not in text and f"<td>{attack.replace('<', '&lt;').replace('>', '&gt;')}</td>" in text
+    assert len(page_of(run_dir).scripts) == 0  # a cv report has no gallery: no script at all
+
+
+def test_markup_escapes_what_is_not_markup_already():
+    cell = report.markup("<td>{}</td>", '<b title="x">&')
+    assert cell == "<td>&lt;b title=&quot;x&quot;&gt;&amp;</td>" and isinstance(cell, report.Html)
+    assert report.markup("<tr>{}</tr>", cell) == f"<tr>{cell}</tr>"  # markup goes in as it is, once
+    assert report.table(["<h>"], [[1, cell]]) == ('<table class=""><thead><tr><th>&lt;h&gt;</th></tr></thead>'
+                                                 f"<tbody><tr><td>1</td><td>{cell}</td></tr></tbody></table>")
