@@ -238,13 +238,15 @@ def test_every_option_of_every_command_is_covered():
                *(("calibrate", o) for o in data_options),
                *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
                                           "--json")),
-               ("report", "--out"), ("report", "--data-dir"),
+               ("report", "--out"), ("report", "--data-dir"), ("report", "--force"), ("evaluate", "--force"),
+               ("predict", "--force"),
                ("sweep", "--config"), ("sweep", "--resume"), *(("tune", o) for o in (
                    "--config", "--resume", "--space", "--trials", "--timeout", "--storage", "--study")),
                *(("lr-find", o) for o in job_flags_of(LRFIND_OPTIONS))}
     # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options, --add-to in
-    # tests/test_own_data.py test_add_to_fashion_mnist; predict: tests/test_predict.py;
+    # tests/test_own_data.py test_add_to_fashion_mnist; evaluate --force: tests/test_report.py;
+    # predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
     # serve: test_serve_passes_its_options_on below; sweep: tests/test_sweep.py;

@@ -160,3 +160,29 @@ def test_add_to_fashion_mnist(real_data, tmp_path, capsys):
     shutil.copy(next((photos / "Sneaker").iterdir()), photos / "hat" / "a.jpg")
     assert main(["data", "--data", str(photos), "--add-to", "fashion-mnist", *data_dir]) == 1
     assert "class folders hat do not each name one class" in capsys.readouterr().err
+
+
+def test_dollar_signs_in_class_file_and_data_names_are_drawn_as_they_are(digits3, tmp_path, capsys):
+    """matplotlib read `$...$` in names as mathtext: a class folder `$10_to_$20` killed `train` after training
+    (no model saved), a file `shoe$_$.png` aborted `explain`, a swept `--data 'd$_$1'` killed the sweep at
+    its plots."""
+    data = tmp_path / "d$_$1"
+    shutil.copytree(digits3, data)
+    (data / "1").rename(data / "$10_to_$20")
+    shoe = data / "4" / "shoe$_$.png"
+    next((data / "4").iterdir()).rename(shoe)
+    common = ["--data", data, "--device", "cpu", "--threads", "1", "--epochs", "1"]
+    run(capsys, "train", *common, "--out", tmp_path / "train")
+    run_dir = only_run(tmp_path / "train")
+    assert load_model(run_dir / "model.safetensors")[1]["class_names"] == ["$10_to_$20", "4", "7"]
+    assert (run_dir / "confusion_matrix.png").is_file()
+
+    out = run(capsys, "explain", shoe, data / "$10_to_$20", "--model", run_dir, "--out", tmp_path / "seen").out
+    assert f"{shoe}: " in out and len(list((tmp_path / "seen").iterdir())) == 1 + 60
+
+    other = tmp_path / "d$_$2"
+    shutil.copytree(data, other)
+    run(capsys, "sweep", *common, "--data", data, other, "--folds", "1", "--val-size", "30", "--limit", "90",
+        "--out", tmp_path / "sweep")
+    sweep_dir = only_run(tmp_path / "sweep")
+    assert (sweep_dir / "sweep_curves.png").is_file() and (sweep_dir / "sweep_metric.png").is_file()

@@ -644,6 +644,27 @@ def test_text_output_and_save_preprocessed(model_file, tmp_path, capsys):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "both" / name)), np.round(view * 255))
 
 
+def test_save_preprocessed_replaces_earlier_files_only_with_force(model_file, tmp_path, capsys):
+    """A second `--save-preprocessed` into the same folder overwrote the first one's pictures in silence."""
+    turned = write(tmp_path / "turned.png", encode(garment().rotate(12, expand=True, fillcolor="white"), "PNG"))
+    saved = tmp_path / "seen"
+    saved.mkdir()
+    (saved / "0000-turned-other-view.png").write_bytes(b"keep me")
+    code, out, err = run_cli(capsys, turned, "--model", model_file, "--save-preprocessed", saved)
+    assert code == 1 and out == "" and err.count("\n") == 1, err  # refused before any answer is printed
+    assert err == f"fashion-cnn: error: {saved / '0000-turned-other-view.png'}: already exists; --force replaces it\n"
+    assert [p.name for p in saved.iterdir()] == ["0000-turned-other-view.png"]  # none written, none replaced
+    assert (saved / "0000-turned-other-view.png").read_bytes() == b"keep me"
+
+    code, out, err = run_cli(capsys, turned, "--model", model_file, "--save-preprocessed", saved, "--force")
+    assert code == 0 and "2 preprocessed images saved" in err
+    assert Image.open(saved / "0000-turned-other-view.png").size == (28, 28)
+    own = write(saved / "0001-b.png", turned.read_bytes())  # the second input's picture would replace the first
+    other = write(tmp_path / "b.png", turned.read_bytes())
+    code, out, err = run_cli(capsys, own, other, "--model", model_file, "--save-preprocessed", saved, "--force")
+    assert code == 1 and f"{own}: is the input {own}" in err and own.read_bytes() == turned.read_bytes()
+
+
 def test_no_invert_and_no_crop_reach_the_preprocessing(model_file, tmp_path, capsys):
     path = write(tmp_path / "bar.png", encode(Image.fromarray(bar(400, 300, light_object=False)), "PNG"))
     for flags, expected in (((), preprocess(path)), (("--no-invert",), preprocess(path, invert=False)),

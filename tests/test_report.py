@@ -4,8 +4,10 @@ runs. Runs train for a second on the tiny IDX data (100 test images); tests/test
 the reports in real browsers."""
 
 import json
+import os
 import re
 import shutil
+import stat
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -269,3 +271,84 @@ def test_bad_report_requests_are_one_line_errors(argv, message, train_run, capsy
     argv = [str(train_run) if a == "RUN" else a for a in argv]
     assert main(argv) == 1
     assert capsys.readouterr().err.strip() == f"fashion-cnn: error: {message}"
+
+
+def test_report_out_never_replaces_the_runs_files_a_link_or_a_fifo(train_run, tmp_path, monkeypatch, capsys):
+    """`report RUN --out RUN/model.safetensors` replaced the run's model with HTML (rc 0); links and FIFOs
+    at OUT were replaced too, and an existing file without --force."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(train_run, run_dir)
+    monkeypatch.setattr(report, "evaluation_of", lambda *a, **k: pytest.fail("work done before the checks"))
+    model = (run_dir / "model.safetensors").read_bytes()
+    (tmp_path / "link.html").symlink_to(tmp_path / "elsewhere.html")
+    os.mkfifo(tmp_path / "fifo.html")
+    (tmp_path / "old.html").write_text("keep me")
+    cases = [(run_dir / "model.safetensors", "is the input"), (run_dir / "config.json", "is the input"),
+             (tmp_path / "link.html", "a symbolic link; refusing to replace it"),
+             (tmp_path / "fifo.html", "not a regular file (a FIFO, device or socket); refusing to replace it")]
+    for out, reason in cases:
+        for force in ((), ("--force",)):
+            assert main(["report", str(run_dir), "--out", str(out), *force]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("fashion-cnn: error: ") and err.count("\n") == 1 and reason in err, err
+    assert main(["report", str(run_dir), str(train_run), "--out", str(run_dir / "metrics.csv"), "--force"]) == 1
+    assert "is the input" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "old.html")]) == 1
+    assert capsys.readouterr().err.strip().endswith("old.html: already exists; --force replaces it")
+    assert (run_dir / "model.safetensors").read_bytes() == model and (tmp_path / "old.html").read_text() == "keep me"
+    assert (tmp_path / "link.html").is_symlink() and stat.S_ISFIFO((tmp_path / "fifo.html").lstat().st_mode)
+    (run_dir / "report.html").unlink()
+    (run_dir / "report.html").symlink_to(tmp_path / "elsewhere.html")  # the default place, too
+    assert main(["report", str(run_dir)]) == 1
+    assert "a symbolic link" in capsys.readouterr().err and (run_dir / "report.html").is_symlink()
+
+
+def test_report_force_replaces_an_existing_file(train_run, tmp_path, capsys):
+    out = tmp_path / "old.html"
+    out.write_text("old")
+    assert main(["report", str(train_run), "--out", str(out), "--force"]) == 0
+    assert out.read_text().startswith("<!doctype html>")
+
+
+def test_evaluate_out_onto_an_existing_run_needs_force(train_run, real_data, tmp_path, monkeypatch, capsys):
+    """`evaluate --out RUN` replaced the run's test_report.json, report.html and predictions without a word."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(train_run, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    argv = ["evaluate", "--model", str(run_dir), "--data-dir", real_data.source, "--out", str(run_dir)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip().endswith("already exists; --force replaces it"), err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    os.mkfifo(tmp_path / "fifo")
+    (run_dir / "test_report.json").unlink()
+    (run_dir / "test_report.json").symlink_to(tmp_path / "fifo")
+    assert main(argv + ["--force"]) == 1  # never a link, even with --force
+    assert "a symbolic link" in capsys.readouterr().err
+    (run_dir / "test_report.json").unlink()
+    assert main(argv + ["--force"]) == 0
+    assert json.loads((run_dir / "test_report.json").read_text())["per_class"]
+    assert (run_dir / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+def test_every_value_is_escaped_whatever_file_it_comes_from(cv_run, tmp_path, capsys):
+    """A hand-edited metrics.csv put its `epoch` cell into the cv report as it was: a stored script."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cv_run, run_dir)
+    attack = "<script>alert(1)</script>"
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    head, last = lines[0].split(","), lines[-1].split(",")
+    last[head.index("epoch")] = attack
+    (run_dir / "metrics.csv").write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    assert main(["report", str(run_dir)]) == 0
+    text = (run_dir / "report.html").read_text()
+    assert attack not in text and f"<td>{attack.replace('<', '&lt;').replace('>', '&gt;')}</td>" in text
+    assert len(page_of(run_dir).scripts) == 0  # a cv report has no gallery: no script at all
+
+
+def test_markup_escapes_what_is_not_markup_already():
+    cell = report.markup("<td>{}</td>", '<b title="x">&')
+    assert cell == "<td>&lt;b title=&quot;x&quot;&gt;&amp;</td>" and isinstance(cell, report.Html)
+    assert report.markup("<tr>{}</tr>", cell) == f"<tr>{cell}</tr>"  # markup goes in as it is, once
+    assert report.table(["<h>"], [[1, cell]]) == ('<table class=""><thead><tr><th>&lt;h&gt;</th></tr></thead>'
+                                                 f"<tbody><tr><td>1</td><td>{cell}</td></tr></tbody></table>")

@@ -295,3 +295,40 @@ def test_a_worker_with_other_data_is_refused_and_studies_keep_their_fingerprints
     other = dataclasses.replace(data, train_labels=data.train_labels.roll(1))
     with pytest.raises(ValueError, match="was trained on other data"):
         tune_module.same_data(study, other)
+
+
+def test_a_storage_password_stays_out_of_the_run_and_a_resume_is_given_it_again(tiny_data_dir, tmp_path, capsys):
+    """The password of --storage postgresql://user:PASSWORD@... was kept in clear in the run's config.json,
+    and so shown in its report.html. (The test server trusts its socket: any password is let in.)"""
+    try:
+        server = PostgresServer()
+        url = server.start()
+    except PostgresUnavailable as e:
+        pytest.skip(f"PostgreSQL: {e}")
+    password = "Pa55-in-clear"
+    secret = url.replace("postgresql://fashion@", f"postgresql://fashion:{password}@")
+    try:
+        assert main(tune_args(tiny_data_dir, tmp_path / "runs", "--trials", "1", "--storage", secret)) == 0
+        [run] = (tmp_path / "runs").iterdir()
+        assert main(["report", str(run)]) == 0
+        assert json.loads((run / "config.json").read_text())["storage"].startswith("postgresql://fashion:***@")
+        assert main(["tune", "--resume", str(run)]) == 1  # the URL is given again
+        assert "whose password the run does not keep: give its URL again with --storage" in capsys.readouterr().err
+        assert main(["tune", "--resume", str(run), "--storage", secret.replace("fashion:", "other:")]) == 1
+        assert "give that URL, or no --storage" in capsys.readouterr().err
+        assert main(["tune", "--resume", str(run), "--storage", secret]) == 0
+        assert "trials: 1 complete" in capsys.readouterr().err
+    finally:
+        server.stop()
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert run / "report.html" in files and run / "config.json" in files and run / "log.txt" in files
+    assert [p for p in files if password.encode() in p.read_bytes()] == []
+
+
+def test_a_resumed_worker_takes_only_the_storage_it_was_saved_with():
+    """resumed_storage without a server: the run's own SQLite file (None) takes no --storage."""
+    assert tune_module.resumed_storage(None, None) is None
+    assert tune_module.resumed_storage("sqlite:////a/b.db", None) == "sqlite:////a/b.db"
+    assert tune_module.resumed_storage("postgresql://u:***@h/db", "postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    with pytest.raises(ValueError, match="its own study.db"):
+        tune_module.resumed_storage(None, "sqlite:////a/b.db")

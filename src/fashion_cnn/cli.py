@@ -214,14 +214,13 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_file, format_confusion_matrix, format_per_class, format_scores
+    from .evaluate import check_outputs, evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
-    from .runs import check_output_dir
 
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
-    out = check_output_dir(args.out) if args.out else None
-    result = evaluate_file(path, load_job_data(args), out)
+    out = check_outputs(args.out, path, args.force) if args.out else None
+    result = evaluate_file(path, load_job_data(args), out, args.force)
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
@@ -237,6 +236,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop)
+    # saved before anything is printed: a refused file is then the command's only output
+    saved = save_preprocessed(predictions, args.save_preprocessed, args.force) if args.save_preprocessed else None
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
     if args.format == "json":
         print(json.dumps(as_json(predictions, predictor), indent=2, allow_nan=False))
@@ -247,8 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print_error(p)
         elif args.format == "text":
             print(format_line(p))
-    if args.save_preprocessed:
-        saved = save_preprocessed(predictions, args.save_preprocessed)
+    if saved is not None:
         print(f"{len(saved)} preprocessed images saved to {args.save_preprocessed}", file=sys.stderr)
     return 1 if any(p.error for p in predictions) else 0
 
@@ -290,11 +290,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_comparison, write_report
 
     if len(args.runs) == 1:
-        print(f"report: {write_report(args.runs[0], out=args.out, data_dir=args.data_dir)}")
+        print(f"report: {write_report(args.runs[0], out=args.out, data_dir=args.data_dir, force=args.force)}")
     elif args.data_dir:
         raise ValueError("--data-dir is for the report of one run; a comparison reads only the runs' files")
     else:
-        print(f"report: {write_comparison(args.runs, out=args.out)}")
+        print(f"report: {write_comparison(args.runs, out=args.out, force=args.force)}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tune", "search a model's recipe with Optuna (TPE, median pruning), scored by cross-validation "
                 "on the training data only; one worker of a study that any number of workers can join", cmd_tune)
     add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
-                    "trials, and the worker's interrupted trial resumes")
+                    "trials, and the worker's interrupted trial resumes; a --storage URL with a password is "
+                    "given again (the run keeps it without)")
     p.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
                    help="change the search space: NAME=LOW:HIGH (whole numbers for whole-number options), "
                         "NAME=LOW:HIGH:log, NAME=A,B,C (choices) or NAME=VALUE (fixed). Default: "
@@ -425,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_option(p)
     add_data_options(p)
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
+    p.add_argument("--force", action="store_true",
+                   help="replace the files of an earlier evaluation in --out (never the model)")
 
     p = command("predict", "predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)", cmd_predict)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
@@ -437,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-preprocessed", metavar="DIR",
                    help="also save the 28x28 images the model saw here (where the object was turned upright, "
                         "also <name>-other-view.png: the view the answer did not come from)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files already in --save-preprocessed (never an input image)")
     add_min_confidence_option(p)
 
     p = command("explain", "heat maps of where in each image the model found its evidence", cmd_explain)
@@ -453,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train or evaluate --out)")
     p.add_argument("--out", help="the HTML file to write (default: RUN/report.html; for several runs "
                    "<timestamp>-compare.html beside the first)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing file at --out (never a file of the runs)")
     add_config_options(p, TrainConfig, only=("data_dir",))
     p.set_defaults(data_dir=None)
 

@@ -14,9 +14,10 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from .data import Dataset
 from .inference import predict_logits
-from .runs import check_output_dir, load_model, write_atomic, write_json
+from .runs import check_output_file, load_model, write_atomic, write_json
 
 log = logging.getLogger("fashion_cnn")
+TABLES = ("per_class.txt", "test_report.json", "confusion_matrix.png")  # what write_reports writes, in order
 
 
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -99,7 +100,7 @@ def write_reports(report: dict, out_dir: Path) -> list[Path]:
     """Save the per-class table, the full report and a confusion-matrix plot in out_dir; returns their paths."""
     from .plots import confusion_matrix_figure, save_figure
 
-    paths = [out_dir / "per_class.txt", out_dir / "test_report.json", out_dir / "confusion_matrix.png"]
+    paths = [out_dir / name for name in TABLES]
     write_atomic(paths[0], (format_per_class(report) + "\n\n" + format_confusion_matrix(report) + "\n").encode())
     write_json(paths[1], report)
     save_figure(confusion_matrix_figure(report["confusion_matrix"], [row["class"] for row in report["per_class"]]),
@@ -118,13 +119,24 @@ class Evaluation:
     html: Path | None  # the HTML report
 
 
-def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None) -> Evaluation:
+def check_outputs(out: str | Path, model_path: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work, an `evaluate --out` folder whose files cannot be written, or that holds
+    files of an earlier evaluation (or run) which only force replaces; never the model evaluated
+    (runs.check_output_file on each file evaluate_file writes there)."""
+    from .report import PREDICTIONS, REPORT
+
+    for name in (*TABLES, REPORT, PREDICTIONS):
+        check_output_file(Path(out) / name, force, inputs=(model_path,))
+    return Path(out)
+
+
+def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None, force: bool = False) -> Evaluation:
     """The `evaluate` job: score a model file on data's test set; with `out`, write the tables, the
-    confusion matrix and the HTML report there."""
+    confusion matrix and the HTML report there (files already there are replaced only with force)."""
     from .report import write_report
 
     if out is not None:
-        check_output_dir(out)
+        check_outputs(out, model_path, force)
     model, meta = load_model(model_path)
     if meta["class_names"] != list(data.class_names):
         raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from .models import spec_of, unknown
+from .plots import plain
 from .predict import (FOREGROUND, SIZE, TOP_K, Prediction, Predictor, Source, expand_sources, output_name, png_bytes,
                       prepare)
 from .runs import write_atomic
@@ -252,11 +253,11 @@ def explanation_png(p: Prediction, heat: np.ndarray) -> bytes:
                    "the 28x28 input the model was surer of\n(of the object turned upright and as it stood)",
                    fontsize=9)
     cam.imshow(overlay(p.image, heat))
-    cam.set_title(f"{METHOD}: {p.class_name}", fontsize=9)
+    cam.set_title(f"{METHOD}: {plain(p.class_name)}", fontsize=9)
     for ax in (seen, cam):
         ax.set_xticks([])
         ax.set_yticks([])
-    names = [name for name, _ in p.top_k][::-1]
+    names = [plain(name) for name, _ in p.top_k][::-1]
     probs = [prob for _, prob in p.top_k][::-1]
     bars.barh(names, probs, color="tab:blue")
     bars.set_xlim(0, 1)
@@ -266,7 +267,7 @@ def explanation_png(p: Prediction, heat: np.ndarray) -> bytes:
         inside = prob > 0.8
         bars.text(prob - 0.02 if inside else prob + 0.02, y, f"{prob:.2f}", va="center", fontsize=8,
                   ha="right" if inside else "left", color="white" if inside else "black")
-    fig.suptitle(Path(p.source).name, fontsize=10)
+    fig.suptitle(plain(Path(p.source).name), fontsize=10)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -21,6 +21,13 @@ from .runs import write_atomic
 TRAIN, VALIDATION = "tab:blue", "tab:orange"
 
 
+def plain(text: str) -> str:
+    """Text from outside (class, file, run and option names, option values) as a figure shows it, letter
+    for letter: matplotlib reads text between two `$` as mathtext, where `$10_to_$20` is a syntax error
+    that kills the job. An escaped `\\$` starts no mathtext and is drawn as `$`."""
+    return text.replace("$", r"\$")
+
+
 def save_figure(fig: Figure, path: str | Path) -> None:
     """The figure as a PNG file, written atomically."""
     buf = io.BytesIO()
@@ -44,7 +51,7 @@ def learning_curves(histories: dict[str, Sequence[dict]] | Sequence[dict],
         for k, (name, history) in enumerate(histories.items()):
             epochs = [row["epoch"] for row in history]
             colours = (f"C{k % 10}",) * 2 if several else (TRAIN, VALIDATION)
-            prefix = f"{name} " if several else ""
+            prefix = f"{plain(name)} " if several else ""
             ax.plot(epochs, [row[metric] for row in history], color=colours[0], marker="o", markersize=3,
                     label=f"{prefix}train")
             if history and f"val_{metric}" in history[0]:
@@ -79,6 +86,7 @@ def fold_boxplot(fold_accuracies: Sequence[float]) -> Figure:
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
     """Counts per (true class, predicted class), rows true, with the overall accuracy in the title."""
     m = np.asarray(matrix)
+    class_names = [plain(name) for name in class_names]
     fig = Figure(figsize=(7.5, 6.5))
     ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues")
@@ -106,5 +114,5 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, class_names: Sequ
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(images[idx[j]].numpy(), cmap="gray", vmin=0, vmax=255)
-        row[0].text(-4, 14, class_names[c], ha="right", va="center", fontsize=9, parse_math=False)
+        row[0].text(-4, 14, plain(class_names[c]), ha="right", va="center", fontsize=9)
     return fig

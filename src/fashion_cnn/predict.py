@@ -32,7 +32,7 @@ from scipy import ndimage
 from . import calibration
 from .data import CLASS_NAMES, to_float
 from .inference import IMAGES, predict_logits
-from .runs import RUNS_ROOT, ModelFileError, load_model, write_atomic
+from .runs import RUNS_ROOT, ModelFileError, check_output_file, load_model, write_atomic
 from .terminal import printable
 
 DEFAULT_MODEL = "weights/default.safetensors"  # inside the package: the strong model (README)
@@ -677,18 +677,22 @@ def output_name(index: int, source: str) -> str:
     return f"{index:04d}-{stem}.png"
 
 
-def save_preprocessed(predictions: list[Prediction], out_dir: str | Path) -> list[Path]:
+def save_preprocessed(predictions: list[Prediction], out_dir: str | Path, force: bool = False) -> list[Path]:
     """The 28x28 images the model saw, as PNG: <index>-<name>.png in input order (the view it answered
-    from), and where the crop turned the object, the other view beside it (<index>-<name>-other-view.png)."""
-    paths = []
+    from), and where the crop turned the object, the other view beside it (<index>-<name>-other-view.png).
+    Every file is checked before the first is written (runs.check_output_file): one already there is
+    replaced only with force, an input image never."""
+    views = []
     for i, p in enumerate(predictions):
         if p.image is None:
             continue
         path = Path(out_dir) / output_name(i, p.source)
-        views = [(path, p.image)]
+        views.append((path, p.image))
         if p.other_view is not None:
             views.append((path.with_name(f"{path.stem}-other-view.png"), p.other_view))
-        for path, image in views:
-            write_atomic(path, png_bytes(image))
-            paths.append(path)
-    return paths
+    inputs = tuple(p.source for p in predictions)
+    for path, _ in views:
+        check_output_file(path, force, inputs)
+    for path, image in views:
+        write_atomic(path, png_bytes(image))
+    return [path for path, _ in views]

@@ -9,6 +9,9 @@ most-confused pairs, the highest-loss examples with heat maps (explain.py), and 
 Per-example results come from `predictions.safetensors` in the run directory: the model's logits on the
 test set, computed once (with `inference.predict_logits`, as evaluation does) and reused while the model
 file is unchanged, so a later `fashion-cnn report` does not run the model again.
+
+Every value enters the HTML through `markup`, which escapes it unless it is markup already: a run's files
+may have been edited by hand, and a report opened in a browser must not run what they hold.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -32,9 +36,10 @@ from . import calibration
 from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
-from .plots import fold_boxplot, learning_curves
+from .plots import fold_boxplot, learning_curves, plain
 from .predict import data_url, png_bytes
-from .runs import ModelFileError, file_sha256, load_model, load_tensors, read_config, save_tensors, write_atomic
+from .runs import (ModelFileError, check_output_file, file_sha256, load_model, load_tensors, read_config, save_tensors,
+                   write_atomic)
 from .version import __version__
 
 REPORT = "report.html"
@@ -100,6 +105,15 @@ def load_run(path: str | Path) -> Run:
         raise FileNotFoundError(f"{path}: not a run directory (no config.json or test_report.json)")
     return Run(path, config.get("job", "train"), config, read_history(path / "metrics.csv"),
                read_json(path / "cv_results.json"), read_json(path / "metrics.json"), test)
+
+
+def report_path(out: str | Path | None, default: Path, runs: list[Run], force: bool,
+                model: str | Path | None = None) -> Path:
+    """Where a report goes, refused before any work as runs.check_output_file refuses: `out`, an existing
+    file there only with force; or the default, a report's own earlier file, which is replaced. Never a
+    link, FIFO or folder, nor a file of the runs (their report aside) or the model given."""
+    inputs = tuple(p for run in runs for p in run.path.iterdir() if p.name != REPORT) + ((model,) if model else ())
+    return check_output_file(out or default, force or not out, inputs)
 
 
 def folds(history: list[dict]) -> list[list[dict]]:
@@ -264,10 +278,10 @@ def comparison_curves(runs: list[Run]) -> str:
     for k, run in enumerate(r for r in runs if r.history):
         color = f"C{k % 10}"
         per_fold = folds(run.history)
-        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=run.name)
+        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=plain(run.name))
         validated = "val_accuracy" in per_fold[0][0]
         acc_ax.plot(*mean_curve(per_fold, "val_accuracy" if validated else "accuracy"), ".-" if validated else ".--",
-                    color=color, label=run.name)
+                    color=color, label=plain(run.name))
     loss_ax.legend(fontsize=7)
     return figure_url(fig)
 
@@ -305,40 +319,51 @@ def sprite_url(images: np.ndarray) -> str:
 
 # --- HTML pieces ---------------------------------------------------------------------------------
 
-def esc(value: object) -> str:
-    return html.escape(str(value))
+class Html(str):
+    """Text that is HTML already, made by `markup`: inserted as it is, where any other value is escaped."""
+
+
+def markup(template: str, *values: object) -> Html:
+    """The one way values enter a page: the HTML template (ours) with its {} fields filled by the values in
+    turn, each escaped unless it is Html already, whatever its source: a run's files can be edited by hand."""
+    return Html(template.format(*(v if isinstance(v, Html) else html.escape(str(v)) for v in values)))
+
+
+def join(pieces: Iterable[object]) -> Html:
+    """Pieces of a page one after another, each escaped unless it is Html already."""
+    return Html("".join(markup("{}", piece) for piece in pieces))
 
 
 def percent(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def value(x: float, text: str, name: str | None = None) -> str:
+def value(x: float, text: str, name: str | None = None) -> Html:
     """A number as shown, with the exact value it shows in data-value (for readers and tests)."""
-    named = f' data-name="{esc(name)}"' if name else ""
-    return f'<span class="value" data-value="{x!r}"{named}>{esc(text)}</span>'
+    named = markup(' data-name="{}"', name) if name else ""
+    return markup('<span class="value" data-value="{}"{}>{}</span>', repr(x), named, text)
 
 
-def table(head: list[str] | None, rows: list[list[str]], cls: str = "") -> str:
-    """Cells are HTML already (escape text first)."""
-    head_html = "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>" if head else ""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}">{head_html}<tbody>{body}</tbody></table>'
+def table(head: list[object] | None, rows: list[list[object]], cls: str = "") -> Html:
+    """Cells are text (escaped) or Html."""
+    head_html = markup("<thead><tr>{}</tr></thead>", join(markup("<th>{}</th>", h) for h in head)) if head else ""
+    body = join(markup("<tr>{}</tr>", join(markup("<td>{}</td>", c) for c in row)) for row in rows)
+    return markup('<table class="{}">{}<tbody>{}</tbody></table>', cls, head_html, body)
 
 
-Section = tuple[str, str, str]  # id, title, HTML body
+Section = tuple[str, str, Html]  # id, title, body
 
 
-def image(url: str, alt: str, cls: str = "figure") -> str:
-    return f'<img class="{cls}" src="{url}" alt="{esc(alt)}">'
+def image(url: str, alt: str, cls: str = "figure") -> Html:
+    return markup('<img class="{}" src="{}" alt="{}">', cls, url, alt)
 
 
-def thumb(index: int) -> str:
+def thumb(index: int) -> Html:
     """A window on the sprite showing test image `index` (the gallery's script draws the same)."""
     r, c = divmod(index, SPRITE_COLUMNS)
     size = 28 * SCALE
-    return (f'<div class="thumb" role="img" aria-label="test image {index}" '
-            f'style="background-position:-{c * size}px -{r * size}px"></div>')
+    return markup('<div class="thumb" role="img" aria-label="test image {}" '
+                  'style="background-position:-{}px -{}px"></div>', index, c * size, r * size)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -385,30 +410,29 @@ def what_ran(run: Run, evaluation: Evaluation | None, data: Dataset | None) -> S
     arch = meta.get("architecture") or config.get("model", "?")
     parameters = meta.get("parameters") or registered_size(arch)
     machine = (run.metrics or {}).get("machine") or meta.get("machine") or "not recorded"
-    rows = [("command", f"<code>{esc(command_line(run, evaluation))}</code>"),
-            ("model", esc(f"{arch}, {parameters:,} parameters" if parameters else arch)
+    rows = [("command", markup("<code>{}</code>", command_line(run, evaluation))),
+            ("model", (f"{arch}, {parameters:,} parameters" if parameters else str(arch))
              + (" (evaluated with test-time augmentation: each image and its mirror image)"
                 if meta.get("tta") else "")),
-            ("machine", esc(machine))]
+            ("machine", machine)]
     if evaluation and evaluation.model_path:
-        rows.append(("model file", f"<code>{esc(evaluation.model_path)}</code>"))
+        rows.append(("model file", markup("<code>{}</code>", evaluation.model_path)))
     source = data.source if data else (meta.get("data") or {}).get("source", config.get("data_dir"))
-    rows.append(("data", esc(source or "not recorded")))
+    rows.append(("data", source or "not recorded"))
     if (times := log_times(run)):
-        rows.append(("started, last logged", esc(f"{times[0]}, {times[1]}")))
+        rows.append(("started, last logged", f"{times[0]}, {times[1]}"))
     seconds = sum(row.get("seconds", 0) for row in run.history)
     cpu = sum(row.get("cpu_seconds", 0) for row in run.history)
     if seconds:
-        rows.append(("training time", esc(f"{seconds:.1f} s ({cpu:.1f} s of CPU time, all threads)")))
+        rows.append(("training time", f"{seconds:.1f} s ({cpu:.1f} s of CPU time, all threads)"))
     if (version := (run.metrics or {}).get("version") or meta.get("version")):
-        rows.append(("fashion-cnn version", esc(version)))
-    out = table(None, [[k, v] for k, v in rows], "facts")
-    if data is not None:
-        out += data_counts(run, config, data, evaluation)
-    settings = [[esc(k), f"<code>{esc(json.dumps(v))}</code>"] for k, v in config.items()]
-    out += (f"<details><summary>all {len(settings)} settings</summary>"
-            f"{table(['setting', 'value'], settings)}</details>")
-    return "run", "What ran", out
+        rows.append(("fashion-cnn version", version))
+    settings = [[k, markup("<code>{}</code>", json.dumps(v))] for k, v in config.items()]
+    return "run", "What ran", join([
+        table(None, [[k, v] for k, v in rows], "facts"),
+        data_counts(run, config, data, evaluation) if data is not None else "",
+        markup("<details><summary>all {} settings</summary>{}</details>", len(settings),
+               table(["setting", "value"], settings))])
 
 
 def registered_size(arch: str) -> int | None:
@@ -418,7 +442,7 @@ def registered_size(arch: str) -> int | None:
     return count_parameters(create_model(arch)) if arch in list_models() else None
 
 
-def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | None) -> str:
+def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | None) -> Html:
     """Images per class: the training images the run used and the test set."""
     names = evaluation.class_names if evaluation else list(CLASS_NAMES)
     limit = config.get("limit")
@@ -428,10 +452,11 @@ def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | 
                 class_counts(train, names))]
     if run.job != "cv":
         columns.append(("test images", class_counts(data.test_labels.numpy(), names)))
-    head = ["class"] + [esc(title) for title, _ in columns]
-    rows = [[esc(name)] + [f"{counts[i]:,}" for _, counts in columns] for i, name in enumerate(names)]
-    rows.append(["<strong>all</strong>"] + [f"<strong>{sum(counts):,}</strong>" for _, counts in columns])
-    return f"<h3>Images per class</h3>{table(head, rows, 'numbers')}"
+    head = ["class"] + [title for title, _ in columns]
+    rows = [[name] + [f"{counts[i]:,}" for _, counts in columns] for i, name in enumerate(names)]
+    rows.append([markup("<strong>all</strong>")] + [markup("<strong>{}</strong>", f"{sum(counts):,}")
+                                                    for _, counts in columns])
+    return markup("<h3>Images per class</h3>{}", table(head, rows, "numbers"))
 
 
 def curves_section(run: Run) -> Section | None:
@@ -439,9 +464,10 @@ def curves_section(run: Run) -> Section | None:
         return None
     per_fold = folds(run.history)
     what = f"{len(per_fold)} folds, one colour each: " if len(per_fold) > 1 else ""
-    return ("curves", "Learning curves", f"<p>{what}training solid, validation dashed.</p>"
-            + image(figure_url(learning_curves({f"fold {k}": rows for k, rows in enumerate(per_fold, 1)}
-                                               if len(per_fold) > 1 else per_fold[0])), "learning curves"))
+    return ("curves", "Learning curves", markup(
+        "<p>{}training solid, validation dashed.</p>{}", what,
+        image(figure_url(learning_curves({f"fold {k}": rows for k, rows in enumerate(per_fold, 1)}
+                                         if len(per_fold) > 1 else per_fold[0])), "learning curves")))
 
 
 def folds_section(run: Run) -> Section | None:
@@ -451,20 +477,19 @@ def folds_section(run: Run) -> Section | None:
     rows = []
     for k, accuracy in enumerate(run.cv["fold_accuracies"]):
         last = per_fold[k][-1] if k < len(per_fold) else {}
-        rows.append([str(k + 1), value(accuracy, percent(accuracy), f"fold-{k + 1}"),
+        rows.append([k + 1, value(accuracy, percent(accuracy), f"fold-{k + 1}"),
                      f"{last['val_loss']:.4f}" if "val_loss" in last else "–",
-                     str(last.get("epoch", "–")), f"{sum(row.get('seconds', 0) for row in per_fold[k]):.1f}"
+                     last.get("epoch", "–"), f"{sum(row.get('seconds', 0) for row in per_fold[k]):.1f}"
                      if k < len(per_fold) else "–"])
     mean, std = run.cv["mean"], run.cv["std"]
-    summary = (f'<p class="headline">accuracy {value(mean, percent(mean), "cv-mean")} ± '
-               f'{value(std, percent(std), "cv-std")} (mean ± standard deviation over '
-               f'{len(run.cv["fold_accuracies"])} folds)</p>')
-    body = (summary + '<div class="side-by-side">'
-            + table(["fold", "validation accuracy", "validation loss", "epochs", "seconds"], rows, "numbers")
-            + image(figure_url(fold_boxplot(run.cv["fold_accuracies"])), "fold accuracies", "figure small")
-            + "</div><p class=\"note\">Per-example galleries (confusion-matrix cells, highest-loss examples, "
-              "calibration) need a model and a test set: <code>fashion-cnn train</code> makes both, and its "
-              "run's report has them.</p>")
+    body = markup('<p class="headline">accuracy {} ± {} (mean ± standard deviation over {} folds)</p>'
+                  '<div class="side-by-side">{}{}</div><p class="note">Per-example galleries (confusion-matrix '
+                  "cells, highest-loss examples, calibration) need a model and a test set: <code>fashion-cnn "
+                  "train</code> makes both, and its run's report has them.</p>",
+                  value(mean, percent(mean), "cv-mean"), value(std, percent(std), "cv-std"),
+                  len(run.cv["fold_accuracies"]),
+                  table(["fold", "validation accuracy", "validation loss", "epochs", "seconds"], rows, "numbers"),
+                  image(figure_url(fold_boxplot(run.cv["fold_accuracies"])), "fold accuracies", "figure small"))
     return "folds", "Cross-validation", body
 
 
@@ -473,15 +498,15 @@ def results_section(test: dict) -> Section:
     accuracy, loss = test["accuracy"], test["loss"]
     macro_f1 = float(np.mean([row["f1"] for row in per_class]))
     images = sum(row["support"] for row in per_class)
-    headline = (f'<p class="headline">accuracy {value(accuracy, percent(accuracy), "accuracy")}'
-                f' · macro-F1 {value(macro_f1, f"{macro_f1:.4f}", "macro-f1")}'
-                f' · loss {value(loss, f"{loss:.4f}", "loss")} · {images:,} test images</p>')
-    rows = [[esc(row["class"])] + [value(row[key], f"{row[key]:.4f}", f"{key}-{i}")
+    headline = markup('<p class="headline">accuracy {} · macro-F1 {} · loss {} · {} test images</p>',
+                      value(accuracy, percent(accuracy), "accuracy"), value(macro_f1, f"{macro_f1:.4f}", "macro-f1"),
+                      value(loss, f"{loss:.4f}", "loss"), f"{images:,}")
+    rows = [[row["class"]] + [value(row[key], f"{row[key]:.4f}", f"{key}-{i}")
                                    for key in ("precision", "recall", "f1")]
             + [value(row["support"], f"{row['support']:,}", f"support-{i}")]
             for i, row in enumerate(per_class)]
-    return "results", "Test results", headline + table(["class", "precision", "recall", "F1", "support"], rows,
-                                                       "numbers")
+    return "results", "Test results", join([headline, table(["class", "precision", "recall", "F1", "support"], rows,
+                                                             "numbers")])
 
 
 def cell_style(count: int, row_total: int, diagonal: bool) -> str:
@@ -495,60 +520,59 @@ def cell_style(count: int, row_total: int, diagonal: bool) -> str:
 
 def confusion_section(test: dict, evaluation: Evaluation | None, class_names: list[str]) -> Section:
     matrix = np.asarray(test["confusion_matrix"])
-    names = [esc(n) for n in class_names]
-    head = ['<th class="corner">true \\ predicted</th>'] + [f'<th class="predicted"><span>{n}</span></th>'
-                                                            for n in names]
+    names = class_names
+    head = [markup('<th class="corner">true \\ predicted</th>')] + [
+        markup('<th class="predicted"><span>{}</span></th>', n) for n in names]
     rows = []
     for t, row in enumerate(matrix):
         cells = []
         for p, count in enumerate(row):
-            title = esc(f"true {class_names[t]}, predicted {class_names[p]}: {count}")
+            title = f"true {class_names[t]}, predicted {class_names[p]}: {count}"
             style = cell_style(count, row.sum(), t == p)
-            cells.append(f'<td class="cell">{opener(t, p, str(count), style, title, evaluation is not None)}</td>')
-        rows.append(f"<tr><th>{names[t]}</th>{''.join(cells)}</tr>")
-    grid = (f'<table class="confusion"><thead><tr>{"".join(head)}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
-    intro = ("<p>Rows are the true classes, columns the predicted ones. Click a cell to see its test images."
-             "</p>" if evaluation else
-             "<p>The model file is gone and no per-example results were kept: no galleries.</p>")
+            cells.append(markup('<td class="cell">{}</td>', opener(t, p, count, style, title, evaluation is not None)))
+        rows.append(markup("<tr><th>{}</th>{}</tr>", names[t], join(cells)))
+    grid = markup('<table class="confusion"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', join(head),
+                  join(rows))
+    intro = markup("<p>Rows are the true classes, columns the predicted ones. Click a cell to see its test images."
+                   "</p>" if evaluation else
+                   "<p>The model file is gone and no per-example results were kept: no galleries.</p>")
     if evaluation is not None:
         recount = np.zeros_like(matrix)
         np.add.at(recount, (evaluation.labels, evaluation.predicted), 1)
         if not np.array_equal(recount, matrix):
             differ = int(np.abs(recount - matrix).sum() // 2)
-            intro += (f'<p class="note">The galleries come from predictions made again for this report; '
-                      f'about {differ} test images got another class than in the evaluation.</p>')
+            intro = markup('{}<p class="note">The galleries come from predictions made again for this report; '
+                           'about {} test images got another class than in the evaluation.</p>', intro, differ)
     pairs = sorted(((matrix[t, p], t, p) for t in range(len(matrix)) for p in range(len(matrix)) if t != p),
                    reverse=True)[:CONFUSED_PAIRS]
-    items = "".join(
-        "<li>" + opener(t, p, f"{names[t]} predicted as {names[p]}: {count} "
-                              f"({percent(count / max(matrix[t].sum(), 1))} of {names[t]})", "", "",
-                        evaluation is not None) + "</li>"
+    items = join(
+        markup("<li>{}</li>", opener(t, p, f"{names[t]} predicted as {names[p]}: {count} "
+                                           f"({percent(count / max(matrix[t].sum(), 1))} of {names[t]})", "", "",
+                                     evaluation is not None))
         for count, t, p in pairs if count > 0)
-    gallery = ('<div id="gallery" hidden><div class="gallery-head"><h3 id="gallery-title"></h3>'
-               '<button type="button" id="gallery-close">close</button></div>'
-               '<div id="gallery-items" class="examples compact"></div></div>')
-    body = (intro + '<div class="side-by-side">' + grid
-            + f'<div><h3>Most confused pairs</h3><ol class="pairs">{items or "<li>none</li>"}</ol></div></div>'
-            + gallery)
+    gallery = markup('<div id="gallery" hidden><div class="gallery-head"><h3 id="gallery-title"></h3>'
+                     '<button type="button" id="gallery-close">close</button></div>'
+                     '<div id="gallery-items" class="examples compact"></div></div>')
+    body = markup('{}<div class="side-by-side">{}<div><h3>Most confused pairs</h3><ol class="pairs">{}</ol></div>'
+                  '</div>{}', intro, grid, items or markup("<li>none</li>"), gallery)
     return "confusion", "Confusion matrix", body
 
 
-def opener(t: int, p: int, label: str, style: str, title: str, active: bool) -> str:
+def opener(t: int, p: int, label: object, style: str, title: str, active: bool) -> Html:
     """A button that opens the gallery of true class t predicted as p; plain text where there is none."""
-    attributes = (f' style="{style}"' if style else "") + (f' title="{title}"' if title else "")
+    attributes = join([markup(' style="{}"', style) if style else "", markup(' title="{}"', title) if title else ""])
     if not active:
-        return f"<span{attributes}>{label}</span>"
-    return f'<button type="button" data-true="{t}" data-pred="{p}"{attributes}>{label}</button>'
+        return markup("<span{}>{}</span>", attributes, label)
+    return markup('<button type="button" data-true="{}" data-pred="{}"{}>{}</button>', t, p, attributes, label)
 
 
-def example_caption(evaluation: Evaluation, i: int) -> str:
+def example_caption(evaluation: Evaluation, i: int) -> Html:
     names = evaluation.class_names
     probs = evaluation.probabilities[i]
     top = np.argsort(-probs, kind="stable")[:3]
-    ranked = ", ".join(f"{esc(names[c])} {probs[c]:.2f}" for c in top)
-    return (f"<figcaption><b>#{i}</b> true {esc(names[evaluation.labels[i]])}<br>"
-            f"predicted {esc(names[evaluation.predicted[i]])}<br><small>{ranked}</small></figcaption>")
+    ranked = ", ".join(f"{names[c]} {probs[c]:.2f}" for c in top)
+    return markup("<figcaption><b>#{}</b> true {}<br>predicted {}<br><small>{}</small></figcaption>", i,
+                  names[evaluation.labels[i]], names[evaluation.predicted[i]], ranked)
 
 
 def losses_section(evaluation: Evaluation) -> Section:
@@ -565,27 +589,27 @@ def losses_section(evaluation: Evaluation) -> Section:
     for k, i in enumerate(worst):
         heat = (image(heats[k], f"heat map of test image {i} for its predicted class", "heat")
                 if heats else "")
-        figures.append(f'<figure class="example">{thumb(int(i))}{heat}{example_caption(evaluation, int(i))}'
-                       f'<small>loss {losses[i]:.2f}</small></figure>')
+        figures.append(markup('<figure class="example">{}{}{}<small>loss {}</small></figure>', thumb(int(i)), heat,
+                              example_caption(evaluation, int(i)), f"{losses[i]:.2f}"))
     from .explain import METHOD
 
-    note = (f"<p>The test images the model got most wrong (cross-entropy of the true class), each with "
-            f"the {METHOD} heat map of where the model found its evidence for the class it predicted. "
-            f"Some are mislabelled: Fashion-MNIST has known label noise.</p>" if heats else
-            "<p>The test images the model got most wrong (cross-entropy of the true class).</p>")
-    return "losses", "Highest-loss examples", note + f'<div class="examples">{"".join(figures)}</div>'
+    note = (markup("<p>The test images the model got most wrong (cross-entropy of the true class), each with "
+                   "the {} heat map of where the model found its evidence for the class it predicted. "
+                   "Some are mislabelled: Fashion-MNIST has known label noise.</p>", METHOD) if heats else
+            markup("<p>The test images the model got most wrong (cross-entropy of the true class).</p>"))
+    return "losses", "Highest-loss examples", markup('{}<div class="examples">{}</div>', note, join(figures))
 
 
 def calibration_section(evaluation: Evaluation) -> Section:
     ece = expected_calibration_error(evaluation.probabilities, evaluation.labels)
     confidence = float(evaluation.probabilities.max(1).mean())
     accuracy = float((evaluation.predicted == evaluation.labels).mean())
-    headline = (f'<p class="headline">expected calibration error {value(ece, f"{ece:.4f}", "ece")} '
-                f'({ECE_BINS} equal-width bins) · mean confidence '
-                f'{value(confidence, percent(confidence), "confidence")} · accuracy '
-                f'{value(accuracy, percent(accuracy), "prediction-accuracy")}</p>')
+    headline = markup('<p class="headline">expected calibration error {} ({} equal-width bins) · mean confidence '
+                      '{} · accuracy {}</p>', value(ece, f"{ece:.4f}", "ece"), ECE_BINS,
+                      value(confidence, percent(confidence), "confidence"),
+                      value(accuracy, percent(accuracy), "prediction-accuracy"))
     diagram = image(reliability_diagram(evaluation.probabilities, evaluation.labels), "reliability diagram")
-    return "calibration", "Calibration", headline + diagram
+    return "calibration", "Calibration", join([headline, diagram])
 
 
 def gallery_data(evaluation: Evaluation) -> str:
@@ -703,32 +727,35 @@ def page(title: str, subtitle: str, sections: list[Section | None], evaluation: 
         columns = min(SPRITE_COLUMNS, len(evaluation.images))
         style += (f".thumb {{ background-size: {columns * size}px {-(-len(evaluation.images) // columns) * size}px;"
                   f" background-image: url({sprite_url(evaluation.images)}); }}")
-        script = (f'<script type="application/json" id="examples">{gallery_data(evaluation)}</script>'
-                  f"<script>{SCRIPT}</script>")
-    links = "".join(f'<a href="#{ident}">{esc(name)}</a>' for ident, name, _ in sections)
-    body = "".join(f'<section id="{ident}"><h2>{esc(name)}</h2>{content}</section>'
-                   for ident, name, content in sections)
-    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{esc(title)}</title><link rel="icon" href="data:,"><style>{style}</style></head><body>'
-            f'<header><h1>{esc(title)}</h1><p class="sub">{subtitle}</p><nav>{links}</nav></header>'
-            f"<main>{body}</main>{script}</body></html>\n")
+        script = Html(f'<script type="application/json" id="examples">{gallery_data(evaluation)}</script>'
+                      f"<script>{SCRIPT}</script>")
+    links = join(markup('<a href="#{}">{}</a>', ident, name) for ident, name, _ in sections)
+    body = join(markup('<section id="{}"><h2>{}</h2>{}</section>', ident, name, content)
+                for ident, name, content in sections)
+    # the styles and scripts are ours (the sprite a data: URL, the examples' JSON made safe by gallery_data): the
+    # only pieces of a page not escaped
+    return markup('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+                  '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                  '<title>{}</title><link rel="icon" href="data:,"><style>{}</style></head><body>'
+                  '<header><h1>{}</h1><p class="sub">{}</p><nav>{}</nav></header>'
+                  "<main>{}</main>{}</body></html>\n", title, Html(style), title, subtitle, links, body, script)
 
 
 def written_by() -> str:
-    return esc(f"written {time.strftime('%Y-%m-%d %H:%M:%S')} by fashion-cnn {__version__}")
+    return f"written {time.strftime('%Y-%m-%d %H:%M:%S')} by fashion-cnn {__version__}"
 
 
 def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | Path | None = None,
                  out: str | Path | None = None, data_dir: str | None = None,
-                 logits: torch.Tensor | None = None) -> Path:
+                 logits: torch.Tensor | None = None, force: bool = False) -> Path:
     """Write the run's report (default RUN/report.html) and return its path.
 
     data: the dataset, where the caller has it loaded (else the run's, found again); model: the model file
     that `evaluate --out` scored (a train run's is its own); logits: the model's on the test set, where the
-    caller has just computed them (the report then runs no model).
+    caller has just computed them (the report then runs no model); force: replace an existing file at out.
     """
     run = load_run(run_dir)
+    path = report_path(out, run.path / REPORT, [run], force, model)
     evaluation = evaluation_of(run, data, model, data_dir, logits)
     if evaluation is not None:
         data = evaluation.data
@@ -744,8 +771,7 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | 
     if evaluation is not None:
         sections += [losses_section(evaluation), calibration_section(evaluation)]
     arch = (evaluation.meta.get("architecture") if evaluation else None) or run.config.get("model", "")
-    html_text = page(f"fashion-cnn {run.job}: {run.name}", f"{esc(arch)} · {written_by()}", sections, evaluation)
-    path = Path(out) if out else run.path / REPORT
+    html_text = page(f"fashion-cnn {run.job}: {run.name}", f"{arch} · {written_by()}", sections, evaluation)
     write_atomic(path, html_text.encode())
     return path
 
@@ -761,15 +787,15 @@ def cached_calibration(run: Run) -> float | None:
                                       tensors["labels"].numpy())
 
 
-def summary_row(k: int, run: Run) -> list[str]:
+def summary_row(k: int, run: Run) -> list[object]:
     test, cv, metrics = run.test or {}, run.cv or {}, run.metrics or {}
     last = run.history[-1] if run.history else {}
     seconds = sum(row.get("seconds", 0) for row in run.history)
     f1 = float(np.mean([row["f1"] for row in test["per_class"]])) if test else None
     ece = cached_calibration(run)
     shown = [
-        f"<b>{esc(run.name)}</b>", esc(run.job), esc(run.config.get("model", "–")),
-        esc(run.config.get("epochs", "–")), esc(run.config.get("limit") or "all"),
+        markup("<b>{}</b>", run.name), run.job, run.config.get("model", "–"),
+        run.config.get("epochs", "–"), run.config.get("limit") or "all",
         (value(cv["mean"], f"{percent(cv['mean'])} ± {percent(cv['std'])}", f"cv-mean-{k}") if cv else "–"),
         (value(last["val_accuracy"], percent(last["val_accuracy"])) if run.job == "train" and "val_accuracy" in last
          else "–"),
@@ -777,17 +803,19 @@ def summary_row(k: int, run: Run) -> list[str]:
         value(f1, f"{f1:.4f}", f"macro-f1-{k}") if f1 is not None else "–",
         value(test["loss"], f"{test['loss']:.4f}") if test else "–",
         value(ece, f"{ece:.4f}", f"ece-{k}") if ece is not None else "–",
-        f"{seconds:.0f} s" if seconds else "–", esc(metrics.get("machine", "–")),
+        f"{seconds:.0f} s" if seconds else "–", metrics.get("machine", "–"),
     ]
     return shown
 
 
-def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None, force: bool = False) -> Path:
     """One report comparing several runs: their metrics in one table, their learning curves overlaid, their
-    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run)."""
+    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run; an existing file
+    at out is replaced only with force)."""
     runs = [load_run(d) for d in run_dirs]
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ValueError("the same run is named twice")
+    path = report_path(out, runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html", runs, force)
     head = ["run", "job", "model", "epochs", "training images", "cv accuracy (mean ± std)",
             "validation accuracy", "test accuracy", "macro-F1", "test loss", "ECE", "training time", "machine"]
     body = table(head, [summary_row(k, run) for k, run in enumerate(runs)], "numbers")
@@ -797,12 +825,11 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None) 
     tested = [r for r in runs if r.test]
     if tested:
         names = [row["class"] for row in tested[0].test["per_class"]]
-        rows = [[esc(name)] + [f"{r.test['per_class'][i]['f1']:.4f}" if i < len(r.test["per_class"]) else "–"
+        rows = [[name] + [f"{r.test['per_class'][i]['f1']:.4f}" if i < len(r.test["per_class"]) else "–"
                                for r in tested] for i, name in enumerate(names)]
         sections.append(("per-class", "Per-class F1 on the test set",
-                         table(["class"] + [esc(r.name) for r in tested], rows, "numbers")))
-    commands = [[f"<b>{esc(r.name)}</b>", f"<code>{esc(command_line(r, None))}</code>"] for r in runs]
+                         table(["class"] + [r.name for r in tested], rows, "numbers")))
+    commands = [[markup("<b>{}</b>", r.name), markup("<code>{}</code>", command_line(r, None))] for r in runs]
     sections.append(("commands", "Commands", table(None, commands, "facts")))
-    path = Path(out) if out else runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html"
     write_atomic(path, page(f"fashion-cnn: {len(runs)} runs compared", written_by(), sections).encode())
     return path

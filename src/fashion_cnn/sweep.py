@@ -265,6 +265,8 @@ def sweep_curves(points: list[dict]) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from .plots import plain
+
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     for ax, metric, title in zip(axes, ("val_loss", "val_accuracy"), ("Validation loss", "Validation accuracy")):
@@ -272,7 +274,7 @@ def sweep_curves(points: list[dict]) -> Figure:
             curve, colour = p["curve"], f"C{k % 10}"
             scale = 100 if metric == "val_accuracy" else 1
             mean, std = scale * np.array(curve[metric]), scale * np.array(curve[metric + "_std"])
-            label = ", ".join(f"{n}={fmt(v)}" for n, v in p["values"].items())
+            label = plain(", ".join(f"{n}={fmt(v)}" for n, v in p["values"].items()))
             ax.plot(curve["epoch"], mean, color=colour, marker="o", markersize=3, label=label)
             if p["folds"] > 1:
                 ax.fill_between(curve["epoch"], mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
@@ -298,13 +300,15 @@ def metric_against_value(points: list[dict], grid: dict) -> Figure:
     the best point starred."""
     from matplotlib.figure import Figure
 
+    from .plots import plain
+
     x_name = x_option(grid)
     numeric = all(map(is_number, grid[x_name]))
     position = {fmt(v): (v if numeric else i) for i, v in enumerate(grid[x_name])}
     others = [n for n in grid if n != x_name]
     series: dict[str, list[dict]] = {}
     for p in points:
-        series.setdefault(", ".join(f"{n}={fmt(p['values'][n])}" for n in others), []).append(p)
+        series.setdefault(plain(", ".join(f"{n}={fmt(p['values'][n])}" for n in others)), []).append(p)
     best = best_point(points)
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
@@ -316,11 +320,11 @@ def metric_against_value(points: list[dict], grid: dict) -> Figure:
                         color=f"C{k % 10}", marker="o", capsize=3, label=name or None)
         ax.plot([position[fmt(best["values"][x_name])]], [scale * best[metric]], marker="*", markersize=16,
                 color="gold", markeredgecolor="black", linestyle="none",
-                label="best: " + ", ".join(f"{n}={fmt(v)}" for n, v in best["values"].items()))
+                label=plain("best: " + ", ".join(f"{n}={fmt(v)}" for n, v in best["values"].items())))
         if numeric and x_name in LOG_SCALE and min(grid[x_name]) > 0:
             ax.set_xscale("log")
             ax.minorticks_off()
-        ax.set_xticks(list(position.values()), list(position))  # the swept values themselves
+        ax.set_xticks(list(position.values()), [plain(text) for text in position])  # the swept values themselves
         ax.set(xlabel=x_name, ylabel=label, title=f"Final {label} against {x_name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

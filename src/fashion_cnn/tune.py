@@ -47,6 +47,7 @@ DEFAULT_SPACE = {"lr": "0.001:0.3:log", "weight_decay": "1e-06:0.01:log", "batch
 TUNE_KEYS = ("space", "trials", "timeout", "storage", "study")
 DEFAULT_TRIALS = 20
 DEFAULT_STUDY = "fashion-cnn"
+HIDDEN = "***"  # a password as `shown` writes it (SQLAlchemy's hide_password)
 REPORTS = 10  # progress steps at which a trial reports to the pruner: every tenth of its folds and epochs
 NO_TEST_SET = "the test set was not used: every trial was scored on the training data only"
 
@@ -252,10 +253,27 @@ def storage_url(url: str | None, run_dir: Path) -> str:
 
 
 def shown(url: str) -> str:
-    """A storage URL with its password hidden, for logs and reports."""
-    from sqlalchemy.engine import make_url
+    """A storage URL with its password hidden, for logs, reports and the run's config.json."""
+    from sqlalchemy.engine import make_url  # Optuna's; tune's extra, not the CLI's
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def resumed_storage(saved: str | None, given: str | None) -> str | None:
+    """The storage URL of a resumed worker. Its config.json keeps the URL as `shown` writes it, the password
+    hidden: such a URL is given again with --storage, and must be the saved one but for the password; any
+    other may be given or left out (as may the run's own SQLite file, saved as None)."""
+    from sqlalchemy.engine import make_url
+
+    if given is None:
+        if saved is not None and make_url(saved).password == HIDDEN:
+            raise ValueError(f"the study is in {saved}, whose password the run does not keep: "
+                             "give its URL again with --storage")
+        return saved
+    if saved is None or shown(given) != shown(saved):
+        raise ValueError(f"--storage {shown(given)}: this worker's study is in "
+                         f"{shown(saved) if saved else 'its own study.db'}; give that URL, or no --storage")
+    return given
 
 
 def open_study(url: str, name: str):
@@ -341,13 +359,16 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
     """Run one worker of a study: the options (job options plus space, trials, timeout, storage, study; as
     `fashion-cnn tune` takes them), or those saved in `resume`, an interrupted worker's run directory."""
     optuna = require_optuna()
+    values = dict(values or {})
+    given_storage = values.pop("storage", None) if resume is not None else None  # the one option a resume takes
     options, settings = split_values(job_values("tune", values, resume))
+    storage = resumed_storage(settings.get("storage"), given_storage) if resume else settings.get("storage")
     space = {k: str(v) for k, v in settings.get("space", {}).items()}  # --space: changes to the default space
     name = settings.get("study", DEFAULT_STUDY)
     check_output_dir(CVConfig.from_dict(options, None).out)
     url = study = None
-    if settings.get("storage") or resume:  # an existing study: join it before this worker makes its directory
-        url = storage_url(settings.get("storage"), Path(resume or "."))
+    if storage or resume:  # an existing study: join it before this worker makes its directory
+        url = storage_url(storage, Path(resume or "."))
         study = open_study(url, name)
         options, space = join(study, options, space)
     fixed, dimensions = search_space(options, space)
@@ -357,7 +378,9 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
         same_data(study, data)
     check_fits_data(base, data)
     trials = settings.get("trials", DEFAULT_TRIALS)
-    with open_run({**options, **settings, "space": space}, "tune", base.out, resume) as run:
+    # the password stays out of the run directory: a resume is given the URL again (resumed_storage)
+    saved = {**options, **settings, "space": space} | ({"storage": shown(storage)} if storage else {})
+    with open_run(saved, "tune", base.out, resume) as run:
         if study is None:  # a new study in the run directory's own SQLite file
             url = storage_url(None, run.dir)
             study = open_study(url, name)
