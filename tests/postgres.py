@@ -71,20 +71,39 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="fashion-cnn-pg-"))  # short: a socket path has ~100 bytes
         if self.owner:
             os.chown(self.dir, self.owner.pw_uid, self.owner.pw_gid)
-        data, logfile = self.dir / "data", self.dir / "log.txt"
-        steps = [[str(self.bin / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8"],
-                 [str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o",
-                  f"-c listen_addresses='' -k {self.dir} -p {self.port} -c fsync=off", "start"],
+        steps = [[str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", USER, "--auth=trust", "-E", "UTF8"],
+                 self.start_command(),
                  [str(self.bin / "createdb"), "-h", str(self.dir), "-p", str(self.port), "-U", USER, DATABASE]]
         for command in steps:
-            done = self.run(*command)
-            if done.returncode:
-                detail = (done.stderr or done.stdout).strip().splitlines()
-                if logfile.exists():
-                    detail += logfile.read_text(errors="replace").strip().splitlines()
+            try:
+                self.run_step(command)
+            except PostgresUnavailable:
                 self.stop()
-                raise PostgresUnavailable(f"{Path(command[0]).name} failed: {' | '.join(detail[-3:])}")
+                raise
         return self.url
+
+    def start_command(self) -> list[str]:
+        """pg_ctl's command that starts the server on its Unix socket (and waits for it)."""
+        return [str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log.txt"), "-w", "-t",
+                "60", "-o", f"-c listen_addresses='' -k {self.dir} -p {self.port} -c fsync=off", "start"]
+
+    def run_step(self, command: list[str]) -> None:
+        """Run one of the server's commands; PostgresUnavailable with its last words if it fails."""
+        done = self.run(*command)
+        if done.returncode:
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            logfile = self.dir / "log.txt"
+            if logfile.exists():
+                detail += logfile.read_text(errors="replace").strip().splitlines()
+            raise PostgresUnavailable(f"{Path(command[0]).name} failed: {' | '.join(detail[-3:])}")
+
+    def halt(self) -> None:
+        """Stop the server as a crash would, keeping its data: its clients' connections drop."""
+        self.run_step([str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop"])
+
+    def restart(self) -> None:
+        """Start the halted server again, with its data."""
+        self.run_step(self.start_command())
 
     @property
     def url(self) -> str:

@@ -182,6 +182,20 @@ def test_a_node_without_the_data_stops_every_process(rank1_data, tiny_data_dir, 
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("job, rank1, named", [
+    ("train", "--epochs 2 --lr 0.05", "--epochs 2 (rank 0: 1), --lr 0.05 (rank 0: 0.01)"),  # a hang, a model unlike both
+    ("cv", "--seed 7 --threads 2", "--seed 7 (rank 0: 1);")])  # --threads is each node's own
+def test_a_process_with_other_options_stops_every_process(job, rank1, named, tiny_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK1_ARGS", rank1)
+    folds = ["--folds", "2"] if job == "cv" else []
+    result = torchrun(job, *common_args(tiny_data_dir), "--epochs", "1", *folds, "--out", str(tmp_path / "runs"),
+                      script=HARNESS, ok=False)
+    [line] = error_lines(result)
+    assert line.startswith("fashion-cnn: error: rank 1 (") and "runs other options than rank 0 (" in line, line
+    assert named in line, line
+    assert not (tmp_path / "runs").exists()  # refused before the run began
+
+
 def test_checks_for_a_world_of_two(monkeypatch):
     """The checks a bad setup fails, each with the one line that rank 0 prints (as the data check above)."""
     monkeypatch.setattr(distributed, "_world", distributed.World(rank=1, size=2, local_size=2))

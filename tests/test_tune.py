@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
@@ -180,13 +181,66 @@ def test_poor_trials_are_pruned_and_the_study_goes_on(tiny_data_dir, tmp_path, m
 @pytest.mark.parametrize("bad, message", [(["--trials", "0"], "--trials must be at least 1"),
                                           (["--space", "lr"], "write NAME=RANGE"),
                                           (["--space", "lr=1:0.1"], "low end must be below"),
+                                          (["--space", "lr=0.001:1e300:log"], "within float32's range"),
+                                          (["--space", "model=evilnet"], "--space model: unknown model 'evilnet'"),
                                           (["--storage", "postgresql://nobody@/none?host=/nonexistent"],
-                                           "cannot open")])
+                                           "cannot open"),
+                                          (["--storage", "not a url"], "'not a url' is not a database URL")])
 def test_bad_tune_options_are_one_line_errors_before_any_run(bad, message, tiny_data_dir, tmp_path, capsys):
     assert main(tune_args(tiny_data_dir, tmp_path / "runs", *bad)) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_trial_that_cannot_train_fails_alone_and_a_resume_copes_with_it(tiny_data_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Trial 1 is killed; resumed, it cannot train (as an lr of 4e279 overflowed float32): it fails, and the
+    worker goes on with a new trial."""
+    values = tune_values(tune_args(tiny_data_dir, tmp_path / "runs", "--trials", "3"), monkeypatch)
+    run_killed_at(monkeypatch, tune_module, "cv_in_folder", 2, lambda: tune(values))
+    [run] = (tmp_path / "runs").iterdir()
+    real = tune_module.cv_in_folder
+
+    def overflowing(folder, *args, **kwargs):
+        if folder.name == "0001":
+            raise RuntimeError("value cannot be converted to type float without overflow")
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(tune_module, "cv_in_folder", overflowing)
+    assert main(["tune", "--resume", str(run)]) == 0
+    trials = optuna.load_study(study_name="fashion-cnn", storage=f"sqlite:///{run / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["error"] == "RuntimeError: value cannot be converted to type float without overflow"
+    assert "trial 1: failed (RuntimeError: value cannot be converted" in capsys.readouterr().err
+
+
+def test_a_kill_as_a_trial_begins_leaves_it_to_its_worker_and_orphans_are_failed(tiny_data_dir, tmp_path,
+                                                                                 monkeypatch):
+    values = tune_values(tune_args(tiny_data_dir, tmp_path / "runs", "--trials", "2"), monkeypatch)
+    run_killed_at(monkeypatch, Dimension, "suggest", 1, lambda: tune(values))  # trial 0, before any value
+    [run] = (tmp_path / "runs").iterdir()
+    study = optuna.load_study(study_name="fashion-cnn", storage=f"sqlite:///{run / 'study.db'}")
+    [begun] = study.trials
+    assert begun.state.name == "RUNNING" and begun.user_attrs["worker"] == str(run.resolve()) and not begun.params
+    study.ask()  # what an earlier version left when killed between Optuna's ask() and its tag: nobody's trial
+
+    assert main(["tune", "--resume", str(run)]) == 0
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]  # the orphan does not count
+    assert trials[0].params and trials[1].user_attrs == {"orphan": True} and not trials[1].params
+
+
+def test_the_space_a_study_searches_is_named_when_a_worker_brings_another():
+    study = optuna.create_study()
+    tune_module.join(study, {}, {})  # the first worker: the default space
+    with pytest.raises(ValueError, match=r"searches another space: the default one \(here lr=0.01:0.1\); give it"):
+        tune_module.join(study, {}, {"lr": "0.01:0.1"})
+
+
+def test_a_fixed_model_in_the_space_sets_the_default_epochs():
+    options, dims = search_space({}, {"model": "fast"})
+    assert options["model"] == "fast" and Dimension("epochs", 9, 18) in dims
 
 
 def test_options_from_a_toml_config_and_a_timeout_that_starts_nothing(tiny_data_dir, tmp_path, capsys):
@@ -211,22 +265,26 @@ def test_without_optuna_tune_is_a_one_line_error_before_any_work(tiny_data_dir, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request, tmp_path):
-    """A storage URL for the study: a SQLite file, or a throw-away PostgreSQL server (skipped where it
-    cannot be started, with the reason)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server (skipped where it cannot be started, with the reason)."""
     try:
         server = PostgresServer()
-        url = server.start()
+        server.start()
     except PostgresUnavailable as e:
         pytest.skip(f"PostgreSQL: {e}")
     try:
-        yield url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """A storage URL for the study: a SQLite file, or the database of a throw-away PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return request.getfixturevalue("postgres").url
 
 
 def test_a_killed_process_stops_the_server_it_started(tmp_path):
@@ -274,6 +332,48 @@ def test_two_workers_share_one_study_and_a_third_reads_the_best(storage, tiny_da
     assert not (run / "trials").exists()
     assert (report["best"]["number"], report["best"]["value"]) == (study.best_trial.number, study.best_value)
     assert tomllib.loads((run / "best_config.toml").read_text())["lr"] == study.best_params["lr"]
+
+
+def test_a_worker_waits_for_its_lost_database_else_stops_with_one_line_and_resumes(postgres, tiny_data_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    real = tune_module.cv_in_folder
+
+    def database_lost_in(trial: str, back_after: float | None):
+        """cv_in_folder, with the database server crashing as `trial` ends its training (and restarting)."""
+        def training(folder, *args, **kwargs):
+            result = real(folder, *args, **kwargs)
+            if folder.name == trial:
+                postgres.halt()
+                if back_after is not None:
+                    threading.Timer(back_after, postgres.restart).start()
+            return result
+        return training
+
+    def worker(out: str, trials: int) -> list[str]:
+        return tune_args(tiny_data_dir, tmp_path / out, "--trials", str(trials), "--storage", postgres.url,
+                         "--study", "lost")
+
+    monkeypatch.setattr(tune_module, "cv_in_folder", database_lost_in("0000", back_after=3))
+    assert main(worker("first", 2)) == 0  # the outage is waited for
+    assert "cannot reach the database" in capsys.readouterr().err
+    url = postgres.url.replace("postgresql", "postgresql+psycopg")  # as the worker names it
+    study = optuna.load_study(study_name="lost", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+    monkeypatch.setattr(tune_module, "STORAGE_PATIENCE", 1.0)
+    monkeypatch.setattr(tune_module, "cv_in_folder", database_lost_in("0002", back_after=None))
+    assert main(worker("second", 3)) == 1
+    [run] = (tmp_path / "second").iterdir()
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        f"fashion-cnn: error: --storage {tune_module.shown(url)}: the database failed (")
+    assert "Traceback" not in err
+    assert err.strip().endswith(f"`fashion-cnn tune --resume {run}` continues this worker")
+    postgres.restart()
+    monkeypatch.setattr(tune_module, "cv_in_folder", real)
+    assert main(["tune", "--resume", str(run)]) == 0  # the interrupted trial is still this worker's
+    trials = optuna.load_study(study_name="lost", storage=url).trials  # a new connection: the old one dropped
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and trials[2].user_attrs["worker"] == str(run.resolve())
 
 
 def test_a_worker_with_other_data_is_refused_and_studies_keep_their_fingerprints(tiny_data_dir):

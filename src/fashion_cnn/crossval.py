@@ -131,6 +131,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         distributed.check_folds(cfg.folds)
         images, labels = limited(data.train_images, data.train_labels, cfg.limit)
         splits = cv_splits(cfg, labels)
+    distributed.check_same_config(asdict(cfg))
     distributed.check_same_data(data)
     world = distributed.world()
     with start_job(cfg, "cv", resume) as run:

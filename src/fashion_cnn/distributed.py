@@ -36,6 +36,9 @@ class Quiet(Exception):
 
 
 REPORTED = (DataError, ModelFileError, OSError, ValueError)  # one-line errors (cli.main); others keep tracebacks
+# the options that may differ between processes: where each node's copy of the data is (check_same_data
+# compares the data itself), and how many CPU threads each uses
+PER_PROCESS = ("data", "data_dir", "add_to", "threads")
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,22 @@ def check_folds(folds: int) -> None:
     if folds < size:
         raise ValueError(f"cv trains whole folds, one process each: {size} processes for --folds {folds} would "
                          f"leave {size - folds} idle; start {folds} or fewer (all nodes together)")
+
+
+def check_same_config(config: dict) -> None:
+    """Every process runs the job with rank 0's options (config: the job's options, JSON-able), PER_PROCESS
+    aside; checked before the first step: another --epochs leaves processes waiting for each other for
+    ever, another --lr or --seed trains a model that no single set of options describes."""
+    configs = all_gather_json([socket.gethostname(), config])
+    with agreed():
+        host0, config0 = configs[0]
+        for rank, (host, theirs) in enumerate(configs):
+            differ = [k for k in sorted(set(theirs) | set(config0))
+                      if k not in PER_PROCESS and theirs.get(k) != config0.get(k)]
+            if differ:
+                raise ValueError(f"rank {rank} ({host}) runs other options than rank 0 ({host0}): " + ", ".join(
+                    f"--{k.replace('_', '-')} {theirs.get(k)!r} (rank 0: {config0.get(k)!r})" for k in differ)
+                    + "; start every process with the same options")
 
 
 def check_same_data(data: Dataset) -> None:

@@ -677,6 +677,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         train, val = limited(data.train_images, data.train_labels, cfg.limit), None
         if cfg.val_size:
             train, val = holdout_split(*train, cfg.val_size)
+    distributed.check_same_config(asdict(cfg))
     distributed.check_same_data(data)
     with start_job(cfg, "train", resume) as run:
         log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"

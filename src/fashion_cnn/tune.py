@@ -15,6 +15,7 @@ file, a history plot, a parameter-importance plot, and the command that trains t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,6 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import torch
 
 from .crossval import CVConfig
 from .data import Dataset
@@ -50,6 +52,9 @@ DEFAULT_STUDY = "fashion-cnn"
 HIDDEN = "***"  # a password as `shown` writes it (SQLAlchemy's hide_password)
 REPORTS = 10  # progress steps at which a trial reports to the pruner: every tenth of its folds and epochs
 NO_TEST_SET = "the test set was not used: every trial was scored on the training data only"
+ORPHAN = "orphan"  # the user attribute of the trials fail_orphans failed
+FLOAT32_MAX = torch.finfo(torch.float32).max
+STORAGE_PATIENCE = 120.0  # seconds a worker waits for its lost database to come back before it stops
 
 
 def require_optuna():
@@ -81,9 +86,14 @@ def parse_value(name: str, text: str):
             if text.lower() not in ("true", "false"):
                 raise ValueError
             return text.lower() == "true"
-        return {"int": int, "float": float, "str": str}[kind](text)
+        value = {"int": int, "float": float, "str": str}[kind](text)
+        if kind == "float" and not abs(value) <= FLOAT32_MAX:  # what training computes in; nan too
+            raise ValueError
+        return value
     except ValueError:
-        raise ValueError(f"--space {name}: {text!r} is not {'true or false' if kind == 'bool' else 'a ' + kind}") from None
+        words = {"bool": "true or false", "float": f"a number within float32's range (±{FLOAT32_MAX:.1e})"}.get(
+            kind, "a " + kind)
+        raise ValueError(f"--space {name}: {text!r} is not {words}") from None
 
 
 @dataclass(frozen=True)
@@ -134,20 +144,21 @@ def parse_dimension(name: str, text: str) -> Dimension | object:
 
 def search_space(options: dict, space: dict[str, str]) -> tuple[dict, list[Dimension]]:
     """(options with the fixed values of `space` added, the dimensions searched): the default space, less
-    the options given as job options, with `space` (name -> text) laid over it; every value checked."""
-    model_epochs = CVConfig.from_dict({k: v for k, v in options.items() if k in ("model",)}, None).epochs
-    text = {k: v or f"{max(1, model_epochs // 2)}:{model_epochs}" for k, v in DEFAULT_SPACE.items() if k not in options}
+    the options given as job options, with `space` (name -> text) laid over it; every value checked, and
+    named by its own --space entry when it is wrong."""
     for name in space:
         if name in options:
             raise ValueError(f"--space {name}=...: {name} is also given as --{name.replace('_', '-')}; give one")
-    text |= space
-    options, dimensions = dict(options), []
-    for name, spec in text.items():
-        parsed = parse_dimension(name, str(spec))
-        if isinstance(parsed, Dimension):
-            dimensions.append(parsed)
-        else:
-            options[name] = parsed
+    given = {name: parse_dimension(name, str(spec)) for name, spec in space.items()}
+    fixed = {name: value for name, value in given.items() if not isinstance(value, Dimension)}
+    for name, value in fixed.items():
+        CVConfig.from_dict({**options, name: value}, f"--space {name}")
+    options = {**options, **fixed}
+    CVConfig.from_dict(options, "--space")  # the fixed values together
+    model_epochs = CVConfig.from_dict({k: v for k, v in options.items() if k in ("model",)}, None).epochs
+    defaults = {k: parse_dimension(k, v or f"{max(1, model_epochs // 2)}:{model_epochs}")
+                for k, v in DEFAULT_SPACE.items() if k not in options}
+    dimensions = [d for d in {**defaults, **given}.values() if isinstance(d, Dimension)]
     for dim in dimensions:  # each end and choice must be a valid value of its option, with the others
         for value in dim.choices or (dim.low, dim.high):
             CVConfig.from_dict({**options, dim.name: value}, f"--space {dim.name}")
@@ -196,9 +207,24 @@ class Worker:
     dimensions: list[Dimension]
     data: Dataset
 
+    @property
+    def tag(self) -> dict[str, str]:
+        """What marks a trial as this worker's: its --resume continues the trial if a kill interrupts it."""
+        return {"worker": str(self.dir.resolve()), "host": socket.gethostname()}
+
+    def new_trial(self):
+        """A new trial, created with this worker's tag in one transaction. Optuna's ask() creates a bare
+        trial, and a tag set after it would leave, after a kill between the two, a RUNNING trial that no
+        worker owns: never continued, yet counted in --trials."""
+        import optuna
+
+        template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=self.tag)
+        # the study's own storage (Optuna's cache over the database), so that the study sees the trial at once
+        return optuna.trial.Trial(self.study, self.study._storage.create_new_trial(self.study._study_id, template))
+
     def run_trial(self, trial, reported: int = 0) -> None:
         """Train and score one trial (a new one, or this worker's interrupted one, which reported up to
-        step `reported`) and tell the study."""
+        step `reported`) and tell the study. A trial that cannot run fails alone: the study goes on."""
         import optuna
 
         params = {dim.name: dim.suggest(trial) for dim in self.dimensions}
@@ -211,25 +237,30 @@ class Worker:
             log.info(f"trial {trial.number}: {label}: not a valid config ({e})")
             return
         folder = self.dir / "trials" / f"{trial.number:04d}"
-        for key, value in (("worker", str(self.dir.resolve())), ("host", socket.gethostname()),
-                           ("run_dir", str(folder.resolve()))):
-            trial.set_user_attr(key, value)
+        trial.set_user_attr("run_dir", str(folder.resolve()))
         log.info(f"trial {trial.number}: {label}")
         t0, cpu0 = time.perf_counter(), time.process_time()
+        attrs = {}
         try:
             result = cv_in_folder(folder, cfg, self.data, on_epoch=[progress_reporter(trial, cfg, reported)])
         except (optuna.TrialPruned, TrainingDiverged) as e:
             # a diverged trial counts as pruned: the sampler then steers away from it (a failed one it ignores)
             outcome, value, state = str(e), None, optuna.trial.TrialState.PRUNED
+        except storage_errors():
+            raise  # the database's, not the trial's: the worker stops (tune), the trial stays this worker's
+        except Exception as e:  # e.g. a value the arithmetic cannot hold: this trial fails, not the study
+            attrs["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            outcome, value, state = f"failed ({attrs['error']})", None, optuna.trial.TrialState.FAIL
         else:
             record = cv_record(result)
-            for key in ("val_accuracy_std", "val_loss", "best_epoch", "train_cpu_seconds"):
-                trial.set_user_attr(key, record[key])
+            attrs = {key: record[key] for key in ("val_accuracy_std", "val_loss", "best_epoch", "train_cpu_seconds")}
             outcome, value, state = f"{100 * result.mean:.2f}%", result.mean, optuna.trial.TrialState.COMPLETE
         finally:
             start_log(self.dir)  # the trial's cv job logged to its own directory
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
-        trial.set_user_attr("cpu_seconds", time.process_time() - cpu0)
+        # the study is written to once the worker's log is back: what it says of its database goes there
+        attrs |= {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
         self.study.tell(trial, value, state=state)
         log.info(f"trial {trial.number}: {outcome}")
 
@@ -238,15 +269,50 @@ class Worker:
         import optuna
 
         running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        return [t for t in running if t.user_attrs.get("worker") == str(self.dir.resolve())]
+        return [t for t in running if t.user_attrs.get("worker") == self.tag["worker"]]
+
+    def fail_orphans(self) -> None:
+        """Fail the RUNNING trials that no worker owns, which earlier versions left when a kill came between
+        Optuna's ask() and their tag (new_trial creates trials tagged): nobody would ever finish them.
+        They are marked, and not counted in --trials."""
+        import optuna
+
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for orphan in (t for t in running if "worker" not in t.user_attrs):
+            try:
+                optuna.trial.Trial(self.study, orphan._trial_id).set_user_attr(ORPHAN, True)
+                self.study.tell(orphan.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            log.info(f"trial {orphan.number}: no worker owns it (its worker was stopped as it began it): failed")
+
+    def counted_trials(self) -> int:
+        """The trials that count in --trials: all but the orphans."""
+        return sum(not t.user_attrs.get(ORPHAN) for t in self.study.get_trials(deepcopy=False))
+
+
+def storage_errors() -> tuple[type[Exception], ...]:
+    """The errors of a database that went away or refused a request (Optuna wraps SQLAlchemy's in its own)."""
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    return optuna.exceptions.StorageInternalError, OperationalError
 
 
 # --- the job ------------------------------------------------------------------------------------------------
 
 def storage_url(url: str | None, run_dir: Path) -> str:
     """--storage, or the SQLite file in the run directory; postgresql:// goes through psycopg (3)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     if url is None:
         return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError(f"--storage {url!r} is not a database URL, e.g. postgresql://USER@HOST/DATABASE or "
+                         "sqlite:///PATH/study.db") from None
     if url.startswith("postgresql://"):
         return "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
@@ -279,19 +345,62 @@ def resumed_storage(saved: str | None, given: str | None) -> str | None:
 def open_study(url: str, name: str):
     """The study `name` in the storage, created if it is not there yet (by whichever worker comes first)."""
     optuna = require_optuna()
-    # SQLite: several processes take turns at the file's lock; wait for it rather than fail
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    # a connection the database dropped (a restart, an idle timeout) is replaced before use, not failed
+    engine = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):  # several processes take turns at the file's lock; wait for it rather than fail
+        engine["connect_args"] = {"timeout": 60}
     for attempt in range(3):  # workers that start together race to create the tables: the loser tries again
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
             break
         except Exception as e:  # the database's own errors: unreachable, refused, not a database
             if attempt == 2:
-                raise ValueError(f"--storage {shown(url)}: cannot open ({str(e).splitlines()[0][:300]})") from None
+                raise ValueError(f"--storage {shown(url)}: cannot open ({first_line(e)})") from None
             time.sleep(0.5 + attempt)
+    keep_connecting(storage.engine, url)
     return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(),  # constant liar: workers sample apart
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+
+
+def keep_connecting(engine, url: str) -> None:
+    """Once the study is open, a database that goes away (a restart, a network outage) is waited for, up to
+    STORAGE_PATIENCE seconds, at each new connection: the worker carries on where it was."""
+    from sqlalchemy import event
+
+    def connect(dialect, record, cargs, cparams):
+        deadline, delay = time.monotonic() + STORAGE_PATIENCE, 0.5
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if delay == 0.5:
+                    log.info(f"--storage {shown(url)}: cannot reach the database ({first_line(e)}); waiting up to "
+                             f"{STORAGE_PATIENCE:g} s for it")
+                time.sleep(delay)
+                delay = min(2 * delay, 10)
+
+    event.listen(engine, "do_connect", connect)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, from the error underneath where Optuna wraps the database's (its own says nothing)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+@contextlib.contextmanager
+def storage_lost(url: str, run_dir: Path | None = None):
+    """The database's errors, once the reconnection gave up, as one line; with the command that continues
+    this worker when it has a run directory (its trial in progress stays its own)."""
+    try:
+        yield
+    except storage_errors() as e:
+        raise ValueError(f"--storage {shown(url)}: the database failed ({first_line(e)})" + (
+            f"; `fashion-cnn tune --resume {run_dir}` continues this worker" if run_dir else "")) from None
 
 
 def join(study, options: dict, space: dict) -> tuple[dict, dict]:
@@ -310,8 +419,11 @@ def join(study, options: dict, space: dict) -> tuple[dict, dict]:
             f"--{k.replace('_', '-')} {study_shared.get(k)!r} (here {shared.get(k)!r})" for k in differ)
             + "; give the study's options or none, or another --study")
     if space and space != theirs["space"]:
-        raise ValueError(f"study {study.study_name!r} searches another space: "
-                         + " ".join(f"{k}={v}" for k, v in theirs["space"].items()) + "; give it or none")
+        def described(changes: dict) -> str:
+            return " ".join(f"{k}={v}" for k, v in changes.items()) if changes else "the default one"
+
+        raise ValueError(f"study {study.study_name!r} searches another space: {described(theirs['space'])} (here "
+                         f"{described(space)}); give it or none")
     own = {k: v for k, v in options.items() if k in WORKER_OPTIONS}
     return {**theirs["options"], **own}, theirs["space"]
 
@@ -358,7 +470,7 @@ def split_values(values: dict) -> tuple[dict, dict]:
 def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneResult:
     """Run one worker of a study: the options (job options plus space, trials, timeout, storage, study; as
     `fashion-cnn tune` takes them), or those saved in `resume`, an interrupted worker's run directory."""
-    optuna = require_optuna()
+    require_optuna()
     values = dict(values or {})
     given_storage = values.pop("storage", None) if resume is not None else None  # the one option a resume takes
     options, settings = split_values(job_values("tune", values, resume))
@@ -370,12 +482,14 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
     if storage or resume:  # an existing study: join it before this worker makes its directory
         url = storage_url(storage, Path(resume or "."))
         study = open_study(url, name)
-        options, space = join(study, options, space)
+        with storage_lost(url):
+            options, space = join(study, options, space)
     fixed, dimensions = search_space(options, space)
     base = CVConfig.from_dict(fixed, None)
     data = job_data(base)
     if study is not None:
-        same_data(study, data)
+        with storage_lost(url):
+            same_data(study, data)
     check_fits_data(base, data)
     trials = settings.get("trials", DEFAULT_TRIALS)
     # the password stays out of the run directory: a resume is given the URL again (resumed_storage)
@@ -386,25 +500,35 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
             study = open_study(url, name)
             join(study, options, space)
             same_data(study, data)
-        worker = Worker(run.dir, study, fixed, dimensions, data)
-        objective = (f"mean validation accuracy of {base.folds}-fold cross-validation" if base.folds > 1 else
-                     f"validation accuracy on a fixed {base.val_size}-image split") + " of the training set"
-        log.info(f"tune: {run.dir}, study {study.study_name!r} in {shown(url)}\nobjective: {objective}; "
-                 f"{NO_TEST_SET}\nsearch space: " + " ".join(f"{d.name}={d}" for d in dimensions)
-                 + f"\nmore workers: fashion-cnn tune --storage {shown(url)} --study {study.study_name}")
-        started = time.perf_counter()
-        for frozen in worker.interrupted_trials():
-            log.info(f"trial {frozen.number}: continuing where it was interrupted")
-            # Optuna's Trial over an existing trial: its sampled values come back, and it reports on
-            worker.run_trial(optuna.trial.Trial(study, frozen._trial_id), max(frozen.intermediate_values, default=0))
-        timeout = settings.get("timeout")
-        while len(study.get_trials(deepcopy=False)) < trials:
-            if timeout is not None and time.perf_counter() - started > timeout:
-                log.info(f"--timeout {timeout:g}s reached: no new trial")
-                break
-            worker.run_trial(study.ask())
-        report = write_report(run.dir, study, url, objective, fixed)
+        with storage_lost(url, run.dir):
+            report = run_worker(Worker(run.dir, study, fixed, dimensions, data), url, base,
+                                trials, settings.get("timeout"))
     return TuneResult(run.dir, report)
+
+
+def run_worker(worker: Worker, url: str, base: CVConfig, trials: int, timeout: float | None) -> dict:
+    """The worker's trials: its interrupted ones, then new ones while the study has fewer than `trials`
+    (and `timeout` has not passed); then the study's report."""
+    import optuna
+
+    study = worker.study
+    objective = (f"mean validation accuracy of {base.folds}-fold cross-validation" if base.folds > 1 else
+                 f"validation accuracy on a fixed {base.val_size}-image split") + " of the training set"
+    log.info(f"tune: {worker.dir}, study {study.study_name!r} in {shown(url)}\nobjective: {objective}; "
+             f"{NO_TEST_SET}\nsearch space: " + " ".join(f"{d.name}={d}" for d in worker.dimensions)
+             + f"\nmore workers: fashion-cnn tune --storage {shown(url)} --study {study.study_name}")
+    started = time.perf_counter()
+    worker.fail_orphans()
+    for frozen in worker.interrupted_trials():
+        log.info(f"trial {frozen.number}: continuing where it was interrupted")
+        # Optuna's Trial over an existing trial: its sampled values come back, and it reports on
+        worker.run_trial(optuna.trial.Trial(study, frozen._trial_id), max(frozen.intermediate_values, default=0))
+    while worker.counted_trials() < trials:
+        if timeout is not None and time.perf_counter() - started > timeout:
+            log.info(f"--timeout {timeout:g}s reached: no new trial")
+            break
+        worker.run_trial(worker.new_trial())
+    return write_report(worker.dir, study, url, objective, worker.options)
 
 
 # --- the report ---------------------------------------------------------------------------------------------
