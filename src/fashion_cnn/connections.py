@@ -66,7 +66,8 @@ def guarded_protocol(header_timeout: float, max_connections: int, body_timeout: 
     A connection not read yet is not a suspect: a burst of accepts (up to ACCEPT_BATCH) is handed to the
     protocol before any of them is read, and closing the oldest waiting connection then closed real
     clients whose complete request was already in the socket. The burst fits in the IN_FLIGHT
-    descriptors connection_cap keeps free, and is sorted out as soon as it is read."""
+    descriptors connection_cap keeps free, and is sorted out as soon as it is read. While no suspect is
+    left to close, check_room keeps a CappedSocket from accepting more."""
     suspects: dict[H11Protocol, None] = {}  # oldest first
     unread: dict[H11Protocol, float] = {}  # connected, nothing received yet: when it connected
     closing: set[H11Protocol] = set()  # closed by us, still among uvicorn's connections until it is gone
