@@ -40,6 +40,14 @@ def server_process(model: str | Path, host: str = "127.0.0.1", timeout: float = 
     fd_limit: the child's file descriptor limit. run_options: further arguments of `serve.run`, which
     then starts the server instead of the command line.
     """
+    with served(model, host, timeout, fd_limit, **run_options) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def served(model: str | Path, host: str = "127.0.0.1", timeout: float = 60, fd_limit: int | None = None,
+           **run_options) -> Iterator[tuple[str, subprocess.Popen]]:
+    """server_process, yielding the child process too."""
     port = free_port(host)
     url = f"http://{host}:{port}"
     command = [sys.executable, "-m", "fashion_cnn", "serve", "--model", str(model),
@@ -53,7 +61,7 @@ def server_process(model: str | Path, host: str = "127.0.0.1", timeout: float = 
                                   preexec_fn=None if fd_limit is None else descriptor_limit(fd_limit))
         try:
             wait_until_healthy(url, server, timeout, log)
-            yield url
+            yield url, server
         finally:
             server.terminate()
             try:

@@ -1,16 +1,21 @@
 """The HTTP API through FastAPI's test client: answers, limits, and JSON errors for bad input."""
 
+import asyncio
 import base64
 import http.client
 import io
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +26,7 @@ pytest.importorskip("fastapi_offline")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_arrays  # noqa: E402
-from server_harness import free_port, server_process  # noqa: E402
+from server_harness import free_port, served, server_process  # noqa: E402
 from fashion_cnn.predict import Predictor, as_json  # noqa: E402
 from fashion_cnn.serve import FileResult, create_app  # noqa: E402
 
@@ -277,13 +282,20 @@ def test_serving_on_is_printed_only_once_the_port_listens(model_file):
         server.wait(30)
 
 
-class Trickle:
-    """count connections to 127.0.0.1:port that send a request head a byte at a time and never finish it
-    (slowloris), or with silent=True send nothing at all; one the server closes is opened again, as an
-    attacker would."""
+PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+BODY_HEAD = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+             b"Content-Length: 10000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"files\"; "
+             b"filename=\"a.png\"\r\n\r\n")
 
-    def __init__(self, port: int, count: int, interval: float = 0.3, silent: bool = False) -> None:
-        self.port, self.count, self.interval, self.silent = port, count, interval, silent
+
+class Trickle:
+    """count connections to 127.0.0.1:port that send start (a partial head, or a whole head and the
+    beginning of a body) and then a byte at a time, never finishing (slowloris), or with an empty start
+    send nothing at all; one the server closes is opened again, as an attacker would."""
+
+    def __init__(self, port: int, count: int, interval: float = 0.3, start: bytes = PARTIAL_HEAD) -> None:
+        self.port, self.count, self.interval, self.start = port, count, interval, start
+        self.silent = not start
         self.sockets: list[socket.socket | None] = []
         self.reopened = 0
         self.stop = threading.Event()
@@ -292,8 +304,7 @@ class Trickle:
     def connect(self) -> socket.socket | None:
         try:
             sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-            if not self.silent:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sock.sendall(self.start)
             return sock
         except OSError:
             return None
@@ -332,18 +343,25 @@ class Trickle:
                 sock.close()
 
 
-@pytest.mark.parametrize("silent", [False, True], ids=["trickling", "silent"])
-def test_slow_connections_do_not_lock_out_real_requests(model_file, silent):
+def predict_request(url: str) -> urllib.request.Request:
+    body = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\n' + photo() +
+            b"\r\n--b--\r\n")
+    return urllib.request.Request(url + "/predict", body, {"Content-Type": "multipart/form-data; boundary=b"})
+
+
+@pytest.mark.parametrize("start", [PARTIAL_HEAD, b"", BODY_HEAD], ids=["trickling", "silent", "body"])
+def test_slow_connections_do_not_lock_out_real_requests(model_file, start):
     """1,100 connections trickling a byte each used up a 1024-descriptor server's descriptors; here 300
     of them against 256 descriptors, while real requests must still be answered promptly. Real requests
-    arrive amid bursts of reconnecting ones: closing the oldest waiting connection of a burst closed them."""
+    arrive amid bursts of reconnecting ones: closing the oldest waiting connection of a burst closed them.
+    Trickled bodies (a head declaring 10 MB) were never closed: every real request timed out."""
     with (server_process(model_file, fd_limit=256) as url,
-          Trickle(int(url.rsplit(":", 1)[1]), 300, silent=silent) as slow):
+          Trickle(int(url.rsplit(":", 1)[1]), 300, start=start) as slow):
         for _ in range(3):
-            start = time.monotonic()
-            with urllib.request.urlopen(url + "/health", timeout=10) as response:
+            began = time.monotonic()
+            with urllib.request.urlopen(predict_request(url), timeout=10) as response:
                 assert response.status == 200
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - began < 5
             time.sleep(0.5)
         assert slow.reopened > 0  # the cap closed waiting connections to make room
 
@@ -375,6 +393,27 @@ def test_a_request_head_must_arrive_within_the_header_timeout(model_file):
         prompt.close()
 
 
+def test_a_request_body_must_keep_a_minimum_rate(model_file):
+    """A body is due body_timeout seconds after its head, plus a second for each MIN_BODY_RATE bytes."""
+    from fashion_cnn.connections import MIN_BODY_RATE
+
+    with server_process(model_file, body_timeout=1.0) as url:
+        port = int(url.rsplit(":", 1)[1])
+        lasted = []
+        for rate in (10, MIN_BODY_RATE * 2):  # bytes/s: a trickle, then an upload that keeps up
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                start = time.monotonic()
+                sock.sendall(BODY_HEAD)
+                while time.monotonic() - start < 4:
+                    time.sleep(0.1)
+                    try:
+                        sock.sendall(b"X" * (rate // 10))
+                    except OSError:
+                        break
+                lasted.append(time.monotonic() - start)
+        assert 0.9 < lasted[0] < 3 and lasted[1] >= 4
+
+
 def test_min_confidence_per_request(client, model_file):
     files = upload(("photo.jpg", photo()))
     plain = client.post("/predict", files=files).json()["predictions"][0]
@@ -398,3 +437,84 @@ def test_cli_json_and_web_api_use_the_same_fields(client, model_file):
         assert result[field] == record[field], field
     assert result["top_k"] == [{"class_name": r["class_name"], "probability": pytest.approx(r["probability"])}
                                for r in record["top_k"]]
+
+
+STOPPED = 7.5  # seconds the server is stopped: a client the kernel refused retries at 1, 3, 7 and 15 s
+
+
+async def burst(port: int, count: int, request: bytes, stopped: subprocess.Popen) -> list[tuple[float, bytes]]:
+    """count connections to 127.0.0.1:port opened at once while the server is stopped for STOPPED seconds,
+    each sending request: (seconds to the whole answer, the answer) for each."""
+    async def one() -> tuple[float, bytes]:
+        start = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            answer = await reader.read()
+            return time.monotonic() - start, answer
+        finally:
+            writer.close()
+
+    clients = asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+    await asyncio.sleep(STOPPED)
+    stopped.send_signal(signal.SIGCONT)
+    return await asyncio.wait_for(clients, 40)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops the server with SIGSTOP")
+def test_a_burst_of_a_thousand_connections_is_answered(model_file):
+    """With a listen backlog of 128, 1,000 clients connecting at once got 950-990 answers and the rest
+    ConnectionResetError: what did not fit in the kernel's queue was refused (here: left to retry, 15 s
+    later). The server is stopped while they connect, the worst case: the kernel alone must hold them."""
+    resource = pytest.importorskip("resource")
+    if int(Path("/proc/sys/net/core/somaxconn").read_text()) < 1000:
+        pytest.skip("net.core.somaxconn caps the listen queue below 1,000")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the test needs 1,000 client sockets")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    try:
+        with served(model_file) as (url, server):
+            port = int(url.rsplit(":", 1)[1])
+            request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+            server.send_signal(signal.SIGSTOP)
+            try:
+                answers = asyncio.run(burst(port, 1000, request, server))
+            finally:
+                server.send_signal(signal.SIGCONT)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    failed = [a for a in answers if isinstance(a, BaseException) or not a[1].startswith(b"HTTP/1.1 200 ")]
+    assert not failed, f"{len(failed)} of 1,000 not answered, e.g. {failed[0]!r}"
+    late = [seconds for seconds, _ in answers if seconds > STOPPED + 5]
+    assert not late, f"{len(late)} of 1,000 answered late (up to {max(late):.1f} s): the kernel refused them"
+
+
+def test_only_requests_addressed_to_this_server_are_answered(model_file):
+    """Any Host was answered: a page whose name was made to resolve to 127.0.0.1 (DNS rebinding) could
+    read /model. IP addresses, localhost and the names given are answered, with or without a port."""
+    from fashion_cnn.serve import host_names
+
+    with TestClient(create_app(model_file, hosts=host_names("127.0.0.1", ["fashion.lan"]))) as client:
+        for host in ("127.0.0.1", "127.0.0.1:8000", "localhost:8000", "LOCALHOST.", "[::1]:8000", "10.1.2.3",
+                     "fashion.lan:80"):
+            assert client.get("/model", headers={"host": host}).status_code == 200, host
+        refused = client.get("/model", headers={"host": "evil.example:8000"})
+        assert refused.status_code == 421 and "--allowed-host evil.example" in refused.json()["detail"]
+        assert refused.headers["x-frame-options"] == "DENY"
+        for malformed in ("a/b", "[evil.example]", "x:y"):
+            assert client.get("/health", headers={"host": malformed}).status_code == 400, malformed
+    with TestClient(create_app(model_file, hosts=host_names("127.0.0.1", ["*"]))) as client:
+        assert client.get("/model", headers={"host": "evil.example"}).status_code == 200
+    assert socket.gethostname().lower() in host_names("0.0.0.0") and "localhost" in host_names("::")
+
+
+def test_serve_checks_the_host_header(model_file):
+    with server_process(model_file, allowed_hosts=["fashion.lan"]) as url:
+        for host, status in (("evil.example", 421), ("fashion.lan", 200), ("localhost", 200)):
+            request = urllib.request.Request(url + "/health", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert (host, response.status) == (host, status)
+            except urllib.error.HTTPError as e:
+                assert (host, e.code) == (host, status)

@@ -300,7 +300,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import run
 
-    run(args.model, host=args.host, port=args.port, min_confidence=args.min_confidence)
+    run(args.model, host=args.host, port=args.port, min_confidence=args.min_confidence,
+        allowed_hosts=args.allowed_hosts)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -468,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
     p.add_argument("--port", type=port_number, default=8000, help="(default: %(default)s)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (repeatable; '*': any name). By default only "
+                        "IP addresses, localhost and --host are: a web page could otherwise make a name of its "
+                        "own point here and read the answers (DNS rebinding)")
     add_min_confidence_option(p)
 
     p = command("calibrate", "fit a model's temperature and its threshold for `unknown` on held-out images, "

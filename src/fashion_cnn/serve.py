@@ -8,7 +8,10 @@ page, its assets and the OpenAPI docs' Swagger UI are all served by the app (no 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -26,7 +29,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .connections import BACKLOG, HEADER_TIMEOUT, connection_cap, guarded_protocol
+from .connections import (ACCEPT_BATCH, BACKLOG, BODY_TIMEOUT, HEADER_TIMEOUT, CappedSocket, ListeningServer,
+                          OncePer, connection_cap, guarded_protocol)
 from .version import __version__
 from .data import CLASS_NAMES, FILES, DataError, find_data_dir, read_idx
 from .explain import explain_predictions, overlay_png
@@ -41,6 +45,9 @@ STATIC = Path(str(resources.files(__package__) / "static"))
 CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 PATH_KEYS = {"source", "out", "data_dir"}  # metadata fields that name files or folders
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?")  # a name or [IPv6], a port
+ANY_HOST = "*"  # as an allowed host: answer any Host header
+REPEATED_ERRORS = OncePer(10.0)  # one filter for the server's loggers, however often run() is called
 
 
 class Ranked(BaseModel):
@@ -144,6 +151,49 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+def host_names(host: str, allowed: Iterable[str] = ()) -> frozenset[str]:
+    """The names a server listening on host answers to in a Host header, besides IP addresses: localhost,
+    host itself, this machine's name when host is every address ("0.0.0.0", "::", ""), and allowed
+    (ANY_HOST: any name)."""
+    names = {"localhost", host, *allowed, *([socket.gethostname()] if host in ("", "0.0.0.0", "::") else [])}
+    return frozenset(name.lower().rstrip(".") for name in names if name)
+
+
+def host_refusal(value: str, names: frozenset[str]) -> tuple[int, str] | None:
+    """(status, reason) for a Host header naming none of names (421) or none at all (400); None to answer.
+    An IP address is always answered: a page can only rebind a name of its own to this machine."""
+    match = HOST_HEADER.fullmatch(value)
+    if match is None:
+        return 400, f"malformed Host header {value[:MAX_ECHO]!r}"
+    name = match[1].removeprefix("[").removesuffix("]").lower().rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        if match[1].startswith("["):
+            return 400, f"malformed Host header {value!r}"
+    if name in names or ANY_HOST in names:
+        return None
+    return 421, f"this server does not answer to {name!r} (start it with --allowed-host {name} to allow it)"
+
+
+class HostCheck:
+    """Refuses a request whose Host header names another host (see host_refusal), as JSON: a page of
+    another site whose name it made resolve to this machine (DNS rebinding) could otherwise read the
+    answers, /model among them. A request without one is answered: every browser sends one."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self.app, self.names = app, names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        value = Headers(scope=scope).get("host") if scope["type"] == "http" else None
+        refusal = None if value is None else host_refusal(value, self.names)
+        if refusal is not None:
+            status, reason = refusal
+            return await JSONResponse({"detail": reason}, status_code=status)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def public_metadata(meta: dict) -> dict:
     """The model's metadata without file system paths (where its training data and runs were): the
     fields known to hold one, and any other value that is an absolute path."""
@@ -162,9 +212,11 @@ def bounded_errors(errors: Iterable[dict]) -> list[dict]:
 
 
 def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES,
-               max_body: int = MAX_BODY, min_confidence: float | None = None) -> FastAPIOffline:
+               max_body: int = MAX_BODY, min_confidence: float | None = None,
+               hosts: frozenset[str] | None = None) -> FastAPIOffline:
     """The application for one model (default: the shipped one; see predict.resolve_model_path);
-    min_confidence as in Predictor, overridable per request."""
+    min_confidence as in Predictor, overridable per request. hosts: the names it answers to in a
+    Host header besides IP addresses (see HostCheck; `run` gives them); None: any."""
     predictor = Predictor(model, min_confidence=min_confidence)
     samples = sample_images(predictor.class_names)
     # One worker: inference never blocks the event loop, and torch, which already uses every core for
@@ -178,6 +230,8 @@ def create_app(model: str | Path | None = None, max_files: int = MAX_FILES, max_
     app.state.predictor = predictor  # run() names the model it serves
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(DeclaredSizeLimit, max_body=max_body)
+    if hosts is not None:
+        app.add_middleware(HostCheck, names=hosts)
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(Exception)
@@ -261,13 +315,13 @@ def listen(host: str, port: int) -> list[socket.socket]:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, address in dict.fromkeys(found):  # once each, in order
-            sock = socket.socket(family, kind, proto)
+            sock = CappedSocket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(BACKLOG)
+            sock.listen(BACKLOG)  # uvicorn listens again, and ListeningServer brings it back to BACKLOG
     except OSError as e:
         for sock in sockets:
             sock.close()
@@ -276,12 +330,15 @@ def listen(host: str, port: int) -> list[socket.socket]:
 
 
 def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-        header_timeout: float = HEADER_TIMEOUT, min_confidence: float | None = None) -> None:
+        header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+        min_confidence: float | None = None, allowed_hosts: Iterable[str] = ()) -> None:
     """Serve until interrupted. The default host is loopback only; pass 0.0.0.0 to serve the network.
+    Requests are answered when their Host header is an IP address, localhost, host, or one of
+    allowed_hosts (ANY_HOST: any); see host_names.
 
     "serving on ..." is printed once the port is bound and listening: a client may connect from then on.
-    header_timeout and a cap on open connections (from the descriptor limit) keep slow clients from
-    locking out the others (see connections.py).
+    header_timeout, body_timeout and a cap on open connections (from the descriptor limit) keep slow
+    clients from locking out the others (see connections.py).
     """
     import torch
     import uvicorn
@@ -289,12 +346,14 @@ def run(model: str | Path | None = None, host: str = "127.0.0.1", port: int = 80
     # A request is a batch of a few images: splitting it across threads costs more than it saves, and
     # under load those threads wait for each other (single-image latency 2 ms with one, 10-70 with two).
     torch.set_num_threads(1)
-    app = create_app(model, min_confidence=min_confidence)
+    app = create_app(model, min_confidence=min_confidence, hosts=host_names(host, allowed_hosts))
     sockets = listen(host, port)
     bound = sockets[0].getsockname()[1]
     print(app.state.predictor.describe(), flush=True)
     print(f"serving on http://{f'[{host}]' if ':' in host else host}:{bound}/ (API docs at /docs)", flush=True)
-    protocol = guarded_protocol(header_timeout, connection_cap())
-    config = uvicorn.Config(app, http=protocol, ws="none", log_level="info", backlog=BACKLOG,
+    protocol = guarded_protocol(header_timeout, connection_cap(), body_timeout)
+    config = uvicorn.Config(app, http=protocol, ws="none", log_level="info", backlog=ACCEPT_BATCH,
                             timeout_keep_alive=5, h11_max_incomplete_event_size=MAX_HEAD, server_header=False)
-    uvicorn.Server(config).run(sockets=sockets)
+    for name in ("asyncio", "uvicorn.error"):  # a failure repeated for every connection is logged once a while
+        logging.getLogger(name).addFilter(REPEATED_ERRORS)
+    ListeningServer(config).run(sockets=sockets)
