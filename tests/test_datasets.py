@@ -278,6 +278,33 @@ def test_untrusted_folders(tmp_path, digits_dir, monkeypatch):
         load_dataset(digits_dir)
 
 
+def test_link_loops_and_dangling_links_are_skipped(digits_dir):
+    (digits_dir / "1" / "l1.png").symlink_to("l2.png")
+    (digits_dir / "1" / "l2.png").symlink_to("l1.png")
+    (digits_dir / "2" / "gone.png").symlink_to("nothing.png")
+    ds = load_dataset(digits_dir)
+    assert dict(ds.skipped) == {"1/l1.png": "a link that loops, not followed",
+                                "1/l2.png": "a link that loops, not followed",
+                                "2/gone.png": "a link to nothing (No such file or directory)"}
+    assert len(sides(ds)) == 200
+
+
+def test_a_file_replaced_by_a_folder_during_the_import_is_skipped(digits_dir, monkeypatch):
+    real_scan = datasets.scan
+
+    def scan_then_swap(*args):  # the race: the file is checked by the scan, then a folder takes its place
+        found = real_scan(*args)
+        victim = digits_dir / "3" / sorted(os.listdir(digits_dir / "3"))[0]
+        victim.unlink()
+        victim.mkdir()
+        return found
+
+    monkeypatch.setattr(datasets, "scan", scan_then_swap)
+    ds = load_dataset(digits_dir)
+    assert ds.skipped == [(f"3/{sorted(os.listdir(digits_dir / '3'))[0]}", "a folder, not an image file")]
+    assert len(sides(ds)) == 199
+
+
 # --- IDX folders and Fashion-MNIST ---------------------------------------------------------------
 
 def test_idx_folder_with_class_names(tmp_path):

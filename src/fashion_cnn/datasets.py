@@ -13,6 +13,7 @@ content hashes, so a second import decodes only new or changed files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import os
@@ -289,7 +290,13 @@ def walk(folder: Path, root: Path, real_root: Path, skipped: list[tuple[str, str
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
-                target = path.resolve()
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError) as e:  # Python 3.11 raises RuntimeError on a loop, 3.13 OSError
+                    loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+                    skipped.append((relative(path, root), "a link that loops, not followed" if loop
+                                    else f"a link to nothing ({e.strerror or e})"))
+                    continue
                 if not target.is_relative_to(real_root):
                     skipped.append((relative(path, root), "a link to outside the folder, not followed"))
                     continue
