@@ -4,6 +4,8 @@ import json
 import importlib
 import os
 import shutil
+import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -336,6 +338,26 @@ def test_idx_folder_emnist_names_and_plain_files(tmp_path):
     assert ds.class_names == ["0", "1", "2"] and len(ds.train_images) == 30 and len(ds.test_images) == 9
     write_idx_gz(root / "emnist-xyz-train-images-idx3-ubyte.gz", x)
     with pytest.raises(DataError, match="2 .* train images files; an IDX folder holds one data set"):
+        load_dataset(root)
+
+
+def test_idx_gzip_inflating_past_its_header_is_refused_reading_no_more(tmp_path, capsys):
+    root = make_dataset_dir(tmp_path / "idx", n_train=10, n_test=10)
+    header = struct.pack(">4I", 0x0803, 10, 28, 28)  # says 10 images; the stream holds 10,000 (7.8 MB)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(10_000 * 28 * 28)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="inflates past the 7,856 bytes expected"):
+            load_dataset(root)
+        assert tracemalloc.get_traced_memory()[1] < 1_000_000  # peak: nothing near the 7.8 MB inflated
+    finally:
+        tracemalloc.stop()
+    assert main(["data", "--data", str(root)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+    header = struct.pack(">4I", 0x0803, 2**32 - 1, 28, 28)  # declares 3.4 TB: refused before inflating
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(28 * 28)))
+    with pytest.raises(DataError, match="its header declares 3,367,254,359,296 bytes, over the 2,147,483,648-byte limit"):
         load_dataset(root)
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .data import (CLASS_NAMES, FILES, DataError, Dataset, cache_dir, class_counts, decompress,
-                   load_fashion_mnist, parse_idx, to_uint8)
+                   idx_size, load_fashion_mnist, parse_idx, to_uint8)
 from .models import unknown
 from .runs import ModelFileError, load_tensors, save_tensors
 
@@ -130,7 +130,12 @@ def load_idx_folder(root: Path, names: list[str] | None) -> Dataset:
                 raise DataError(f"{root}: {what} {part} {kind} files; an IDX folder holds one data set: "
                                 f"[prefix-]{'train' if part == 'train' else 't10k'}-{kind}-idx"
                                 f"{3 if kind == 'images' else 1}-ubyte[.gz] and the three others")
-            raw = decompress(paths[0], MAX_IDX_BYTES, gzipped=paths[0].suffix.lower() == ".gz")
+            gzipped = paths[0].suffix.lower() == ".gz"
+            size = idx_size(paths[0], IDX_MAGIC[kind], gzipped=gzipped)
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{paths[0]}: its header declares {size:,} bytes, over the "
+                                f"{MAX_IDX_BYTES:,}-byte limit")
+            raw = decompress(paths[0], size, gzipped)  # no more than the header declares: a bomb stops there
             arrays[part, kind] = parse_idx(raw, str(paths[0]), IDX_MAGIC[kind])
             checksums[paths[0].name] = hashlib.sha256(raw).hexdigest()
     labels = {part: torch.from_numpy(arrays[part, "labels"].astype(np.int64)) for part in ("train", "test")}
