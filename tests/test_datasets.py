@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -5,6 +6,7 @@ import importlib
 import os
 import shutil
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -15,11 +17,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
-from fashion_cnn import datasets
+from fashion_cnn import datasets, predict
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES, DataError, load_fashion_mnist, to_float, to_uint8
 from fashion_cnn.datasets import describe, load_dataset
 from fashion_cnn.predict import preprocess
+from fashion_cnn.runs import load_tensors, save_tensors
 from sample_images import png_bytes, render_photo, write_digits_folder
 
 
@@ -196,6 +199,85 @@ def test_second_import_decodes_only_new_or_changed_files(digits_dir, decodes):
     cache_file.write_bytes(b"garbage")  # a broken cache is rebuilt, not fatal
     assert torch.equal(load_dataset(digits_dir).train_images, ds.train_images)
     assert len(decodes) == len(content_hashes(digits_dir))
+
+
+def edit_cache(edit) -> None:
+    """Rewrite the one import cache with edit(tensors, meta) applied, keeping it a valid safetensors file."""
+    [cache_file] = (datasets.cache_dir() / "datasets").iterdir()
+    tensors, meta = load_tensors(cache_file)
+    edit(tensors, meta)
+    save_tensors(cache_file, tensors, meta)
+
+
+@pytest.mark.parametrize("edit, rebuilt", [
+    (lambda t, m: t["images"][0].zero_(), 1),  # one entry damaged: that one decoded again
+    (lambda t, m: t.update(images=t["images"][:, :14].clone()), "all"),  # another shape: all decoded again
+    (lambda t, m: t.update(images=t["images"].to(torch.int16)), "all"),  # another type
+    (lambda t, m: t.update(checks=torch.zeros_like(t["checks"])), "all but bad.png"),  # no image's check matches
+    (lambda t, m: m["bad"].update({h: ["fine", c] for h, (_, c) in m["bad"].items()}), 1),  # a reason edited
+])
+def test_a_damaged_cache_entry_is_decoded_again_not_used(digits_dir, decodes, edit, rebuilt):
+    (digits_dir / "2" / "bad.png").write_bytes(b"not an image")
+    first = load_dataset(digits_dir)
+    decodes.clear()
+    edit_cache(edit)
+    again = load_dataset(digits_dir)
+    n = len(content_hashes(digits_dir))
+    assert len(decodes) == {"all": n, "all but bad.png": n - 1}.get(rebuilt, rebuilt)
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_images, first.test_images)
+    assert again.skipped == first.skipped
+
+
+def same_size_png(image: np.ndarray, size: int) -> bytes:
+    """A PNG of image padded after its end to size bytes (which decoders ignore)."""
+    data = png_bytes(image)
+    assert len(data) <= size
+    return data + b"\0" * (size - len(data))
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_is_read_again(digits_dir, monkeypatch):
+    monkeypatch.setattr(datasets, "SETTLE_NS", 0)  # no wait for the clock to move on (see the next test)
+    path = sorted((digits_dir / "7").iterdir())[0]
+    size, before = path.stat().st_size, path.stat().st_mtime_ns
+    path.write_bytes(same_size_png(np.eye(12, dtype=np.uint8) * 255, size + 100))
+    os.utime(path, ns=(before, before))
+    first = load_dataset(digits_dir)
+    path.write_bytes(same_size_png(np.fliplr(np.eye(12, dtype=np.uint8)) * 255, size + 100))  # other content
+    os.utime(path, ns=(before, before))  # the same size and mtime: only the ctime tells
+    fresh = to_uint8(preprocess(path))
+    ds = load_dataset(digits_dir)
+    images = dict(zip(ds.train_files + ds.test_files, torch.cat([ds.train_images, ds.test_images])))
+    assert np.array_equal(images[f"7/{path.name}"].numpy(), fresh)
+    assert not torch.equal(images[f"7/{path.name}"], dict(zip(first.train_files + first.test_files, torch.cat(
+        [first.train_images, first.test_images])))[f"7/{path.name}"])
+
+
+def test_a_file_changed_within_the_clock_tick_of_its_read_is_read_again(digits_dir, monkeypatch):
+    reads, real_read, real_scan = [], predict.read_limited, datasets.scan
+    monkeypatch.setattr(predict, "read_limited", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(datasets, "SETTLE_NS", 60 * 10**9)  # a clock that ticks every minute: however slow the
+    ctime = [time.time_ns()]  # import, every file it reads could still change within the tick it was read in
+
+    def scan_one_tick(*args):  # every stamp as that clock gives it
+        found, notes = real_scan(*args)
+        return [dataclasses.replace(f, stamp=(*f.stamp[:2], ctime[0])) for f in found], notes
+
+    monkeypatch.setattr(datasets, "scan", scan_one_tick)
+    load_dataset(digits_dir)
+    path = sorted((digits_dir / "7").iterdir())[0]
+    size = path.stat().st_size
+    path.write_bytes(same_size_png(np.eye(12, dtype=np.uint8) * 255, size))
+    reads.clear()
+    ds = load_dataset(digits_dir)  # the stamps were too fresh to trust: every file read again
+    assert len(reads) == 200 and f"7/{path.name}" in sides(ds)
+    images = dict(zip(ds.train_files + ds.test_files, torch.cat([ds.train_images, ds.test_images])))
+    assert np.array_equal(images[f"7/{path.name}"].numpy(), to_uint8(preprocess(path)))
+
+    ctime[0] -= 120 * 10**9  # stamps two ticks old, settled: the next import reads them once, then never again
+    load_dataset(digits_dir)
+    reads.clear()
+    load_dataset(digits_dir)
+    assert reads == []
 
 
 # --- bad files, duplicates, untrusted folders ------------------------------------------------------
