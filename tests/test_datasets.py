@@ -213,7 +213,8 @@ def edit_cache(edit) -> None:
     (lambda t, m: t["images"][0].zero_(), 1),  # one entry damaged: that one decoded again
     (lambda t, m: t.update(images=t["images"][:, :14].clone()), "all"),  # another shape: all decoded again
     (lambda t, m: t.update(images=t["images"].to(torch.int16)), "all"),  # another type
-    (lambda t, m: t.update(checks=torch.zeros_like(t["checks"])), "all but bad.png"),  # no image's check matches
+    (lambda t, m: (t["images"][0].zero_(), t["checks"].zero_()), "all but bad.png"),  # no image's check matches
+    (lambda t, m: m.update(images_check="0"), 0),  # each image checked on its own: all fine
     (lambda t, m: m["bad"].update({h: ["fine", c] for h, (_, c) in m["bad"].items()}), 1),  # a reason edited
 ])
 def test_a_damaged_cache_entry_is_decoded_again_not_used(digits_dir, decodes, edit, rebuilt):
