@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import with_calibration
-from fashion_cnn import calibration
+from fashion_cnn import calibration, datasets
 from fashion_cnn.calibration import (UnknownRule, calibrate_logits, choose_threshold, expected_calibration_error,
                                      fit_temperature, from_metadata, min_confidence_rule, ood_score, probabilities)
 from fashion_cnn.cli import main
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import ModelFileError, load_model, load_tensors
+from fashion_cnn.runs import ModelFileError, load_model, load_tensors, save_tensors
 
 
 def sampled(n: int, temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +136,35 @@ def test_calibrate_never_replaces_a_file(model_file, tmp_path, capsys):
     assert existing.read_bytes() == b"keep me" and model_file.read_bytes() == model_bytes
     assert main(["calibrate", "--model", str(model_file), str(model_file), "--force"]) == 1  # never the input
     assert model_file.read_bytes() == model_bytes
+
+
+def with_config(model_file, path, config: dict):
+    """A copy of model_file whose metadata says it was trained with `config`, as an untrusted file may."""
+    tensors, meta = load_tensors(model_file)
+    save_tensors(path, tensors, {**meta, "config": config})
+    return path
+
+
+def test_calibrate_never_reads_a_folder_the_model_file_names(model_file, tmp_path, capsys, monkeypatch):
+    imported, real = [], datasets.load_image_folder
+    monkeypatch.setattr(datasets, "load_image_folder", lambda *args: imported.append(args) or real(*args))
+    (tmp_path / "secrets" / "a").mkdir(parents=True)
+    for config in ({"data": str(tmp_path / "secrets")}, {"data": ["x"]},
+                   {"data": str(tmp_path / "secrets"), "add_to": "fashion-mnist"}):
+        model = with_config(model_file, tmp_path / "m.safetensors", config)
+        out = tmp_path / "out.safetensors"
+        assert main(["calibrate", "--model", str(model), str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "which its metadata names; a model file does not choose what calibrate reads: pass --data DIR" in err
+        assert len(err.splitlines()) == 1 and not out.exists() and imported == []
+
+
+def test_calibrate_reads_fashion_mnist_from_the_usual_places_not_the_model_files_folder(model_file, real_data,
+                                                                                         tmp_path, capsys):
+    config = {"data": "fashion-mnist", "data_dir": str(tmp_path / "elsewhere")}  # no such folder: not read
+    model = with_config(model_file, tmp_path / "m.safetensors", config)
+    assert main(["calibrate", "--model", str(model), str(tmp_path / "out.safetensors")]) == 0
+    assert load_tensors(tmp_path / "out.safetensors")[1]["calibration"]["fitted_on"].startswith("Fashion-MNIST")
 
 
 def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_same(real_data, tmp_path, capsys):

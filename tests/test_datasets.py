@@ -1,9 +1,13 @@
+import dataclasses
 import gzip
 import hashlib
 import json
 import importlib
 import os
 import shutil
+import struct
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +17,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
-from fashion_cnn import datasets
+from fashion_cnn import datasets, predict
 from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES, DataError, load_fashion_mnist, to_float, to_uint8
 from fashion_cnn.datasets import describe, load_dataset
 from fashion_cnn.predict import preprocess
+from fashion_cnn.runs import load_tensors, save_tensors
 from sample_images import png_bytes, render_photo, write_digits_folder
 
 
@@ -196,6 +201,86 @@ def test_second_import_decodes_only_new_or_changed_files(digits_dir, decodes):
     assert len(decodes) == len(content_hashes(digits_dir))
 
 
+def edit_cache(edit) -> None:
+    """Rewrite the one import cache with edit(tensors, meta) applied, keeping it a valid safetensors file."""
+    [cache_file] = (datasets.cache_dir() / "datasets").iterdir()
+    tensors, meta = load_tensors(cache_file)
+    edit(tensors, meta)
+    save_tensors(cache_file, tensors, meta)
+
+
+@pytest.mark.parametrize("edit, rebuilt", [
+    (lambda t, m: t["images"][0].zero_(), 1),  # one entry damaged: that one decoded again
+    (lambda t, m: t.update(images=t["images"][:, :14].clone()), "all"),  # another shape: all decoded again
+    (lambda t, m: t.update(images=t["images"].to(torch.int16)), "all"),  # another type
+    (lambda t, m: (t["images"][0].zero_(), t["checks"].zero_()), "all but bad.png"),  # no image's check matches
+    (lambda t, m: m.update(images_check="0"), 0),  # each image checked on its own: all fine
+    (lambda t, m: m["bad"].update({h: ["fine", c] for h, (_, c) in m["bad"].items()}), 1),  # a reason edited
+])
+def test_a_damaged_cache_entry_is_decoded_again_not_used(digits_dir, decodes, edit, rebuilt):
+    (digits_dir / "2" / "bad.png").write_bytes(b"not an image")
+    first = load_dataset(digits_dir)
+    decodes.clear()
+    edit_cache(edit)
+    again = load_dataset(digits_dir)
+    n = len(content_hashes(digits_dir))
+    assert len(decodes) == {"all": n, "all but bad.png": n - 1}.get(rebuilt, rebuilt)
+    assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_images, first.test_images)
+    assert again.skipped == first.skipped
+
+
+def same_size_png(image: np.ndarray, size: int) -> bytes:
+    """A PNG of image padded after its end to size bytes (which decoders ignore)."""
+    data = png_bytes(image)
+    assert len(data) <= size
+    return data + b"\0" * (size - len(data))
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_is_read_again(digits_dir, monkeypatch):
+    monkeypatch.setattr(datasets, "SETTLE_NS", 0)  # no wait for the clock to move on (see the next test)
+    path = sorted((digits_dir / "7").iterdir())[0]
+    size, before = path.stat().st_size, path.stat().st_mtime_ns
+    path.write_bytes(same_size_png(np.eye(12, dtype=np.uint8) * 255, size + 100))
+    os.utime(path, ns=(before, before))
+    first = load_dataset(digits_dir)
+    path.write_bytes(same_size_png(np.fliplr(np.eye(12, dtype=np.uint8)) * 255, size + 100))  # other content
+    os.utime(path, ns=(before, before))  # the same size and mtime: only the ctime tells
+    fresh = to_uint8(preprocess(path))
+    ds = load_dataset(digits_dir)
+    images = dict(zip(ds.train_files + ds.test_files, torch.cat([ds.train_images, ds.test_images])))
+    assert np.array_equal(images[f"7/{path.name}"].numpy(), fresh)
+    assert not torch.equal(images[f"7/{path.name}"], dict(zip(first.train_files + first.test_files, torch.cat(
+        [first.train_images, first.test_images])))[f"7/{path.name}"])
+
+
+def test_a_file_changed_within_the_clock_tick_of_its_read_is_read_again(digits_dir, monkeypatch):
+    reads, real_read, real_scan = [], predict.read_limited, datasets.scan
+    monkeypatch.setattr(predict, "read_limited", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(datasets, "SETTLE_NS", 60 * 10**9)  # a clock that ticks every minute: however slow the
+    ctime = [time.time_ns()]  # import, every file it reads could still change within the tick it was read in
+
+    def scan_one_tick(*args):  # every stamp as that clock gives it
+        found, notes = real_scan(*args)
+        return [dataclasses.replace(f, stamp=(*f.stamp[:2], ctime[0])) for f in found], notes
+
+    monkeypatch.setattr(datasets, "scan", scan_one_tick)
+    load_dataset(digits_dir)
+    path = sorted((digits_dir / "7").iterdir())[0]
+    size = path.stat().st_size
+    path.write_bytes(same_size_png(np.eye(12, dtype=np.uint8) * 255, size))
+    reads.clear()
+    ds = load_dataset(digits_dir)  # the stamps were too fresh to trust: every file read again
+    assert len(reads) == 200 and f"7/{path.name}" in sides(ds)
+    images = dict(zip(ds.train_files + ds.test_files, torch.cat([ds.train_images, ds.test_images])))
+    assert np.array_equal(images[f"7/{path.name}"].numpy(), to_uint8(preprocess(path)))
+
+    ctime[0] -= 120 * 10**9  # stamps two ticks old, settled: the next import reads them once, then never again
+    load_dataset(digits_dir)
+    reads.clear()
+    load_dataset(digits_dir)
+    assert reads == []
+
+
 # --- bad files, duplicates, untrusted folders ------------------------------------------------------
 
 def test_bad_files_are_reported_and_skipped(digits_dir, decodes, monkeypatch):
@@ -278,6 +363,33 @@ def test_untrusted_folders(tmp_path, digits_dir, monkeypatch):
         load_dataset(digits_dir)
 
 
+def test_link_loops_and_dangling_links_are_skipped(digits_dir):
+    (digits_dir / "1" / "l1.png").symlink_to("l2.png")
+    (digits_dir / "1" / "l2.png").symlink_to("l1.png")
+    (digits_dir / "2" / "gone.png").symlink_to("nothing.png")
+    ds = load_dataset(digits_dir)
+    assert dict(ds.skipped) == {"1/l1.png": "a link that loops, not followed",
+                                "1/l2.png": "a link that loops, not followed",
+                                "2/gone.png": "a link to nothing (No such file or directory)"}
+    assert len(sides(ds)) == 200
+
+
+def test_a_file_replaced_by_a_folder_during_the_import_is_skipped(digits_dir, monkeypatch):
+    real_scan = datasets.scan
+
+    def scan_then_swap(*args):  # the race: the file is checked by the scan, then a folder takes its place
+        found = real_scan(*args)
+        victim = digits_dir / "3" / sorted(os.listdir(digits_dir / "3"))[0]
+        victim.unlink()
+        victim.mkdir()
+        return found
+
+    monkeypatch.setattr(datasets, "scan", scan_then_swap)
+    ds = load_dataset(digits_dir)
+    assert ds.skipped == [(f"3/{sorted(os.listdir(digits_dir / '3'))[0]}", "a folder, not an image file")]
+    assert len(sides(ds)) == 199
+
+
 # --- IDX folders and Fashion-MNIST ---------------------------------------------------------------
 
 def test_idx_folder_with_class_names(tmp_path):
@@ -309,6 +421,26 @@ def test_idx_folder_emnist_names_and_plain_files(tmp_path):
     assert ds.class_names == ["0", "1", "2"] and len(ds.train_images) == 30 and len(ds.test_images) == 9
     write_idx_gz(root / "emnist-xyz-train-images-idx3-ubyte.gz", x)
     with pytest.raises(DataError, match="2 .* train images files; an IDX folder holds one data set"):
+        load_dataset(root)
+
+
+def test_idx_gzip_inflating_past_its_header_is_refused_reading_no_more(tmp_path, capsys):
+    root = make_dataset_dir(tmp_path / "idx", n_train=10, n_test=10)
+    header = struct.pack(">4I", 0x0803, 10, 28, 28)  # says 10 images; the stream holds 10,000 (7.8 MB)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(10_000 * 28 * 28)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="inflates past the 7,856 bytes expected"):
+            load_dataset(root)
+        assert tracemalloc.get_traced_memory()[1] < 1_000_000  # peak: nothing near the 7.8 MB inflated
+    finally:
+        tracemalloc.stop()
+    assert main(["data", "--data", str(root)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+    header = struct.pack(">4I", 0x0803, 2**32 - 1, 28, 28)  # declares 3.4 TB: refused before inflating
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(28 * 28)))
+    with pytest.raises(DataError, match="its header declares 3,367,254,359,296 bytes, over the 2,147,483,648-byte"):
         load_dataset(root)
 
 

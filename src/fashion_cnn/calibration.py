@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .data import DataError
+from .datasets import NAMES, printable
 from .models import unknown
 from .runs import ModelFileError
 
@@ -219,7 +221,7 @@ def for_validation(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor
 def held_out(meta: dict, data) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
     """(images, labels, their name, why these) that the model never trained on: its validation split when
     it was trained with --val-size, else the test set."""
-    config = meta.get("config") or {}
+    config = model_config(meta)
     val_size, limit = config.get("val_size"), config.get("limit")
     if isinstance(val_size, int) and val_size > 0 and (limit is None or isinstance(limit, int)):
         from .train import holdout_split, limited
@@ -233,9 +235,16 @@ def held_out(meta: dict, data) -> tuple[torch.Tensor, torch.Tensor, str, str | N
             "the model was trained on every training image, so none was held out")
 
 
+def model_config(meta: dict) -> dict:
+    """The training config a model file's metadata holds ({} when it has none, or not a JSON object)."""
+    config = meta.get("config")
+    return config if isinstance(config, dict) else {}
+
+
 def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bool = False) -> dict:
     """Write a copy of a model file whose metadata holds a calibration fitted on held-out images (see
-    held_out) of `data` (default: the data the model was trained on); the weights are copied unchanged.
+    held_out) of `data`; the weights are copied unchanged. Without `data`, Fashion-MNIST when the model was
+    trained on it; a folder the (untrusted) model file names is refused, never read.
     An existing OUT is replaced only with force, and the input never."""
     from .runs import check_output_file, load_model, load_tensors, save_tensors
     from .train import load_data
@@ -244,9 +253,11 @@ def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bo
     tensors, meta = load_tensors(model_path)
     model, _ = load_model(model_path)
     if data is None:
-        config = meta.get("config") or {}
-        data = load_data(config.get("data"), config.get("classes"), config.get("test_fraction", 0.2),
-                         config.get("data_dir"))
+        named = model_config(meta).get("data")
+        if named is not None and not (isinstance(named, str) and named.lower() in NAMES):
+            raise DataError(f"{model_path}: trained on {printable(str(named))[:200]}, which its metadata names; "
+                            "a model file does not choose what calibrate reads: pass --data DIR")
+        data = load_data()  # Fashion-MNIST from the usual places, not from a folder the file names
     images, labels, source, note = held_out(meta, data)
     meta.update(fit(model, images, labels, source))
     if note:

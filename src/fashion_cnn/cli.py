@@ -310,7 +310,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     path = resolve_model_path(args.model)
     print(f"model: {path}")
-    data = load_job_data(args) if args.data or args.data_dir or args.classes else None  # else the model's own
+    data = load_job_data(args) if args.data or args.data_dir or args.classes else None  # else see calibrate_file
     print(summary(calibrate_file(path, args.out, data, args.force)))
     print(f"saved {args.out} (the weights of {path}, with this calibration in its metadata)")
 

@@ -108,10 +108,10 @@ def decompress(path: Path, limit: int | None = None, gzipped: bool = True) -> by
     return raw
 
 
-def idx_size(path: Path, magic: int, count: int | None = None) -> int:
+def idx_size(path: Path, magic: int, count: int | None = None, gzipped: bool = True) -> int:
     """The decompressed size path's IDX header promises, read from its first bytes only."""
     header = 4 + 4 * (magic & 0xFF)
-    dims = parse_header(inflate(path, header)[:header], str(path), magic, count)
+    dims = parse_header(inflate(path, header, gzipped)[:header], str(path), magic, count)
     return header + int(np.prod(dims))
 
 

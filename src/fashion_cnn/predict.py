@@ -182,16 +182,18 @@ def read_limited(path: Path) -> bytes:
         raise ImageError("no such file") from None
     except OSError as e:
         raise ImageError(f"cannot read ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb") as f:
+    try:  # the type before fdopen, which refuses a folder with an exception of its own
         kind = os.fstat(fd).st_mode
         if stat.S_ISDIR(kind):
             raise ImageError("a folder, not an image file")
         if not stat.S_ISREG(kind):
             raise ImageError("not a regular file (a FIFO, device or socket)")
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read(MAX_BYTES + 1)  # enough to tell it is over the limit
-        except OSError as e:
-            raise ImageError(f"cannot read ({e.strerror or e})") from None
+    except OSError as e:
+        raise ImageError(f"cannot read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:
