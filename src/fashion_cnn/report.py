@@ -362,7 +362,7 @@ def command_line(run: Run, evaluation: Evaluation | None) -> str:
         defaults = {}
     words = ["fashion-cnn", run.job]
     for key, setting in run.config.items():
-        if key == "job" or setting is None or defaults.get(key, object()) == setting:
+        if key == "job" or setting is None or setting in ({}, []) or defaults.get(key, object()) == setting:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(setting, bool):
