@@ -530,10 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="one JSON document on stdout: predictions, picture paths and 28x28 heat maps")
 
-    p = command("report", "an HTML report of a run; of several runs, one comparing them", cmd_report)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train or evaluate --out)")
+    p = command("report", "an HTML report of a run (of a sweep or a tune: its points compared); of several runs, "
+                "one comparing them", cmd_report)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train, sweep, tune or evaluate "
+                   "--out)")
     p.add_argument("--out", help="the HTML file to write (default: RUN/report.html; for several runs "
-                   "<timestamp>-compare.html beside the first)")
+                   "<timestamp>-compare.html in the folder that holds them)")
     add_config_options(p, TrainConfig, only=("data_dir",))
     p.set_defaults(data_dir=None)
 
