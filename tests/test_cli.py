@@ -1,6 +1,7 @@
 import argparse
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,35 @@ def test_help_lists_commands_options_choices_and_real_defaults():
     assert "{sgd,adamw}" in out and "{constant,cosine,onecycle}" in out and "{auto,cpu,cuda}" in out
     words = " ".join(out.split())  # help text wraps anywhere
     assert "default: None" not in words and "(default: the model's recipe: baseline 10, fast 18, strong 50)" in words
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    for name, command in commands().items():
+        for action in command._actions:
+            described = re.sub(r"\(default: (%\(default\)s|[^)]*)\)", "", action.help or "").strip()
+            assert described, f"{name} {'/'.join(action.option_strings) or action.dest}: no description"
+
+
+def test_job_help_groups_its_options_and_ends_with_examples():
+    for name, groups in (("cv", ("data", "model and recipe", "validation", "run and output", "resources")),
+                         ("sweep", ("data", "model and recipe", "validation", "run and output", "resources")),
+                         ("tune", ("data", "model and recipe", "validation", "run and output", "resources",
+                                   "search"))):
+        text = commands()[name].format_help()
+        headings = re.findall(r"^(\S[^:\n]*):$", text, re.M)
+        assert headings == ["options", *groups, "examples"], headings
+        assert text.startswith(f"usage: fashion-cnn {name} [OPTION ...]\n\n")  # one line, not 20
+        examples = text.split("\nexamples:\n")[1].splitlines()
+        assert examples and all(line.startswith(f"  fashion-cnn ") for line in examples)
+        assert any(line.startswith(f"  fashion-cnn {name} ") for line in examples)
+    cv = commands()["cv"].format_help()
+    assert re.search(r"^model and recipe:\n(  .*\n)*  --lr LR ", cv, re.M)
+    assert re.search(r"^resources:\n(  .*\n)*  --threads THREADS ", cv, re.M)
 
 
 def test_abbreviated_options_are_refused(capsys):

@@ -23,7 +23,7 @@ from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
 from .runs import csv_bytes, write_atomic, write_json
 from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
-                    log_class_counts, opt, start_job)
+                    log_class_counts, machine_name, opt, resolve_device, start_job)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -188,7 +188,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         summary |= {"fold_macro_f1": [r["macro_f1"] for r in folds.values()],
                     "macro_f1_mean": float(np.mean([r["macro_f1"] for r in folds.values()])),
                     "best_epochs": [r["best_epoch"] for r in folds.values()],
-                    "seconds_this_session": time.perf_counter() - started}
+                    "seconds_this_session": time.perf_counter() - started,
+                    "machine": machine_name(resolve_device(cfg.device))}  # for reports, as train records it
         if not world.is_main:
             return CVResult(run.dir, histories, summary)  # rank 0 writes the files
         write_metrics({})  # every fold's epochs, the other processes' too
