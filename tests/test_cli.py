@@ -262,7 +262,8 @@ def test_every_option_of_every_command_is_covered():
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
-               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
+               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("serve", "--allowed-host"),
+               ("export", "--model"),
                ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
                ("predict", "--min-confidence"), ("serve", "--min-confidence"),
                *(("calibrate", o) for o in data_options),
@@ -279,7 +280,7 @@ def test_every_option_of_every_command_is_covered():
     # predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
-    # serve: test_serve_passes_its_options_on below; sweep: tests/test_sweep.py;
+    # serve: test_serve_passes_its_options_on below, --allowed-host in tests/test_serve.py; sweep: tests/test_sweep.py;
     # tune: tests/test_tune.py; lr-find: tests/test_lrfind.py (test_every_range_test_option_acts and its range)
     assert options <= covered, options - covered
 
