@@ -236,7 +236,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
-                                    invert=False if args.no_invert else None, crop=not args.no_crop)
+                                    invert=False if args.no_invert else None, crop=not args.no_crop,
+                                    errors="report")  # one line per bad file, and the others still predicted
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
     if args.format == "json":
         print(json.dumps(as_json(predictions, predictor), indent=2, allow_nan=False))
