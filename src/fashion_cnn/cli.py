@@ -172,7 +172,7 @@ def cmd_cv(args: argparse.Namespace) -> None:
 
     with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
         cfg = job_config_from_args(CVConfig, args)
-    cross_validate(cfg, resume=args.resume)
+    cross_validate(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     with distributed.agreed():
         cfg = job_config_from_args(TrainConfig, args)
-    train_final(cfg, resume=args.resume)
+    train_final(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

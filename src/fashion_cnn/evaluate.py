@@ -21,13 +21,14 @@ log = logging.getLogger("fashion_cnn")
 
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    class_names: Sequence[str], batch_size: int = 1000,
-                   parts: Sequence[tuple[str, int]] = ()) -> dict:
+                   parts: Sequence[tuple[str, int]] = (), desc: str | None = "evaluating") -> dict:
     """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values.
 
     parts: (name, count) of consecutive blocks of the test set (Dataset.test_parts) to score apart too,
     under "parts"; a part's macro-F1 averages the classes it holds.
+    desc: the progress bar's label (predict_logits); None for none.
     """
-    return score(predict_logits(model, images, batch_size, desc="evaluating"), labels, class_names, parts)
+    return score(predict_logits(model, images, batch_size, desc=desc), labels, class_names, parts)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],

@@ -134,8 +134,8 @@ def cv_in_folder(folder: Path, cfg: CVConfig, data: Dataset,
     """cfg's cross-validation in a folder of its own: started there, or resumed where a kill left it."""
     started = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
     if started:
-        return cross_validate(resume=started[0], data=data, on_epoch=on_epoch)
-    return cross_validate(replace(cfg, out=str(folder)), data=data, on_epoch=on_epoch)
+        return cross_validate(resume=started[0], data=data, on_epoch=on_epoch, verbose=2)
+    return cross_validate(replace(cfg, out=str(folder)), data=data, on_epoch=on_epoch, verbose=2)
 
 
 def mean_curves(histories: dict[int, Sequence[dict]]) -> dict[str, list]:
