@@ -23,7 +23,7 @@ from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
 from .runs import PROGRESS_LINE, check_verbose, csv_bytes, write_atomic, write_json
 from .train import (AT_LEAST_0, History, Out, TrainConfig, TrainState, fit, holdout_split, job_config, job_data,
-                    limited, log_class_counts, opt, start_job)
+                    limited, log_class_counts, opt, start_job, training_images)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -218,7 +218,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                  f"results: {run_dir / 'cv_results.json'}, {run_dir / 'metrics.csv'}\n"
                  f"curves: {run_dir / 'learning_curves.png'}, {run_dir / 'fold_accuracies.png'}\n"
                  f"report: {write_report(run_dir, data)}\n"
-                 f"next: {train_command(cfg)}  (the final model on all training images)")
+                 f"next: {train_command(cfg)}  (the final model on {training_images(cfg.limit)})")
     return result
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from .crossval import CVConfig, CVResult, cross_validate, cv_splits, train_command
 from .data import Dataset
 from .runs import check_output_dir, csv_bytes, open_run, read_config, start_log, write_atomic, write_json
-from .train import History, job_data, limited
+from .train import History, job_data, limited, training_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
@@ -214,7 +214,8 @@ def sweep(values: dict | None = None, resume: str | Path | None = None) -> Sweep
         result = SweepResult(run.dir, records)
         best_cfg = next(p.cfg for p in points if p.folder == result.best["name"])
         write_outputs(result, grid)
-        log.info(f"next: {train_command(best_cfg)}  (the best point's final model on all training images)")
+        log.info(f"next: {train_command(best_cfg)}  (the best point's final model on "
+                 f"{training_images(best_cfg.limit)})")
     return result
 
 

@@ -546,6 +546,12 @@ def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Sp
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
 
 
+def training_images(limit: int | None) -> str:
+    """The training images a job with this --limit trains on, in words: for the messages that name the
+    final model's (`next: fashion-cnn train ...`)."""
+    return "all training images" if limit is None else f"the first {limit:,} training images"
+
+
 def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[Split, Split]:
     """(train, validation): a fixed stratified split, the same for every seed and recipe compared on it."""
     from sklearn.model_selection import train_test_split
