@@ -4,6 +4,7 @@ was imported before."""
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def test_make_cv_passes_cv_only_options_to_cv_alone(tmp_path):
         "train --epochs 5 --flip"]
     assert make("ARGS=--folds 3", "TRAIN_ARGS=--epochs 2") == ["data", "cv --folds 3", "train --epochs 2"]
     assert make() == ["data", "cv", "train"]
+
+
+def test_pyproject_builds_without_setuptools_deprecation_warnings():
+    """pip install printed setuptools' warning for the license table (three times) before it became an
+    SPDX string: the configuration as setuptools reads it, with its warnings kept."""
+    setuptools_config = pytest.importorskip("setuptools.config.pyprojecttoml")
+    from setuptools.dist import Distribution
+    from setuptools.warnings import SetuptoolsDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setuptools_config.apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in caught if issubclass(w.category, SetuptoolsDeprecationWarning)]
