@@ -151,6 +151,11 @@ def load_job_data(args: argparse.Namespace):
     return load_data(**{name: getattr(args, name) for name in DATA_OPTIONS})
 
 
+def data_given(args: argparse.Namespace) -> bool:
+    """Whether the data options name a data set (else a command that reads a model takes the model's own)."""
+    return any(getattr(args, name) is not None for name in ("data", "classes", "data_dir", "add_to"))
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from .datasets import describe
     from .runs import check_output_file
@@ -214,6 +219,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import machine
     from .evaluate import evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
     from .runs import check_output_dir
@@ -221,7 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
     out = check_output_dir(args.out) if args.out else None
-    result = evaluate_file(path, load_job_data(args), out)
+    with machine.threads_for_job(args.threads):
+        result = evaluate_file(path, load_job_data(args) if data_given(args) else None, out)
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
@@ -425,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_evaluate)
     add_model_option(p)
     add_data_options(p)
+    p.epilog = ("Without data options, the data set the model was trained on, where it is a known one; a model "
+                "trained on a folder is scored with --data DIR.")
+    p.add_argument("--threads", type=thread_count, default=0, metavar="N",
+                   help="CPU threads (default: 0, one per core)")
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
 
     p = command("predict", "predict the class of image files (PNG, JPEG, WebP, BMP, GIF, TIFF)", cmd_predict)
@@ -481,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("models", "list the registered models and their recipes", cmd_models)
     return parser
+
+
+def thread_count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count}: threads must be 0 (one per core) or more")
+    return count
 
 
 def port_number(text: str) -> int:

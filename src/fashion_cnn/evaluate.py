@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .data import Dataset
+from .datasets import load_model_data
 from .inference import predict_logits
 from .runs import check_output_dir, load_model, write_atomic, write_json
 
@@ -119,14 +120,17 @@ class Evaluation:
     html: Path | None  # the HTML report
 
 
-def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None) -> Evaluation:
-    """The `evaluate` job: score a model file on data's test set; with `out`, write the tables, the
+def evaluate_file(model_path: Path, data: Dataset | None = None, out: Path | None = None) -> Evaluation:
+    """The `evaluate` job: score a model file on data's test set (default: the data set the model was
+    trained on, where it is a known one: datasets.load_model_data); with `out`, write the tables, the
     confusion matrix and the HTML report there."""
     from .report import write_report
 
     if out is not None:
         check_output_dir(out)
     model, meta = load_model(model_path)
+    if data is None:
+        data = load_model_data(meta, model_path)
     if meta["class_names"] != list(data.class_names):
         raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "
                          f"{data.source} has ({', '.join(data.class_names)})")
