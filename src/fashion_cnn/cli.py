@@ -495,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def thread_count(text: str) -> int:
+    """--threads: a whole number, 0 or more."""
     count = int(text)
     if count < 0:
         raise argparse.ArgumentTypeError(f"{count}: threads must be 0 (one per core) or more")

@@ -206,6 +206,7 @@ def lock_run_dir(run_dir: Path) -> IO:
 
 
 def check_verbose(verbose: int) -> None:
+    """ValueError for a `verbose` that is none of VERBOSE."""
     if verbose not in VERBOSE:
         raise ValueError(f"verbose must be 0 (silent), 1 (a line per epoch) or 2 (the full log), not {verbose!r}")
 

@@ -301,6 +301,7 @@ class History(list):
 
     @property
     def epoch(self) -> list[int]:
+        """The epochs' numbers from 0, as Keras's History.epoch (the rows' `epoch` counts from 1)."""
         return list(range(len(self)))
 
 
