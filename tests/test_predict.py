@@ -757,7 +757,9 @@ def test_non_finite_probabilities_are_an_error_not_a_result(model_file, tmp_path
     """A broken model (NaN weights) gave NaN probabilities, and `--json` printed NaN, which is not JSON."""
     good = write(tmp_path / "good.png", encode(garment(), "PNG"))
     monkeypatch.setattr(predict_module, "predict_logits", lambda model, x: torch.full((len(x), 10), torch.nan))
-    [p] = Predictor(model_file).predict(good)
+    with pytest.raises(ValueError, match=f"^{good}: the model gave non-finite probabilities"):
+        Predictor(model_file).predict(good)
+    [p] = Predictor(model_file).predict(good, errors="report")
     assert p.error == "the model gave non-finite probabilities (a broken model file?)" and p.class_name is None
     code, out, err = run_cli(capsys, good, "--model", model_file, "--json")
     doc = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))
