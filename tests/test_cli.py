@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from fashion_cnn import crossval, train
+from fashion_cnn import crossval, evaluate, train
 from fashion_cnn.cli import build_parser, main
 from fashion_cnn.crossval import CVConfig
 from fashion_cnn.lrfind import OPTIONS as LRFIND_OPTIONS
@@ -49,7 +50,7 @@ def test_job_help_groups_its_options_and_ends_with_examples():
         assert headings == ["options", *groups, "examples"], headings
         assert text.startswith(f"usage: fashion-cnn {name} [OPTION ...]\n\n")  # one line, not 20
         examples = text.split("\nexamples:\n")[1].splitlines()
-        assert examples and all(line.startswith(f"  fashion-cnn ") for line in examples)
+        assert examples and all(line.startswith("  fashion-cnn ") for line in examples)
         assert any(line.startswith(f"  fashion-cnn {name} ") for line in examples)
     cv = commands()["cv"].format_help()
     assert re.search(r"^model and recipe:\n(  .*\n)*  --lr LR ", cv, re.M)
@@ -91,6 +92,35 @@ def test_short_cli_run(tiny_data_dir, tmp_path, capsys):
     assert out.startswith(f"model: {train_dir / 'model.safetensors'}\n")
     assert f"test accuracy: {100 * accuracy:.2f}%" in out and "confusion matrix" in out
     assert f"written: {tmp_path / 'eval' / 'per_class.txt'}" in out
+
+
+def test_evaluate_reads_the_models_data_set_only_where_it_is_a_known_one(tiny_data_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    assert main(["train", *tiny_args(tiny_data_dir, tmp_path / "runs")]) == 0
+    [run_dir] = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    model = run_dir / "model.safetensors"
+    # the model file names the folder it was trained on: evaluate does not read it on the file's word
+    assert main(["evaluate", "--model", str(run_dir)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (  # after a warning if the machine is busy
+        f"fashion-cnn: error: {model}: trained on {tiny_data_dir}, a folder; a model file does not choose what is "
+        "read: pass --data DIR (that folder, if you trust the file)")
+    threads = []
+    real = evaluate.predict_logits
+    monkeypatch.setattr(evaluate, "predict_logits",
+                        lambda *a, **k: threads.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["evaluate", "--model", str(run_dir), "--data", str(tiny_data_dir), "--threads", "1"]) == 0
+        assert threads == [1] and torch.get_num_threads() == 2  # for the command only
+    finally:
+        torch.set_num_threads(before)
+    accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    assert f"test accuracy: {100 * accuracy:.2f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(run_dir), "--threads", "-1"])
+    assert "threads must be 0 (one per core) or more" in capsys.readouterr().err
 
 
 def test_data_command(real_data, tmp_path, capsys):
@@ -259,6 +289,7 @@ def test_every_option_of_every_command_is_covered():
                and not (name in ("sweep", "tune") and opt in job_flags)}
     data_options = {"--data", "--classes", "--test-fraction", "--data-dir", "--add-to"}
     covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
+               ("evaluate", "--threads"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),

@@ -9,6 +9,30 @@ import torch
 from conftest import run_killed_at
 from fashion_cnn import crossval, fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
+from test_train import BUSY
+
+
+def test_out_none_keeps_nothing_on_disk_and_verbose_0_prints_nothing(real_data, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"  # tmp_path holds the test's cache (conftest.isolated_cache)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = cross_validate(CVConfig(limit=300, folds=2, epochs=2, threads=1), data=real_data, out=None, verbose=0)
+    assert list(work.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+    assert result.run_dir is None and len(result.fold_accuracies) == 2 and 0 < result.mean < 1
+    for history in result.histories.values():
+        assert history.epoch == [0, 1] and set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert history.history["val_accuracy"][-1] in result.fold_accuracies
+
+
+def test_verbose_1_prints_a_line_per_epoch_and_per_fold(real_data, tmp_path, capsys):
+    result = cross_validate(CVConfig(limit=300, folds=2, epochs=1, threads=1, out=str(tmp_path)), data=real_data)
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.endswith(BUSY)]
+    assert [line.split(":")[0] for line in lines] == ["fold 1/2 epoch 1/1", "fold 1/2", "fold 2/2 epoch 1/1",
+                                                      "fold 2/2"]
+    [advice] = [line for line in (result.run_dir / "log.txt").read_text().splitlines() if line.startswith("next: ")]
+    assert advice.startswith("next: fashion-cnn train ") and " --limit 300 " in advice
+    assert advice.endswith("  (the final model on the first 300 training images)")
 
 
 def test_kfold_splits_stratified_disjoint_covering_reproducible():

@@ -17,6 +17,9 @@ from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.train import TrainConfig, lr_scale, train_final
 
 
+BUSY = "this job will run slower than on a quiet machine"  # a warning, which every verbose but 0 shows
+
+
 def small_train(tmp_path) -> TrainConfig:
     return TrainConfig(limit=1000, epochs=2, out=str(tmp_path / "runs"))
 
@@ -43,6 +46,37 @@ def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
     # may depend on how many there are, and so logits on how many images share the batch)
     again, _ = load_model(train_final(small_train(tmp_path), data=real_data).model_path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_out_none_keeps_nothing_on_disk_and_verbose_0_prints_nothing(real_data, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"  # tmp_path holds the test's cache (conftest.isolated_cache)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = train_final(TrainConfig(limit=300, epochs=2, threads=1), data=real_data, out=None, verbose=0)
+    assert list(work.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+    assert result.run_dir is None and result.model_path is None
+    assert result.history.epoch == [0, 1]  # Keras's History: the epochs from 0, and the metrics by name
+    assert set(result.history.history) == {"loss", "accuracy"} and len(result.history.history["loss"]) == 2
+    assert result.history[1]["epoch"] == 2 and result.history[1]["seconds"] > 0  # the rows keep the timings
+    logits = predict_logits(result.model, real_data.test_images)
+    accuracy = (logits.argmax(1) == real_data.test_labels).float().mean().item()
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6) and accuracy > 0.3
+
+
+def test_verbose_1_prints_a_line_per_epoch_and_the_run_log_keeps_everything(real_data, tmp_path, capsys):
+    result = train_final(TrainConfig(limit=300, epochs=2, threads=1, val_size=50), data=real_data,
+                         out=tmp_path / "runs")
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.endswith(BUSY)]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "val_accuracy" in lines[0] and result.run_dir.parent == tmp_path / "runs"
+    log = (result.run_dir / "log.txt").read_text()
+    assert "epoch 2/2: loss" in log and "run directory:" in log and "next: fashion-cnn predict" in log
+    assert json.loads((result.run_dir / "config.json").read_text())["out"] == str(tmp_path / "runs")
+    with pytest.raises(ValueError, match="resume continues a run directory: it cannot go with out=None"):
+        train_final(resume=result.run_dir, out=None)
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        train_final(TrainConfig(limit=300, epochs=1), data=real_data, out=None, verbose=3)
 
 
 def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
@@ -172,7 +206,8 @@ def test_fit_keeps_the_optimizers_own_learning_rate_unless_a_schedule_is_asked_f
     history = train.fit(state, cfg, tiny_split())
     assert [g["lr"] for g in state.optimizer.param_groups] == [0.05]
     assert "epoch 1/1: loss" in capsys.readouterr().err  # logged outside a run too
-    assert history.history["epoch"] == [1] and len(history.history["loss"]) == 1  # Keras's columns
+    assert history.epoch == [0] and history.history == {"loss": [history[0]["loss"]],  # Keras's History
+                                                        "accuracy": [history[0]["accuracy"]]}
 
     cosine = dataclasses.replace(cfg, schedule="cosine", epochs=2)
     state = train.TrainState.create(cosine, 10, 0)

@@ -185,6 +185,11 @@ def load_job_data(args: argparse.Namespace):
     return load_data(**{name: getattr(args, name) for name in DATA_OPTIONS})
 
 
+def data_given(args: argparse.Namespace) -> bool:
+    """Whether the data options name a data set (else a command that reads a model takes the model's own)."""
+    return any(getattr(args, name) is not None for name in ("data", "classes", "data_dir", "add_to"))
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     from .datasets import describe
     from .runs import check_output_file
@@ -206,7 +211,7 @@ def cmd_cv(args: argparse.Namespace) -> None:
 
     with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
         cfg = job_config_from_args(CVConfig, args)
-    cross_validate(cfg, resume=args.resume)
+    cross_validate(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -215,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     with distributed.agreed():
         cfg = job_config_from_args(TrainConfig, args)
-    train_final(cfg, resume=args.resume)
+    train_final(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -248,13 +253,15 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import machine
     from .evaluate import check_outputs, evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
 
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
     out = check_outputs(args.out, path, args.force) if args.out else None
-    result = evaluate_file(path, load_job_data(args), out, args.force)
+    with machine.threads_for_job(args.threads):
+        result = evaluate_file(path, load_job_data(args) if data_given(args) else None, out, args.force)
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
@@ -269,7 +276,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
-                                    invert=False if args.no_invert else None, crop=not args.no_crop)
+                                    invert=False if args.no_invert else None, crop=not args.no_crop,
+                                    errors="report")  # one line per bad file, and the others still predicted
     # saved before anything is printed: a refused file is then the command's only output
     saved = save_preprocessed(predictions, args.save_preprocessed, args.force) if args.save_preprocessed else None
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
@@ -507,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_evaluate)
     add_model_option(p)
     add_data_options(p)
+    p.epilog = ("Without data options, the data set the model was trained on, where it is a known one; a model "
+                "trained on a folder is scored with --data DIR.")
+    p.add_argument("--threads", type=thread_count, default=0, metavar="N",
+                   help="CPU threads (default: 0, one per core)")
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
     p.add_argument("--force", action="store_true",
                    help="replace the files of an earlier evaluation in --out (never the model)")
@@ -575,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("models", "list the registered models and their recipes", cmd_models)
     return parser
+
+
+def thread_count(text: str) -> int:
+    """--threads: a whole number, 0 or more."""
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count}: threads must be 0 (one per core) or more")
+    return count
 
 
 def port_number(text: str) -> int:

@@ -57,6 +57,18 @@ IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}
 
 # --- what a name or a folder is --------------------------------------------------------------------
 
+def load_model_data(meta: dict, model_path: str | Path) -> Dataset:
+    """The data set a model file's metadata says it was trained on, where that is a known data set (NAMES),
+    from the usual places. A model file is untrusted: a folder it names (its --data, --add-to images or
+    --data-dir) is never read on its word; that is a ValueError asking for --data DIR."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    spec = config.get("data")
+    if spec is None or (isinstance(spec, str) and spec.lower() in NAMES and config.get("add_to") is None):
+        return load_dataset(None)
+    raise ValueError(f"{model_path}: trained on {str(spec)[:200]}, a folder; a model file does not choose what "
+                     "is read: pass --data DIR (that folder, if you trust the file)")
+
+
 def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str] | None = None,
                  seed: int = 1, test_fraction: float = 0.2, data_dir: str | Path | None = None,
                  download: bool = True, add_to: str | None = None) -> Dataset:

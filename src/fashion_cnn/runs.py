@@ -38,6 +38,9 @@ META_KEY = "fashion_cnn"
 TEMP_SUFFIX = ".tmp"
 
 log = logging.getLogger("fashion_cnn")
+# `extra` of the log lines that verbose=1 shows on the terminal (besides warnings): one per epoch, and per fold
+PROGRESS_LINE = {"progress_line": True}
+VERBOSE = (0, 1, 2)  # the jobs' terminal output: nothing; a line per epoch; the CLI's full log
 
 
 class ModelFileError(Exception):
@@ -202,12 +205,22 @@ def lock_run_dir(run_dir: Path) -> IO:
     return handle
 
 
-def start_log(run_dir: Path | None) -> None:
-    """Log to the terminal, and to run_dir/log.txt when there is a run."""
+def check_verbose(verbose: int) -> None:
+    """ValueError for a `verbose` that is none of VERBOSE."""
+    if verbose not in VERBOSE:
+        raise ValueError(f"verbose must be 0 (silent), 1 (a line per epoch) or 2 (the full log), not {verbose!r}")
+
+
+def start_log(run_dir: Path | None, verbose: int = 2) -> None:
+    """Log to the terminal as `verbose` (VERBOSE) says, and all of it to run_dir/log.txt when there is a run."""
+    check_verbose(verbose)
     log.setLevel(logging.INFO)
     stop_log()
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    if verbose < 2:  # the handler stays even when silent: fit then adds no console of its own
+        console.addFilter(lambda record: verbose == 1 and (record.levelno >= logging.WARNING
+                                                           or getattr(record, "progress_line", False)))
     log.addHandler(console)
     if run_dir is not None:
         logfile = logging.FileHandler(run_dir / "log.txt")
@@ -234,10 +247,23 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None = None) -> Iterator[Run]:
+def no_run(verbose: int = 2) -> Iterator[None]:
+    """open_run's stand-in for a job that keeps nothing on disk: only the terminal log, for the block."""
+    start_log(None, verbose)
+    try:
+        yield None
+    finally:
+        stop_log()
+
+
+@contextlib.contextmanager
+def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None = None,
+             verbose: int = 2) -> Iterator[Run]:
     """A new run directory holding `config`, or the interrupted run `resume` with its saved config;
-    locked and logged to for the length of the block. An interruption inside the block carries the
-    run directory (`run_dir` on the KeyboardInterrupt), so the message can name it."""
+    locked and logged to for the length of the block (on the terminal as `verbose` says). An
+    interruption inside the block carries the run directory (`run_dir` on the KeyboardInterrupt), so
+    the message can name it."""
+    check_verbose(verbose)  # before a run directory is made
     if resume is not None:
         run_dir = Path(resume)
         saved = read_config(run_dir)
@@ -250,7 +276,7 @@ def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None
     else:
         run_dir = create_run_dir(root, job, config)
         run = Run(run_dir, config, False, lock_run_dir(run_dir))
-    start_log(run.dir)
+    start_log(run.dir, verbose)
     try:
         yield run
     except KeyboardInterrupt as e:

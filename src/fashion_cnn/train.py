@@ -11,8 +11,9 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -30,8 +31,8 @@ from . import calibration
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
-from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
-                   save_checkpoint, save_model, write_atomic, write_json)
+from .runs import (PROGRESS_LINE, RUNS_ROOT, Run, check_output_dir, check_verbose, csv_bytes, load_checkpoint,
+                   no_run, open_run, read_config, save_checkpoint, save_model, write_atomic, write_json)
 from .version import __version__
 
 log = logging.getLogger("fashion_cnn")
@@ -285,13 +286,23 @@ class EMA:
             a.copy_(b)
 
 
+NOT_METRICS = ("epoch", "seconds", "cpu_seconds")  # the columns of a history row that measure no model
+
+
 class History(list):
-    """One dict per epoch (loss, accuracy, val_loss, val_accuracy, seconds, ...), as the loop appends
-    them; `.history` gives the same as columns, like Keras's History."""
+    """One dict per epoch, as the loop appends them and metrics.csv holds them: epoch (from 1), loss,
+    accuracy, val_loss, val_accuracy (when it validates), and the epoch's wall and CPU seconds.
+    `.history` and `.epoch` are Keras's History's: the metrics as columns, and the epochs from 0."""
 
     @property
     def history(self) -> dict[str, list]:
-        return {key: [row.get(key) for row in self] for key in (self[0] if self else {})}
+        """Each metric's values, one per epoch (the timings stay in the rows)."""
+        return {key: [row.get(key) for row in self] for key in (self[0] if self else {}) if key not in NOT_METRICS}
+
+    @property
+    def epoch(self) -> list[int]:
+        """The epochs' numbers from 0, as Keras's History.epoch (the rows' `epoch` counts from 1)."""
+        return list(range(len(self)))
 
 
 @dataclass
@@ -424,9 +435,12 @@ def console_logging() -> Iterator[None]:
 
 def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = None, *, keys: tuple = (),
         checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "",
-        data_parallel: bool = False) -> History:
+        data_parallel: bool = False, verbose: int = 1) -> History:
     """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping);
     validate on `val` and save a checkpoint after every epoch; returns the history.
+
+    verbose: 0 no progress bars, and called outside a job, no epoch lines on the terminal either; 1
+    progress bars on a terminal, and the epoch lines (a job's log decides where they go).
 
     data_parallel: under torchrun, every process trains this one model on its share of each batch
     (distributed.data_parallel_step); the batches, augmentation and results are a single process's,
@@ -450,7 +464,7 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing,
                                                                        cfg.amp, weights)
     evaluate = distributed.loss_and_accuracy if parallel else loss_and_accuracy
-    bars = None if distributed.is_main() else True  # tqdm's disable: on a terminal, for rank 0 only
+    bars = None if distributed.is_main() and verbose else True  # tqdm's disable: on a terminal, for rank 0 only
     writes = distributed.is_main() or not parallel
     augment = make_augment(cfg.crop, cfg.flip, cfg.erase)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -460,7 +474,8 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
         group.setdefault("initial_lr", group["lr"])
     epochs = tqdm(desc=f"{desc}epochs", total=cfg.epochs, initial=len(history), unit="epoch", leave=False,
                   disable=bars)
-    with console_logging(), epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
+    with console_logging() if verbose else contextlib.nullcontext(), epochs, \
+            logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
         for epoch in range(len(history), cfg.epochs):
             if state.stopped:
                 break
@@ -503,8 +518,9 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
                 state.track_best(row["val_loss"], cfg.early_stopping)
             if writes:
                 log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
-                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""))
+                    f"{k} {v:.4f}" for k, v in row.items() if k not in NOT_METRICS)
+                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""),
+                    extra=PROGRESS_LINE)
                 if checkpoint is not None:
                     state.save(checkpoint, cfg)
                 for callback in on_epoch:
@@ -529,6 +545,12 @@ def job_data(cfg: TrainConfig) -> Dataset:
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
     """The first `limit` images and labels (all of them for None)."""
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
+
+
+def training_images(limit: int | None) -> str:
+    """The training images a job with this --limit trains on, in words: for the messages that name the
+    final model's (`next: fashion-cnn train ...`)."""
+    return "all training images" if limit is None else f"the first {limit:,} training images"
 
 
 def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[Split, Split]:
@@ -561,13 +583,24 @@ def resumed_config(saved: TrainConfig, wanted: TrainConfig | None) -> TrainConfi
     return saved
 
 
-def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) -> TrainConfig:
-    """The config a job runs with (resume's saved one, or cfg, or the defaults), checked to the output
-    folder before any data is read."""
+Out = str | Path | None | EllipsisType  # a job's `out`: ... (not given) is its config's
+
+
+def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None, out: Out = ...) -> TrainConfig:
+    """The config a job runs with (resume's saved one, or cfg, or the defaults; `out`, where given, as its
+    out), checked to the output folder before any data is read. out=None: the job keeps nothing on
+    disk, which neither resuming nor TensorBoard's event files go with."""
+    if out is None and resume is not None:
+        raise ValueError("resume continues a run directory: it cannot go with out=None, which writes none")
     if resume is not None:
         cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
     cfg = cfg if cfg is not None else cls()
-    check_output_dir(cfg.out)
+    if out not in (None, ...):
+        cfg = replace(cfg, out=str(out))
+    if out is None and cfg.tensorboard:
+        raise ValueError("tensorboard writes event files into the run directory: it cannot go with out=None")
+    if out is not None:
+        check_output_dir(cfg.out)
     if cfg.init and resume is None:
         check_init(cfg)
     return cfg
@@ -589,12 +622,16 @@ def deterministic_cudnn(on: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
-    """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed on
-    every thread (machine.flush_denormals), deterministic cuDNN on a GPU, and a log. Under torchrun, rank
-    0 opens it and the others share it (distributed.shared_run), each process with its share of the node's
-    cores unless --threads says."""
-    with (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume)) as run,
+def start_job(cfg: TrainConfig, job: str, resume: str | Path | None, keep: bool = True,
+              verbose: int = 2) -> Iterator[Run | None]:
+    """Open the run directory (new, or `resume`'s; none, and None for it, unless `keep`), with the
+    config's CPU threads, denormals flushed on every thread (machine.flush_denormals), deterministic cuDNN
+    on a GPU, and a log (on the terminal as `verbose` says, runs.VERBOSE). Under torchrun, rank 0 opens it
+    and the others share it (distributed.shared_run), each process with its share of the node's cores
+    unless --threads says."""
+    opened = (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume, verbose)) if keep
+              else no_run(verbose))
+    with (opened as run,
           machine.threads_for_job(cfg.threads or distributed.default_threads()),
           deterministic_cudnn(resolve_device(cfg.device).type == "cuda")):
         if resume and cfg.epochs != run.config["epochs"] and distributed.is_main():
@@ -642,15 +679,15 @@ def log_class_counts(labels: torch.Tensor, class_names: Sequence[str], cfg: Trai
 class TrainResult:
     """What `train_final` made: the model (in eval mode), its per-epoch history, the test report and files."""
 
-    run_dir: Path
+    run_dir: Path | None  # None for a job run with out=None, which kept nothing on disk
     model: torch.nn.Module
     history: History
     test: dict  # evaluate.evaluate_model's report: accuracy, loss, confusion matrix, per-class scores
     best_epoch: int | None = None  # under early stopping, the epoch whose weights were kept
 
     @property
-    def model_path(self) -> Path:
-        return self.run_dir / "model.safetensors"
+    def model_path(self) -> Path | None:
+        return self.run_dir and self.run_dir / "model.safetensors"
 
     @property
     def test_accuracy(self) -> float:
@@ -658,20 +695,26 @@ class TrainResult:
 
 
 def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None,
-                data: Dataset | None = None) -> TrainResult:
+                data: Dataset | None = None, *, out: Out = ..., verbose: int = 1) -> TrainResult:
     """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
     only raise the epochs; see resumed_config). Under torchrun, the processes train the model together,
     --batch-size being the global batch (distributed.py).
+    out: the folder the run directory goes in (default: cfg.out, ./runs); None keeps nothing on disk (no
+    run directory, model file, checkpoint or report: the model, history and test report are in the
+    result only, and an interrupted job cannot be resumed).
+    verbose: what the terminal shows: 0 nothing, 1 progress bars and a line per epoch, 2 the whole log
+    (the CLI's); a run directory's log.txt holds the whole log either way.
     """
     from .evaluate import format_scores, score, write_reports
     from .inference import predict_logits
     from .plots import learning_curves, save_figure
     from .report import write_report
 
+    check_verbose(verbose)
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
-        cfg = job_config(TrainConfig, cfg, resume)
+        cfg = job_config(TrainConfig, cfg, resume, out)
         data = data or job_data(cfg)
         distributed.check_global_batch(cfg.batch_size)
         train, val = limited(data.train_images, data.train_labels, cfg.limit), None
@@ -679,42 +722,50 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
             train, val = holdout_split(*train, cfg.val_size)
     distributed.check_same_config(asdict(cfg))
     distributed.check_same_data(data)
-    with start_job(cfg, "train", resume) as run:
-        log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"
-                 + (f", {len(val[0])} held out for validation)" if val else ")") + f", model {cfg.model}")
+    with start_job(cfg, "train", resume, keep=out is not None, verbose=verbose) as run:
+        run_dir = run.dir if run else None
+        log.info((f"run directory: {run_dir}\n" if run_dir else "") + f"data: {data.source} ({len(train[0])} "
+                 "training images" + (f", {len(val[0])} held out for validation)" if val else ")")
+                 + f", model {cfg.model}")
         log_class_counts(train[1], data.class_names, cfg)
-        ckpt = run.dir / "checkpoint.safetensors"
-        state = TrainState.create(cfg, data.class_names, 0, checkpoint=ckpt if run.resumed else None)
+        ckpt = run_dir / "checkpoint.safetensors" if run_dir else None
+        state = TrainState.create(cfg, data.class_names, 0, checkpoint=ckpt if run and run.resumed else None)
         if state.history:
             log.info(f"resuming after epoch {len(state.history)}")
 
         def write_metrics(row: dict) -> None:
-            write_atomic(run.dir / "metrics.csv", csv_bytes(state.history))
+            write_atomic(run_dir / "metrics.csv", csv_bytes(state.history))
 
         # rank 0 alone writes files, and calls fit's on_epoch
-        with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), run.dir / "tensorboard") as tb:
-            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb], data_parallel=True)
+        tensorboard = run_dir / "tensorboard" if run_dir else None  # job_config refuses it without a run
+        with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), tensorboard) as tb:
+            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb] if run_dir else [],
+                data_parallel=True, verbose=verbose)
         final = state.final.eval()
         logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
-                                desc="testing" if distributed.is_main() else None)
+                                desc="testing" if distributed.is_main() and verbose else None)
         report = score(logits, data.test_labels, data.class_names, data.test_parts)
+        result = TrainResult(run_dir, final, state.history, report, state.best_epoch)
+        seconds = sum(row["seconds"] for row in state.history)
+        tested = f"test accuracy: {format_scores(report)} (training took {seconds:.0f}s)"
+        if run_dir is None:
+            log.info(tested)
+            return result
         if not distributed.is_main():
-            return TrainResult(run.dir, final, state.history, report, state.best_epoch)  # rank 0 writes the files
+            return result  # rank 0 writes the files
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
-                    run.dir / "learning_curves.png")
-        written = write_reports(report, run.dir)
+                    run_dir / "learning_curves.png")
+        written = write_reports(report, run_dir)
         results = {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
                    **({"test_parts": report["parts"]} if "parts" in report else {}),
                    "val_accuracy": state.result.get("val_accuracy"), "best_epoch": state.best_epoch, "init": state.init,
-                   "train_seconds": sum(row["seconds"] for row in state.history),
+                   "train_seconds": seconds,
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
         results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
-        model_path = run.dir / "model.safetensors"
-        save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
-        write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
-        written.append(write_report(run.dir, data, logits=logits))
-        log.info(f"test accuracy: {format_scores(report)} (training took {results['train_seconds']:.0f}s)\n"
-                 f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
-                 f"next: fashion-cnn predict IMAGE --model {run.dir}")
-    return TrainResult(run.dir, final, state.history, report, state.best_epoch)
+        save_model(result.model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
+        write_json(run_dir / "metrics.json", {**results, "history": state.history, "version": __version__})
+        written.append(write_report(run_dir, data, logits=logits))
+        log.info(f"{tested}\nmodel: {result.model_path}\nreports: {', '.join(str(p) for p in written)}\n"
+                 f"next: fashion-cnn predict IMAGE --model {run_dir}")
+    return result
