@@ -15,9 +15,15 @@ headings, which show commands, options and names rather than measurements):
 A figure is found in a file when some number stored there (any number in the JSON, strings included; any
 number in a .csv or .md), scaled as the unit allows (a fraction as a percent, seconds as minutes or
 milliseconds, bytes as MB or MiB), rounds to the figure at the precision shown: 91.04% matches 0.91037,
-1.82 s matches 1.8195. A difference or ratio ("+0.32 points", "3.89x") also matches when it is the
-difference or ratio of two numbers stored in the file. The file must be one the section names (its file
-name, or a link to it): each section that quotes a figure names the result file it comes from.
+1.82 s matches 1.8195 (162,000 shows a rounding to thousands). Where a section names two small files
+(two runs), the mean of one number from each also matches. A difference or ratio ("+0.32 points", a
+signed figure, "3.89x") also passes when it is, within the roundings shown, the difference or ratio of
+two other figures of its section. The file must be one that the figure's paragraph or table row names
+(its file name, or a link to it), else one its section (text between headings) names; a section that
+quotes a figure and names no result file fails.
+
+The match is by value, not by key: in a large file (explain_sanity*.json holds thousands of numbers
+between 0 and 1) a wrong figure can still equal some other stored number.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ UNITS = {  # unit -> factors a stored number may be multiplied by to give the fi
     "MB": (1, 1e-6, 2**-20), "MiB": (1, 2**-20), "GB": (1, 1e-9, 2**-30), "GFLOP/s": (1,), "GFLOP": (1, 1e-9),
     "MFLOP": (1, 1e-6), "/s": (1,), "images/s": (1,), "requests/s": (1,), "": (1, 100),
 }
-ARITHMETIC = {"points", "x"}  # units a difference or a ratio of two stored numbers may show
+ARITHMETIC = {"points", "x"}  # units a difference or a ratio of two of the section's figures may show
+ROUGH = 0.005  # operands rounded by more than this share of their value (0.23) would excuse almost any result
 NUMBER = r"[-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+−]?\d+)?"
 UNIT = "|".join(re.escape(u) + (r"\b" if u[-1].isalpha() else "") for u in sorted(UNITS, key=len, reverse=True)
                 if u != "x" and u) + r"|x(?![\dx])"
@@ -174,7 +181,7 @@ def page_figures(page: Path) -> list[Figure]:
             cells = plain.strip().strip("|").split("|")[1:] if is_row else [plain]  # not the row's name
             for cell in cells:
                 found_here += [Figure(name, number + cell[:offset].count("\n"), text_, value, places, unit, signed,
-                                      files)
+                                      tuple(sorted(result_files_named(text))) or files)
                                for text_, value, places, unit, signed, offset in figures_in(cell, is_row)]
         figures += [replace(f, operands=tuple((g.value, g.half_unit) for g in found_here if g is not f and g.value))
                     for f in found_here]
@@ -225,7 +232,7 @@ def derived(figure: Figure) -> bool:
     within the roundings shown."""
     if not (figure.unit in ARITHMETIC or figure.signed) or len(figure.operands) < 2:
         return False
-    value, half = np.array(figure.operands).T
+    value, half = np.array([(v, h) for v, h in figure.operands if h <= ROUGH * v]).T.reshape(2, -1)
     a, b, ha, hb = value[:, None], value[None, :], half[:, None], half[None, :]
     if figure.unit == "x":
         error, allowed = np.abs(a / b - figure.value), figure.half_unit + ha / b + a * hb / b**2
