@@ -105,7 +105,7 @@ class TrainConfig:
     device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
     threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
                           "processes leave free, re-chosen as the load changes (its results do not depend on it)",
-                       AT_LEAST_0)
+                       check(f"from 0 to {machine.MAX_THREADS}", lambda v: 0 <= v <= machine.MAX_THREADS))
     limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
                                         "(default: all)", AT_LEAST_1)
     data: str | None = opt(None, "fashion-mnist (the default), a folder of IDX files (MNIST, KMNIST, EMNIST "
@@ -164,10 +164,15 @@ class TrainConfig:
             flag = "--" + f.name.replace("_", "-")
             if not fits_type(value, f.type):
                 raise ValueError(f"{flag} must be {type_words(f.type)}, got {value!r}")
+            if (limit := number_limit(value, f.type)) is not None:
+                raise ValueError(f"{flag} must be {limit}, got {value!r}")
             if meta.get("choices") and value is not None and value not in meta["choices"]:
                 raise ValueError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
             if meta.get("valid") and value is not None and not meta["valid"]["test"](value):
                 raise ValueError(f"{flag} must be {meta['valid']['rule']}, got {value!r}")
+        if self.optimizer == "adamw" and max(self.lr / (1 - self.momentum), self.lr * self.weight_decay) > FLOAT_LIMIT:
+            raise ValueError(f"--lr {self.lr:g} is too large for adamw: its first step (lr / (1 - momentum)) or "
+                             f"its weight decay (lr x weight decay) would be over {FLOAT_LIMIT:.3g}, float32's largest")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd with --momentum above 0")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -211,6 +216,23 @@ def fits_type(value, annotation: str) -> bool:
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
     return any(isinstance(value, kinds[a]) and (a == "bool" or not isinstance(value, bool))
                for a in map(str.strip, annotation.split("|")))
+
+
+# Float options end up in float32 tensors (the learning rate in the optimizer's, ...): a larger value
+# overflows there, deep in training, after the run directory is made. No whole-number option means
+# anything near 2**31 either, and torch takes whole numbers as 64-bit integers at most.
+FLOAT_LIMIT = float(np.finfo(np.float32).max)
+INT_LIMIT = 2**31 - 1
+
+
+def number_limit(value, annotation: str) -> str | None:
+    """For a number that a field annotated as e.g. "float | None" cannot take (NaN, infinite, or past
+    FLOAT_LIMIT or INT_LIMIT in size), the range it must be in, for an error message; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if "float" in annotation:  # NaN compares False: it is out of range too
+        return None if abs(value) <= FLOAT_LIMIT else f"a finite number of at most {FLOAT_LIMIT:.3g} in size"
+    return None if abs(value) <= INT_LIMIT else f"a whole number of at most {INT_LIMIT:,} in size"
 
 
 def type_words(annotation: str) -> str:
