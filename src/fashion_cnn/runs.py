@@ -124,6 +124,15 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
+def parse_json(text: str | bytes):
+    """json.loads for untrusted text, where nesting too deep for the parser is a ValueError like any
+    other malformed JSON (json.loads raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def write_json(path: str | Path, obj) -> None:
     """obj as indented JSON, written atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
@@ -158,7 +167,7 @@ def read_config(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     try:
-        config = json.loads(path.read_text())
+        config = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise RunError(f"{path}: unreadable ({e})") from None
     if not isinstance(config, dict):
@@ -289,7 +298,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if META_KEY not in header:
         raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
     try:
-        meta = json.loads(header[META_KEY])
+        meta = parse_json(header[META_KEY])
     except ValueError:
         raise ModelFileError(f"{path}: corrupt metadata") from None
     if not isinstance(meta, dict):
