@@ -163,7 +163,8 @@ def read_config(run_dir: str | Path) -> dict:
     """A run directory's config.json, or RunError saying why it is not a run directory."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise RunError(f"{run_dir}: not a run directory (no such folder)")
+        why = "a file, not a folder" if os.path.lexists(run_dir) else "no such folder"
+        raise RunError(f"{run_dir}: not a run directory ({why})")
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     try:
@@ -278,22 +279,21 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors of a safetensors file, each copied into memory of its own, and its JSON metadata.
+SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)  # what a bad file makes safetensors raise
 
-    safetensors maps the file and returns views at 8 + header length + offset bytes into it: 8-byte
-    aligned, at a position that depends on the metadata's length. A momentum buffer restored there and
-    written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
-    in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
-    """
+
+def load_meta(path: str | Path) -> dict:
+    """The JSON metadata of a fashion-cnn safetensors file (model or checkpoint), without reading its
+    tensors; ModelFileError saying why not."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():  # safe_open would wait forever on a FIFO
+        why = "no such file" if not path.exists() else "a folder, not a file" if path.is_dir() else \
+            "not a regular file (a FIFO, device or socket)"
+        raise ModelFileError(f"{path}: {why}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except SAFETENSORS_ERRORS as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
     if META_KEY not in header:
         raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
@@ -303,6 +303,22 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ModelFileError(f"{path}: corrupt metadata") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
+    return meta
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a safetensors file, each copied into memory of its own, and its JSON metadata.
+
+    safetensors maps the file and returns views at 8 + header length + offset bytes into it: 8-byte
+    aligned, at a position that depends on the metadata's length. A momentum buffer restored there and
+    written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
+    in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
+    """
+    meta = load_meta(path)
+    try:
+        tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
+    except SAFETENSORS_ERRORS as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
     return tensors, meta
 
 

@@ -47,8 +47,7 @@ def check(rule: str, test: Callable[[Any], bool]) -> dict:
 
 AT_LEAST_0 = check("0 or more", lambda v: v >= 0)
 AT_LEAST_1 = check("at least 1", lambda v: v >= 1)
-POSITIVE = check("a positive number", lambda v: math.isfinite(v) and v > 0)
-NON_NEGATIVE = check("a finite number, 0 or more", lambda v: math.isfinite(v) and v >= 0)
+POSITIVE = check("a positive number", lambda v: v > 0)  # (NaN and infinity fail validate's number check)
 FRACTION = check("in [0, 1)", lambda v: 0 <= v < 1)
 PROBABILITY = check("in [0, 1]", lambda v: 0 <= v <= 1)
 
@@ -87,7 +86,7 @@ class TrainConfig:
     optimizer: str | None = recipe("sgd", "the tutorial's SGD, or AdamW", choices=("sgd", "adamw"))
     nesterov: bool | None = recipe(False, "Nesterov momentum (sgd)")
     weight_decay: float | None = recipe(0.0, "weight decay of conv and linear weights (decoupled for adamw)",
-                                        NON_NEGATIVE)
+                                        AT_LEAST_0)
     schedule: str | None = recipe("constant", "learning rate after the warm-up", choices=tuple(SCHEDULES))
     warmup: float | None = recipe(0.0, "fraction of the steps that ramp the learning rate up from 0", FRACTION)
     label_smoothing: float | None = recipe(0.0, "weight of the uniform distribution mixed into the targets",
