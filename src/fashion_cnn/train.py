@@ -30,8 +30,8 @@ from . import calibration
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
-from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
-                   save_checkpoint, save_model, write_atomic, write_json)
+from .runs import (RUNS_ROOT, ModelFileError, Run, check_output_dir, csv_bytes, load_checkpoint, load_meta, open_run,
+                   read_config, save_checkpoint, save_model, write_atomic, write_json)
 from .version import __version__
 
 log = logging.getLogger("fashion_cnn")
@@ -566,27 +566,54 @@ def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tupl
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
+def changed_options(saved: dict, wanted: dict) -> list[str]:
+    """The options of a run's config (as a dict) that `wanted` changes and a resumed run cannot take:
+    all that differ, unless the one change is --epochs raised under a constant learning rate."""
+    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if differ == ["epochs"] and wanted["epochs"] > saved["epochs"] and saved.get("schedule") == "constant" \
+            and not saved.get("warmup"):
+        return []
+    return differ
+
+
+def changes(saved: dict, wanted: dict, names: list[str]) -> str:
+    """'--lr 0.01 -> 0.5, --seed 1 -> 2', for error messages."""
+    return ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {wanted[k]!r}" for k in names)
+
+
 def resumed_config(saved: TrainConfig, wanted: TrainConfig | None) -> TrainConfig:
     """The config a resumed run continues with: the saved one. `wanted` (the options given with
     --resume) may only raise --epochs, and only where the learning rate does not depend on it."""
     if wanted is None:
         return saved
-    differ = [f.name for f in fields(saved) if getattr(saved, f.name) != getattr(wanted, f.name)]
-    if differ == ["epochs"] and wanted.epochs > saved.epochs and saved.schedule == "constant" and not saved.warmup:
-        saved.epochs = wanted.epochs
-        return saved
-    if differ:
-        detail = ", ".join(f"--{k.replace('_', '-')} {getattr(saved, k)!r} -> {getattr(wanted, k)!r}" for k in differ)
-        raise ValueError(f"a resumed run keeps its saved options; these differ: {detail}. Only --epochs may "
-                         "grow, and only with a constant learning rate (it shapes the schedule otherwise)")
+    if differ := changed_options(asdict(saved), asdict(wanted)):
+        raise ValueError(f"a resumed run keeps its saved options; these differ: "
+                         f"{changes(asdict(saved), asdict(wanted), differ)}. Only --epochs may grow, and only "
+                         "with a constant learning rate (it shapes the schedule otherwise)")
+    saved.epochs = wanted.epochs
     return saved
+
+
+def check_checkpoints(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose config.json (read as cfg) is not the config its checkpoints were
+    trained with, as a hand edit would make it: the run would go on as a mix of two."""
+    for path in sorted(run_dir.glob("checkpoint*.safetensors")):
+        trained = load_meta(path).get("config")
+        if not isinstance(trained, dict):
+            raise ModelFileError(f"{path}: corrupt metadata (no config)")
+        if differ := changed_options(trained, asdict(cfg)):
+            raise ValueError(f"{run_dir / 'config.json'}: not the options {path.name} was trained with ("
+                             f"{changes(trained, asdict(cfg), differ)}); a resumed run goes on with those: put "
+                             "them back, or start a new run")
 
 
 def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) -> TrainConfig:
     """The config a job runs with (resume's saved one, or cfg, or the defaults), checked to the output
     folder before any data is read."""
     if resume is not None:
-        cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
+        saved = cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}")
+        check_checkpoints(Path(resume), saved)
+        cfg = resumed_config(saved, cfg)
     cfg = cfg if cfg is not None else cls()
     check_output_dir(cfg.out)
     if cfg.init and resume is None:
