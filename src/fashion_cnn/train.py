@@ -23,8 +23,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed, tensorboard_log
 from .augment import make_augment
-from .data import Dataset, class_counts, to_float
-from .datasets import fingerprint, load_dataset
+from .data import DataError, Dataset, class_counts, to_float
+from .datasets import fingerprint, load_dataset, test_set_problem
 from .inference import loss_and_accuracy
 from . import calibration
 from . import machine
@@ -543,8 +543,16 @@ def load_data(data: str | None = None, classes: str | None = None, test_fraction
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
-    """The data set a job's config names."""
-    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to)
+    """The data set a job's config names, refused (DataError) before any work where a model trained on it
+    could not be tested."""
+    return testable(load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to))
+
+
+def testable(data: Dataset) -> Dataset:
+    """`data`, or DataError where its split left no test image (datasets.test_set_problem)."""
+    if problem := test_set_problem(data):
+        raise DataError(f"{data.source}: {problem}")
+    return data
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
@@ -720,7 +728,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
 
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
         cfg = job_config(TrainConfig, cfg, resume)
-        data = data or job_data(cfg)
+        data = testable(data) if data else job_data(cfg)
         distributed.check_global_batch(cfg.batch_size)
         train, val = limited(data.train_images, data.train_labels, cfg.limit), None
         if cfg.val_size:
