@@ -14,7 +14,7 @@ from fashion_cnn.calibration import (UnknownRule, calibrate_logits, choose_thres
                                      fit_temperature, from_metadata, min_confidence_rule, ood_score, probabilities)
 from fashion_cnn.cli import main
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import ModelFileError, load_model, load_tensors
+from fashion_cnn.runs import ModelFileError, load_model, load_tensors, save_tensors
 
 
 def sampled(n: int, temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +136,22 @@ def test_calibrate_never_replaces_a_file(model_file, tmp_path, capsys):
     assert existing.read_bytes() == b"keep me" and model_file.read_bytes() == model_bytes
     assert main(["calibrate", "--model", str(model_file), str(model_file), "--force"]) == 1  # never the input
     assert model_file.read_bytes() == model_bytes
+
+
+@pytest.mark.parametrize("config, message", [
+    ([1, 2], "corrupt metadata (its config is not a table of options)"),
+    ({"data": 5}, "corrupt metadata (its config: --data must be text or unset, got 5)"),
+    ({"val_size": "all"}, "corrupt metadata (its config: --val-size must be a whole number, got 'all')"),
+])
+def test_calibrate_of_a_model_whose_config_is_not_options_is_a_one_line_error(model_file, tmp_path, capsys,
+                                                                             config, message):
+    tensors, meta = load_tensors(model_file)
+    bad = tmp_path / "bad.safetensors"
+    save_tensors(bad, tensors, {**meta, "config": config})
+    assert main(["calibrate", "--model", str(bad), str(tmp_path / "out.safetensors")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"fashion-cnn: error: {bad}: {message}"
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_same(real_data, tmp_path, capsys):
