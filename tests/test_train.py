@@ -146,8 +146,9 @@ def test_resume_refuses_a_config_json_changed_since_its_checkpoint(tmp_path, cap
         write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), **change})
         assert main(["train", "--resume", str(run.dir)]) == 1
         [line] = capsys.readouterr().err.splitlines()
-        assert line == (f"fashion-cnn: error: {run.dir / 'config.json'}: not the options checkpoint.safetensors was "
-                        f"trained with ({differs}); a resumed run goes on with those: put them back, or start a new run")
+        assert line == (f"fashion-cnn: error: {run.dir / 'config.json'}: not the options checkpoint.safetensors "
+                        f"was trained with ({differs}); a resumed run goes on with those: put them back, or start a "
+                        "new run")
         assert sorted(run.dir.iterdir()) == before
     # more epochs under a constant learning rate, which `--resume RUN --epochs 5` may ask for too
     write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), "epochs": 5})

@@ -224,7 +224,7 @@ TRAINED_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "val_size", "
 
 def held_out(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
     """(images, labels, their name, why these) that the model never trained on: its validation split when
-    it was trained with --val-size, else the test set. config: the model's training options (trained_options)."""
+    it was trained with --val-size, else the test set. config: the options the model was trained with."""
     if config.val_size:
         from .train import holdout_split, limited
 
