@@ -1,6 +1,7 @@
 import argparse
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -129,9 +130,23 @@ def test_data_command(real_data, tmp_path, capsys):
     assert "Ankle boot" in out and "6000" in out and (tmp_path / "s.png").is_file()
 
 
-def a_file(tmp_path: Path) -> str:
-    (tmp_path / "file").write_text("x")
-    return str(tmp_path / "file")
+# Files that BAD_OPTIONS name by these words, made in the test's folder under that name
+FILES = {
+    "FILE": lambda p: p.write_text("x"),
+    "FIFO": os.mkfifo,
+    "LIST.json": lambda p: p.write_text("[1, 2]"),
+    "DEEP.json": lambda p: p.write_text('{"lr": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    "DEEP.toml": lambda p: p.write_text("lr = " + "[" * 5000 + "]" * 5000),
+    "DECAY.toml": lambda p: p.write_text("weight_decay = 1e300"),
+}
+
+
+def made(arg: str, tmp_path: Path) -> str:
+    """arg, or the path of the file it names in FILES, made."""
+    if arg not in FILES:
+        return arg
+    FILES[arg](tmp_path / arg)
+    return str(tmp_path / arg)
 
 
 # Every job option with a value out of its range (or contradicting another): each is refused with one line
@@ -141,13 +156,16 @@ BAD_OPTIONS = [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--batch-size", "-1"], "--batch-size must be at least 1"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
     (["--lr", "-0.1"], "--lr must be a positive number"),
+    (["--lr", "1e39"], "--lr must be a finite number of at most 3.4e+38 in size, got 1e+39"),  # float32 overflows
+    (["--lr", "3e38", "--optimizer", "adamw"], "--lr 3e+38 is too large for adamw"),
+    (["--config", "DECAY.toml"], "--weight-decay must be a finite number of at most 3.4e+38 in size"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
     (["--nesterov", "--optimizer", "adamw"], "--nesterov needs --optimizer sgd"),
-    (["--weight-decay", "-1"], "--weight-decay must be a finite number, 0 or more"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
     (["--schedule", "linear"], "invalid choice: 'linear'"),
     (["--warmup", "2"], "--warmup must be in [0, 1)"),
     (["--label-smoothing", "5"], "--label-smoothing must be in [0, 1)"),
@@ -156,7 +174,10 @@ BAD_OPTIONS = [
     (["--ema", "2"], "--ema must be in [0, 1)"),
     (["--seed", "-1"], "--seed must be 0 or more"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--threads", "-2"], "--threads must be 0 or more"),
+    (["--threads", "-2"], "--threads must be from 0 to 1024"),
+    (["--threads", "2000"], "--threads must be from 0 to 1024"),
+    (["--threads", str(2**63 - 1)], "--threads must be a whole number of at most 2,147,483,647 in size"),
+    (["--epochs", str(2**40)], "--epochs must be a whole number of at most 2,147,483,647 in size"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--limit", "-5"], "--limit must be at least 1"),
     (["--data-dir", "/nonexistent"], "lacks train-images"),
@@ -169,13 +190,17 @@ BAD_OPTIONS = [
     (["--class-weights", "balanced"], "invalid choice: 'balanced'"),
     (["--init", "/nonexistent.safetensors"], "--init /nonexistent.safetensors: no such file"),
     (["--init", "FILE"], "not a readable safetensors file"),
+    (["--init", "FIFO"], "FIFO: not a regular file (a FIFO, device or socket)"),
     (["--freeze-backbone"], "--freeze-backbone trains the head of an --init model: give --init too"),
     (["--out", "FILE"], "a file, not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
     (["--early-stopping", "-1"], "--early-stopping must be 0 or more"),
     (["--config", "/nonexistent.toml"], "no such file"),
-    (["--resume", "FILE"], "not a run directory"),
+    (["--config", "LIST.json"], "LIST.json: not a table of options"),
+    (["--config", "DEEP.json"], "DEEP.json: not valid JSON (nested too deeply)"),
+    (["--config", "DEEP.toml"], "DEEP.toml: not valid TOML (nested too deeply)"),
+    (["--resume", "FILE"], "FILE: not a run directory (a file, not a folder)"),
 ]
 TRAIN_ONLY = [
     (["--early-stopping", "2"], "--early-stopping watches the validation loss: give --val-size"),
@@ -197,7 +222,7 @@ BAD_FOR_THE_DATA = [
 
 
 def refused(job: str, argv: list[str], message: str, data_dir: str, tmp_path: Path, capsys) -> None:
-    argv = [a_file(tmp_path) if a == "FILE" else a for a in argv]
+    argv = [made(a, tmp_path) for a in argv]
     out = tmp_path / "runs"
     defaults = {"--data": data_dir, "--out": str(out)} if "--data-dir" not in argv else {"--out": str(out)}
     for flag, value in defaults.items():

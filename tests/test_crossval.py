@@ -9,6 +9,7 @@ import torch
 from conftest import run_killed_at
 from fashion_cnn import crossval, fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
+from fashion_cnn.data import load_fashion_mnist
 from test_train import BUSY
 
 
@@ -119,6 +120,20 @@ def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     # every epoch's losses and accuracies, identical to the uninterrupted run
     assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
 
+
+
+def test_the_training_time_counts_every_session(tiny_data_dir, tmp_path, monkeypatch):
+    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
+    cfg = CVConfig(folds=2, epochs=2, limit=100, threads=1, device="cpu", out=str(tmp_path / "runs"))
+    run_killed_at(monkeypatch, train, "save_checkpoint", 3, lambda: cross_validate(cfg, data=data))  # in fold 2
+    [run_dir] = (tmp_path / "runs").iterdir()
+    cross_validate(resume=run_dir, data=data)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    results = json.loads((run_dir / "cv_results.json").read_text())
+    assert len(rows) == 4 and "seconds_this_session" not in results  # which the resume would have overwritten
+    for key in ("seconds", "cpu_seconds"):
+        assert results[f"train_{key}"] == pytest.approx(sum(float(row[key]) for row in rows))
 
 
 def test_resume_refuses_folds_other_than_the_checkpoints(real_data, tmp_path, monkeypatch):

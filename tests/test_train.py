@@ -12,7 +12,8 @@ from conftest import run_killed_at, tiny_arrays
 from fashion_cnn import train
 from fashion_cnn.fastpath import native_library
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint
+from fashion_cnn.cli import main
+from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint, write_json
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.train import TrainConfig, lr_scale, train_final
 
@@ -166,6 +167,26 @@ def test_threads_set_from_the_config_and_from_the_saved_one_on_resume(tmp_path):
     cfg = train.job_config(TrainConfig, None, run.dir)
     with train.start_job(cfg, "train", run.dir):
         assert cfg.threads == 1 and torch.get_num_threads() == 1
+
+
+def test_resume_refuses_a_config_json_changed_since_its_checkpoint(tmp_path, capsys):
+    cfg = TrainConfig(epochs=3, out=str(tmp_path / "runs"), device="cpu")
+    with train.start_job(cfg, "train", None) as run:
+        train.TrainState.create(cfg, 10, 0).save(run.dir / "checkpoint.safetensors", cfg)
+    before = sorted(run.dir.iterdir())
+    capsys.readouterr()
+    for change, differs in (({"lr": 0.5}, "--lr 0.01 -> 0.5"), ({"seed": 7}, "--seed 1 -> 7"),
+                            ({"epochs": 2}, "--epochs 3 -> 2")):  # edited by hand
+        write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), **change})
+        assert main(["train", "--resume", str(run.dir)]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (f"fashion-cnn: error: {run.dir / 'config.json'}: not the options checkpoint.safetensors "
+                        f"was trained with ({differs}); a resumed run goes on with those: put them back, or start a "
+                        "new run")
+        assert sorted(run.dir.iterdir()) == before
+    # more epochs under a constant learning rate, which `--resume RUN --epochs 5` may ask for too
+    write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), "epochs": 5})
+    assert train.job_config(TrainConfig, None, run.dir).epochs == 5
 
 
 def test_schedules_warm_up_then_decay():

@@ -18,15 +18,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .data import DataError
-from .datasets import NAMES, printable
 from .models import unknown
 from .runs import ModelFileError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 log = logging.getLogger("fashion_cnn")
 
@@ -218,15 +219,17 @@ def for_validation(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor
     return result
 
 
-def held_out(meta: dict, data) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
+TRAINED_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "val_size", "limit")  # what calibrate reads
+
+
+def held_out(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
     """(images, labels, their name, why these) that the model never trained on: its validation split when
-    it was trained with --val-size, else the test set."""
-    config = model_config(meta)
-    val_size, limit = config.get("val_size"), config.get("limit")
-    if isinstance(val_size, int) and val_size > 0 and (limit is None or isinstance(limit, int)):
+    it was trained with --val-size, else the test set. config: the options the model was trained with."""
+    if config.val_size:
         from .train import holdout_split, limited
 
-        _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, limit), val_size)
+        _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, config.limit),
+                                            config.val_size)
         return images, labels, "validation images", None
     from .data import FILES
 
@@ -235,30 +238,30 @@ def held_out(meta: dict, data) -> tuple[torch.Tensor, torch.Tensor, str, str | N
             "the model was trained on every training image, so none was held out")
 
 
-def model_config(meta: dict) -> dict:
-    """The training config a model file's metadata holds ({} when it has none, or not a JSON object)."""
-    config = meta.get("config")
-    return config if isinstance(config, dict) else {}
-
-
 def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bool = False) -> dict:
     """Write a copy of a model file whose metadata holds a calibration fitted on held-out images (see
     held_out) of `data`; the weights are copied unchanged. Without `data`, Fashion-MNIST when the model was
     trained on it; a folder the (untrusted) model file names is refused, never read.
     An existing OUT is replaced only with force, and the input never."""
     from .runs import check_output_file, load_model, load_tensors, save_tensors
-    from .train import load_data
+    from .datasets import load_model_data
+    from .train import TrainConfig
 
     check_output_file(out, force, inputs=(model_path,))
     tensors, meta = load_tensors(model_path)
     model, _ = load_model(model_path)
+    # the options calibrate reads of those the model file says it was trained with: an untrusted file's,
+    # so checked as options given are (those it does not record take their defaults)
+    config = meta.get("config") or {}
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{model_path}: corrupt metadata (its config is not a table of options)")
+    try:
+        trained = TrainConfig.from_dict({k: config[k] for k in TRAINED_OPTIONS if k in config}, "its config")
+    except ValueError as e:
+        raise ModelFileError(f"{model_path}: corrupt metadata ({e})") from None
     if data is None:
-        named = model_config(meta).get("data")
-        if named is not None and not (isinstance(named, str) and named.lower() in NAMES):
-            raise DataError(f"{model_path}: trained on {printable(str(named))[:200]}, which its metadata names; "
-                            "a model file does not choose what calibrate reads: pass --data DIR")
-        data = load_data()  # Fashion-MNIST from the usual places, not from a folder the file names
-    images, labels, source, note = held_out(meta, data)
+        data = load_model_data(meta, model_path)  # a model file does not choose what calibrate reads
+    images, labels, source, note = held_out(trained, data)
     meta.update(fit(model, images, labels, source))
     if note:
         meta["calibration"]["note"] = note

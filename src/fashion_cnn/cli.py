@@ -125,17 +125,25 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: 
 
 def read_config_file(path: str) -> dict:
     """--config: options from a TOML file, or a run's config.json."""
+    from .runs import parse_json
+
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
     raw = file.read_bytes()[:MAX_CONFIG_BYTES + 1]
     if len(raw) > MAX_CONFIG_BYTES:
         raise ValueError(f"--config {path}: over {MAX_CONFIG_BYTES:,} bytes, not a config file")
+    kind = "JSON" if file.suffix == ".json" else "TOML"
     try:
         text = raw.decode()
-        return json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+        values = parse_json(text) if kind == "JSON" else tomllib.loads(text)
+    except RecursionError:  # tomllib's parser recurses once per level of nesting
+        raise ValueError(f"--config {path}: not valid TOML (nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ValueError(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'} ({e})") from None
+        raise ValueError(f"--config {path}: not valid {kind} ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: not a table of options (a JSON object, name: value)")
+    return values
 
 
 def given_options(config_cls: type, args: argparse.Namespace) -> tuple[dict, dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,7 +97,7 @@ class CVResult:
 
     run_dir: Path | None  # None for a job run with out=None, which kept nothing on disk
     histories: dict[int, History]  # fold number (from 1) -> one row per epoch
-    summary: dict  # fold_accuracies, mean, std, best_epochs, seconds_this_session (cv_results.json)
+    summary: dict  # fold_accuracies, mean, std, best_epochs, train_seconds, ... (cv_results.json)
 
     @property
     def fold_accuracies(self) -> list[float]:
@@ -152,7 +151,6 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         few = [name for name, n in zip(data.class_names, class_counts(labels, len(data.class_names))) if n < cfg.folds]
         if few and cfg.folds > 1:
             log.info(f"fewer images than folds in class {', '.join(few)}: some folds validate none of them")
-        started = time.perf_counter()
         histories: dict[int, History] = {}
         states: dict[int, TrainState] = {}
         macro_f1: dict[int, float] = {}
@@ -200,8 +198,10 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         summary |= {"fold_macro_f1": [r["macro_f1"] for r in folds.values()],
                     "macro_f1_mean": float(np.mean([r["macro_f1"] for r in folds.values()])),
                     "best_epochs": [r["best_epoch"] for r in folds.values()],
-                    "seconds_this_session": time.perf_counter() - started,
-                    "machine": machine_name(resolve_device(cfg.device))}  # for reports, as train records it
+                    "machine": machine_name(resolve_device(cfg.device)),  # for reports, as train records it
+                    # every epoch's, before a resume too (the checkpoints keep them), as train's metrics.json
+                    "train_seconds": sum(row["seconds"] for h in histories.values() for row in h),
+                    "train_cpu_seconds": sum(row["cpu_seconds"] for h in histories.values() for row in h)}
         result = CVResult(run_dir, histories, summary)
         scores = (f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)}), "
                   f"macro-F1 mean {summary['macro_f1_mean']:.4f}")

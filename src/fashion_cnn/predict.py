@@ -111,10 +111,12 @@ MODEL_RULE = (f"a model file, a run directory, or '{LATEST}' for the newest mode
               "(default: the model shipped with the package)")
 
 
-def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT) -> Path:
+def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT,
+                       option: str = "--model") -> Path:
     """The model file to use: the model shipped with the package unless `model` names one, as a model
     file, a run directory (its model.safetensors) or 'latest' (the newest model.safetensors of the run
-    directories under runs_root). A new run never replaces the default silently."""
+    directories under runs_root). A new run never replaces the default silently. option: the command-line
+    option that named `model`, for error messages."""
     if model is None:
         packaged = packaged_model()
         if packaged is None:
@@ -124,7 +126,7 @@ def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = 
     if str(model) == LATEST:
         candidates = sorted(Path(runs_root).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise ModelFileError(f"--model {LATEST}: no trained model under {runs_root}/ "
+            raise ModelFileError(f"{option} {LATEST}: no trained model under {runs_root}/ "
                                  "(train one with `fashion-cnn train`, or give its path)")
         return candidates[-1]
     path = Path(model)

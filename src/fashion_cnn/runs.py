@@ -127,6 +127,15 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
+def parse_json(text: str | bytes):
+    """json.loads for untrusted text, where nesting too deep for the parser is a ValueError like any
+    other malformed JSON (json.loads raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def write_json(path: str | Path, obj) -> None:
     """obj as indented JSON, written atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
@@ -157,11 +166,12 @@ def read_config(run_dir: str | Path) -> dict:
     """A run directory's config.json, or RunError saying why it is not a run directory."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise RunError(f"{run_dir}: not a run directory (no such folder)")
+        why = "a file, not a folder" if os.path.lexists(run_dir) else "no such folder"
+        raise RunError(f"{run_dir}: not a run directory ({why})")
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     try:
-        config = json.loads(path.read_text())
+        config = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise RunError(f"{path}: unreadable ({e})") from None
     if not isinstance(config, dict):
@@ -295,6 +305,33 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
+SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)  # what a bad file makes safetensors raise
+
+
+def load_meta(path: str | Path) -> dict:
+    """The JSON metadata of a fashion-cnn safetensors file (model or checkpoint), without reading its
+    tensors; ModelFileError saying why not."""
+    path = Path(path)
+    if not path.is_file():  # safe_open would wait forever on a FIFO
+        why = "no such file" if not path.exists() else "a folder, not a file" if path.is_dir() else \
+            "not a regular file (a FIFO, device or socket)"
+        raise ModelFileError(f"{path}: {why}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except SAFETENSORS_ERRORS as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if META_KEY not in header:
+        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
+    try:
+        meta = parse_json(header[META_KEY])
+    except ValueError:
+        raise ModelFileError(f"{path}: corrupt metadata") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
+    return meta
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a safetensors file, each copied into memory of its own, and its JSON metadata.
 
@@ -303,23 +340,11 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
     in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
+    meta = load_meta(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
         tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except SAFETENSORS_ERRORS as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
-    if META_KEY not in header:
-        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
-    try:
-        meta = json.loads(header[META_KEY])
-    except ValueError:
-        raise ModelFileError(f"{path}: corrupt metadata") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
     return tensors, meta
 
 

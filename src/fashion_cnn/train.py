@@ -24,15 +24,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed, tensorboard_log
 from .augment import make_augment
-from .data import Dataset, class_counts, to_float
-from .datasets import fingerprint, load_dataset
+from .data import DataError, Dataset, class_counts, to_float
+from .datasets import fingerprint, load_dataset, test_set_problem
 from .inference import loss_and_accuracy
 from . import calibration
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
-from .runs import (PROGRESS_LINE, RUNS_ROOT, Run, check_output_dir, check_verbose, csv_bytes, load_checkpoint,
-                   no_run, open_run, read_config, save_checkpoint, save_model, write_atomic, write_json)
+from .runs import (PROGRESS_LINE, RUNS_ROOT, ModelFileError, Run, check_output_dir, check_verbose, csv_bytes,
+                   load_checkpoint, load_meta, no_run, open_run, read_config, save_checkpoint, save_model, write_atomic,
+                   write_json)
 from .version import __version__
 
 log = logging.getLogger("fashion_cnn")
@@ -48,8 +49,7 @@ def check(rule: str, test: Callable[[Any], bool]) -> dict:
 
 AT_LEAST_0 = check("0 or more", lambda v: v >= 0)
 AT_LEAST_1 = check("at least 1", lambda v: v >= 1)
-POSITIVE = check("a positive number", lambda v: math.isfinite(v) and v > 0)
-NON_NEGATIVE = check("a finite number, 0 or more", lambda v: math.isfinite(v) and v >= 0)
+POSITIVE = check("a positive number", lambda v: v > 0)  # (NaN and infinity fail validate's number check)
 FRACTION = check("in [0, 1)", lambda v: 0 <= v < 1)
 PROBABILITY = check("in [0, 1]", lambda v: 0 <= v <= 1)
 
@@ -88,7 +88,7 @@ class TrainConfig:
     optimizer: str | None = recipe("sgd", "the tutorial's SGD, or AdamW", choices=("sgd", "adamw"))
     nesterov: bool | None = recipe(False, "Nesterov momentum (sgd)")
     weight_decay: float | None = recipe(0.0, "weight decay of conv and linear weights (decoupled for adamw)",
-                                        NON_NEGATIVE)
+                                        AT_LEAST_0)
     schedule: str | None = recipe("constant", "learning rate after the warm-up", choices=tuple(SCHEDULES))
     warmup: float | None = recipe(0.0, "fraction of the steps that ramp the learning rate up from 0", FRACTION)
     label_smoothing: float | None = recipe(0.0, "weight of the uniform distribution mixed into the targets",
@@ -106,7 +106,7 @@ class TrainConfig:
     device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
     threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
                           "processes leave free, re-chosen as the load changes (its results do not depend on it)",
-                       AT_LEAST_0)
+                       check(f"from 0 to {machine.MAX_THREADS}", lambda v: 0 <= v <= machine.MAX_THREADS))
     limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
                                         "(default: all)", AT_LEAST_1)
     data: str | None = opt(None, "fashion-mnist (the default), a folder of IDX files (MNIST, KMNIST, EMNIST "
@@ -165,10 +165,15 @@ class TrainConfig:
             flag = "--" + f.name.replace("_", "-")
             if not fits_type(value, f.type):
                 raise ValueError(f"{flag} must be {type_words(f.type)}, got {value!r}")
+            if (limit := number_limit(value, f.type)) is not None:
+                raise ValueError(f"{flag} must be {limit}, got {value!r}")
             if meta.get("choices") and value is not None and value not in meta["choices"]:
                 raise ValueError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
             if meta.get("valid") and value is not None and not meta["valid"]["test"](value):
                 raise ValueError(f"{flag} must be {meta['valid']['rule']}, got {value!r}")
+        if self.optimizer == "adamw" and max(self.lr / (1 - self.momentum), self.lr * self.weight_decay) > FLOAT_LIMIT:
+            raise ValueError(f"--lr {self.lr:g} is too large for adamw: its first step (lr / (1 - momentum)) or "
+                             f"its weight decay (lr x weight decay) would be over {FLOAT_LIMIT:.3g}, float32's largest")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd with --momentum above 0")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -212,6 +217,23 @@ def fits_type(value, annotation: str) -> bool:
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
     return any(isinstance(value, kinds[a]) and (a == "bool" or not isinstance(value, bool))
                for a in map(str.strip, annotation.split("|")))
+
+
+# Float options end up in float32 tensors (the learning rate in the optimizer's, ...): a larger value
+# overflows there, deep in training, after the run directory is made. No whole-number option means
+# anything near 2**31 either, and torch takes whole numbers as 64-bit integers at most.
+FLOAT_LIMIT = float(np.finfo(np.float32).max)
+INT_LIMIT = 2**31 - 1
+
+
+def number_limit(value, annotation: str) -> str | None:
+    """For a number that a field annotated as e.g. "float | None" cannot take (NaN, infinite, or past
+    FLOAT_LIMIT or INT_LIMIT in size), the range it must be in, for an error message; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if "float" in annotation:  # NaN compares False: it is out of range too
+        return None if abs(value) <= FLOAT_LIMIT else f"a finite number of at most {FLOAT_LIMIT:.3g} in size"
+    return None if abs(value) <= INT_LIMIT else f"a whole number of at most {INT_LIMIT:,} in size"
 
 
 def type_words(annotation: str) -> str:
@@ -538,8 +560,16 @@ def load_data(data: str | None = None, classes: str | None = None, test_fraction
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
-    """The data set a job's config names."""
-    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to)
+    """The data set a job's config names, refused (DataError) before any work where a model trained on it
+    could not be tested."""
+    return testable(load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to))
+
+
+def testable(data: Dataset) -> Dataset:
+    """`data`, or DataError where its split left no test image (datasets.test_set_problem)."""
+    if problem := test_set_problem(data):
+        raise DataError(f"{data.source}: {problem}")
+    return data
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
@@ -567,20 +597,45 @@ def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tupl
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
+def changed_options(saved: dict, wanted: dict) -> list[str]:
+    """The options of a run's config (as a dict) that `wanted` changes and a resumed run cannot take:
+    all that differ, unless the one change is --epochs raised under a constant learning rate."""
+    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if differ == ["epochs"] and wanted["epochs"] > saved["epochs"] and saved.get("schedule") == "constant" \
+            and not saved.get("warmup"):
+        return []
+    return differ
+
+
+def changes(saved: dict, wanted: dict, names: list[str]) -> str:
+    """'--lr 0.01 -> 0.5, --seed 1 -> 2', for error messages."""
+    return ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {wanted[k]!r}" for k in names)
+
+
 def resumed_config(saved: TrainConfig, wanted: TrainConfig | None) -> TrainConfig:
     """The config a resumed run continues with: the saved one. `wanted` (the options given with
     --resume) may only raise --epochs, and only where the learning rate does not depend on it."""
     if wanted is None:
         return saved
-    differ = [f.name for f in fields(saved) if getattr(saved, f.name) != getattr(wanted, f.name)]
-    if differ == ["epochs"] and wanted.epochs > saved.epochs and saved.schedule == "constant" and not saved.warmup:
-        saved.epochs = wanted.epochs
-        return saved
-    if differ:
-        detail = ", ".join(f"--{k.replace('_', '-')} {getattr(saved, k)!r} -> {getattr(wanted, k)!r}" for k in differ)
-        raise ValueError(f"a resumed run keeps its saved options; these differ: {detail}. Only --epochs may "
-                         "grow, and only with a constant learning rate (it shapes the schedule otherwise)")
+    if differ := changed_options(asdict(saved), asdict(wanted)):
+        raise ValueError(f"a resumed run keeps its saved options; these differ: "
+                         f"{changes(asdict(saved), asdict(wanted), differ)}. Only --epochs may grow, and only "
+                         "with a constant learning rate (it shapes the schedule otherwise)")
+    saved.epochs = wanted.epochs
     return saved
+
+
+def check_checkpoints(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose config.json (read as cfg) is not the config its checkpoints were
+    trained with, as a hand edit would make it: the run would go on as a mix of two."""
+    for path in sorted(run_dir.glob("checkpoint*.safetensors")):
+        trained = load_meta(path).get("config")
+        if not isinstance(trained, dict):
+            raise ModelFileError(f"{path}: corrupt metadata (no config)")
+        if differ := changed_options(trained, asdict(cfg)):
+            raise ValueError(f"{run_dir / 'config.json'}: not the options {path.name} was trained with ("
+                             f"{changes(trained, asdict(cfg), differ)}); a resumed run goes on with those: put "
+                             "them back, or start a new run")
 
 
 Out = str | Path | None | EllipsisType  # a job's `out`: ... (not given) is its config's
@@ -593,7 +648,9 @@ def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None, ou
     if out is None and resume is not None:
         raise ValueError("resume continues a run directory: it cannot go with out=None, which writes none")
     if resume is not None:
-        cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
+        saved = cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}")
+        check_checkpoints(Path(resume), saved)
+        cfg = resumed_config(saved, cfg)
     cfg = cfg if cfg is not None else cls()
     if out not in (None, ...):
         cfg = replace(cfg, out=str(out))
@@ -715,7 +772,7 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     check_verbose(verbose)
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
         cfg = job_config(TrainConfig, cfg, resume, out)
-        data = data or job_data(cfg)
+        data = testable(data) if data else job_data(cfg)
         distributed.check_global_batch(cfg.batch_size)
         train, val = limited(data.train_images, data.train_labels, cfg.limit), None
         if cfg.val_size:
