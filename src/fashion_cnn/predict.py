@@ -48,6 +48,12 @@ WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the cr
 # 8.4 or more (benchmarks/predict_clutter.py's renders); without this the crop would blow up a speck of
 # noise into an "object".
 OBJECT_CONTRAST = 7
+# Where no background is found at the border, a picture is taken as content (and kept whole) when its
+# middle 99% spans this much of the gray scale: 0.41 at most for 60 renders of bare walls (plain, textured,
+# lit as benchmarks/predict_clutter.py lights them), 0.69 at least for Fashion-MNIST training items cropped
+# tight to the garment whose border held no background (tests/sample_images.py's `framings`).
+CONTENT = 0.55
+BACKGROUNDS = ("plane", "level", "none")  # how remove_background found the background (above)
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
 SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
 TOP_K = 3  # classes listed per image unless asked otherwise (predict, explain, the web API)
@@ -310,18 +316,34 @@ def background(x: np.ndarray) -> np.ndarray:
     return np.median(border(x)) + rows + cols
 
 
-def remove_background(x: np.ndarray) -> np.ndarray:
-    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; all 0 when nothing
-    stands out of the background's noise by OBJECT_CONTRAST."""
-    x = x - background(x)
+def without(x: np.ndarray, level: np.ndarray | float) -> np.ndarray | None:
+    """x less a background `level`, its noise (3 robust standard deviations of the border's) to 0 and the
+    brightest pixel to 1; None when nothing stands out of the noise by OBJECT_CONTRAST."""
+    x = x - level
     edge = border(x)
-    level = np.median(edge)
-    sd = 1.4826 * np.median(np.abs(edge - level))  # robust: a median absolute deviation
-    floor = level + 3 * sd
+    middle = np.median(edge)
+    sd = 1.4826 * np.median(np.abs(edge - middle))  # robust: a median absolute deviation
+    floor = middle + 3 * sd
     top = x.max()
-    if top <= level + OBJECT_CONTRAST * sd:  # (above the floor too: the floor is 3 sd)
-        return np.zeros_like(x)
+    if top <= middle + OBJECT_CONTRAST * sd:  # (above the floor too: the floor is 3 sd)
+        return None
     return np.clip((x - floor) / (top - floor), 0, 1)
+
+
+def remove_background(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; and which of
+    BACKGROUNDS it took. The first that finds an object: a plane through the edges (uneven light), one
+    level (an object lying on an edge tilts that plane: the bare 8x8 digits), or, where the object fills
+    the border and leaves no background there (a tight crop), none: darkest pixel to 0. All 0 (and
+    "none") only for a picture with no content: nothing stands out of the border and it spans less than
+    CONTENT of the gray scale (a wall, however lit)."""
+    for name, level in zip(BACKGROUNDS, (background(x), np.median(border(x)))):
+        if (found := without(x, level)) is not None:
+            return found, name
+    low, high = np.percentile(x, [0.5, 99.5])
+    if high - low < CONTENT:
+        return np.zeros_like(x), BACKGROUNDS[2]
+    return np.clip((x - low) / (x.max() - low), 0, 1), BACKGROUNDS[2]
 
 
 def box(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -398,13 +420,15 @@ def upright_angle(obj: np.ndarray) -> float:
     return float(degrees[np.argmin(area)])
 
 
-def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """The main object of a background-free image, cropped (other objects and its shadow set to 0), and
-    the turn (degrees) that would set it upright: 0 where it stands less than a degree off."""
+def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The main object of a background-free image, cropped (other objects and its shadow set to 0), the
+    turn (degrees) that would set it upright (0 where it stands less than a degree off), and the share of
+    the image's brightness the crop left out."""
     low, f = shrink(x)
     obj = main_object(low)
     if obj is None:
-        return x, 0.0
+        return x, 0.0, 0.0
+    total = x.sum()
     rows, cols = box(obj)  # from here on, only the object's box (and a 1-block rim) matters
     rim = slice(max(rows.start - 1, 0), rows.stop + 1), slice(max(cols.start - 1, 0), cols.stop + 1)
     low, obj = low[rim], obj[rim]
@@ -416,8 +440,9 @@ def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float]:
     x = x[top * f:(top + len(keep)) * f, left * f:(left + keep.shape[1]) * f]
     blocks = keep[np.arange(x.shape[0]) // f][:, np.arange(x.shape[1]) // f]
     x = crop_box(x * blocks)
+    left_out = 1 - x.sum() / total
     x /= x.max()  # the object's brightest pixel to 1, though a darker coin beside it set the scale
-    return x, upright_angle(obj)
+    return x, upright_angle(obj), float(left_out)
 
 
 def turn(x: np.ndarray, angle: float) -> np.ndarray:
@@ -443,6 +468,44 @@ def pad_and_resize(x: np.ndarray) -> np.ndarray:
     return as_float(Image.fromarray(np.round(np.clip(small, 0, 1) * 255).astype(np.uint8)).filter(SHARPEN))
 
 
+@dataclass
+class Findings:
+    """What preprocessing did to one picture, which an import counts and reports."""
+
+    inverted: bool = False
+    background: str = BACKGROUNDS[0]  # how remove_background found it; "none" also for a framed picture
+    touches_frame: bool = False  # what stands out of the background reaches the picture's edge
+    left_out: float = 0.0  # the share of its brightness that the crop left out (another object, a shadow)
+    turned: float = 0.0  # degrees the object was turned to stand upright
+    pixels: int = 0  # object pixels (brighter than FOREGROUND) in the 28x28 result; 0: an empty result
+
+
+def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = True,
+                       framed: bool = False) -> tuple[list[np.ndarray], Findings]:
+    """preprocess_views' views, and what it found and did on the way (Findings).
+
+    framed: take the picture as framed like Fashion-MNIST (the object filling it, as a bare scanned digit):
+    only inverted (if at all), padded to a square and resized, as a 28x28 picture always is.
+    """
+    x = to_grayscale(load_image(image))
+    found = Findings(inverted=has_light_background(x) if invert is None else invert)
+    if found.inverted:
+        x = 1 - x
+    if framed or x.shape == (SIZE, SIZE):
+        found.background = BACKGROUNDS[2]
+        views = [x if x.shape == (SIZE, SIZE) else pad_and_resize(x)]
+    else:
+        x, found.background = remove_background(x)
+        found.touches_frame = bool((border(shrink(x)[0]) > FOREGROUND).any())
+        angle = 0.0
+        if crop:
+            x, angle, found.left_out = crop_to_object(x)
+        found.turned = angle
+        views = [pad_and_resize(turn(x, angle)), pad_and_resize(x)] if angle else [pad_and_resize(x)]
+    found.pixels = int((views[0] > FOREGROUND).sum())
+    return views, found
+
+
 def preprocess_views(image: Source, invert: bool | None = None, crop: bool = True) -> list[np.ndarray]:
     """What `predict` shows the model: float32 (28, 28) images in [0, 1], light object on black, as the
     model was trained on. One, or two where the crop found the object standing 1-20 degrees off upright:
@@ -455,18 +518,7 @@ def preprocess_views(image: Source, invert: bool | None = None, crop: bool = Tru
     Fashion-MNIST: only inverted (if at all), never cropped or rescaled, so test-set images pass
     through unchanged.
     """
-    x = to_grayscale(load_image(image))
-    if invert is None:
-        invert = has_light_background(x)
-    if invert:
-        x = 1 - x
-    if x.shape == (SIZE, SIZE):
-        return [x]
-    x = remove_background(x)
-    if not crop:
-        return [pad_and_resize(x)]
-    x, angle = crop_to_object(x)
-    return [pad_and_resize(turn(x, angle)), pad_and_resize(x)] if angle else [pad_and_resize(x)]
+    return preprocess_picture(image, invert, crop)[0]
 
 
 def preprocess(image: Source, invert: bool | None = None, crop: bool = True) -> np.ndarray:
