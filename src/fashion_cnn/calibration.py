@@ -246,7 +246,7 @@ def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bo
     if data is None:
         config = meta.get("config") or {}
         data = load_data(config.get("data"), config.get("classes"), config.get("test_fraction", 0.2),
-                         config.get("data_dir"))
+                         config.get("data_dir"), framed=config.get("framed", False))
     images, labels, source, note = held_out(meta, data)
     meta.update(fit(model, images, labels, source))
     if note:

@@ -506,7 +506,8 @@ def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = T
     return views, found
 
 
-def preprocess_views(image: Source, invert: bool | None = None, crop: bool = True) -> list[np.ndarray]:
+def preprocess_views(image: Source, invert: bool | None = None, crop: bool = True,
+                     framed: bool = False) -> list[np.ndarray]:
     """What `predict` shows the model: float32 (28, 28) images in [0, 1], light object on black, as the
     model was trained on. One, or two where the crop found the object standing 1-20 degrees off upright:
     turned upright, then as it stands. Either can be right (a garment can have a slanted outline, or a
@@ -516,9 +517,9 @@ def preprocess_views(image: Source, invert: bool | None = None, crop: bool = Tru
 
     invert=None inverts when the border is light. A 28x28 input is taken as already framed like
     Fashion-MNIST: only inverted (if at all), never cropped or rescaled, so test-set images pass
-    through unchanged.
+    through unchanged; framed=True takes any picture so (preprocess_picture).
     """
-    return preprocess_picture(image, invert, crop)[0]
+    return preprocess_picture(image, invert, crop, framed)[0]
 
 
 def preprocess(image: Source, invert: bool | None = None, crop: bool = True) -> np.ndarray:
@@ -568,11 +569,12 @@ def expand_sources(images: Source | Iterable[Source]) -> list[tuple[str, Source 
     return expanded
 
 
-def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: bool) -> Prediction:
+def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: bool,
+            framed: bool = False) -> Prediction:
     try:
         if isinstance(source, ImageError):
             raise source
-        image, *other = preprocess_views(source, invert, crop)
+        image, *other = preprocess_views(source, invert, crop, framed)
         return Prediction(name, image=image, other_view=other[0] if other else None)
     except ImageError as e:
         return Prediction(name, error=e.reason)
@@ -614,12 +616,14 @@ class Predictor:
         return calibration.probabilities(predict_logits(self.model, x.detach().cpu()), self.temperature).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = TOP_K, invert: bool | None = None,
-                crop: bool = True, min_confidence: float | None = None) -> list[Prediction]:
+                crop: bool = True, min_confidence: float | None = None, framed: bool = False) -> list[Prediction]:
         """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise.
+        invert, crop and framed: as preprocess_views takes them.
 
         min_confidence overrides the predictor's rule for unknown images for this call (see Predictor).
         """
-        return self.predict_prepared([prepare(name, source, invert, crop) for name, source in expand_sources(images)],
+        return self.predict_prepared([prepare(name, source, invert, crop, framed)
+                                      for name, source in expand_sources(images)],
                                      top_k, min_confidence)
 
     def predict_prepared(self, predictions: list[Prediction], top_k: int = TOP_K,

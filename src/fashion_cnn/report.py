@@ -150,7 +150,8 @@ def run_data(config: dict, data_dir: str | None = None) -> Dataset:
     if data_dir:
         return load_dataset(None, data_dir=data_dir, download=False)
     return load_dataset(config.get("data"), classes=config.get("classes"), data_dir=config.get("data_dir"),
-                        test_fraction=config.get("test_fraction", 0.2), download=False)
+                        test_fraction=config.get("test_fraction", 0.2), framed=config.get("framed", False),
+                        download=False)
 
 
 def model_of(run: Run, model: str | Path | None, cached_meta: dict | None) -> Path | None:
