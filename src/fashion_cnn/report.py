@@ -33,6 +33,7 @@ from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves
+from .datasets import preprocessing_counts
 from .predict import data_url, png_bytes
 from .runs import ModelFileError, file_sha256, load_model, load_tensors, read_config, save_tensors, write_atomic
 from .version import __version__
@@ -42,6 +43,7 @@ PREDICTIONS = "predictions.safetensors"
 HIGHEST_LOSSES = 24
 CONFUSED_PAIRS = 10
 SCALE = 3  # gallery thumbnails: 28x28 shown as 84x84
+WORST = 12  # imported images shown of those that preprocessing left with the fewest object pixels
 SPRITE_COLUMNS = 100
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 
@@ -405,7 +407,7 @@ def what_ran(run: Run, evaluation: Evaluation | None, data: Dataset | None) -> S
         rows.append(("fashion-cnn version", esc(version)))
     out = table(None, [[k, v] for k, v in rows], "facts")
     if data is not None:
-        out += data_counts(run, config, data, evaluation)
+        out += data_counts(run, config, data, evaluation) + preprocessing_summary(data)
     settings = [[esc(k), f"<code>{esc(json.dumps(v))}</code>"] for k, v in config.items()]
     out += (f"<details><summary>all {len(settings)} settings</summary>"
             f"{table(['setting', 'value'], settings)}</details>")
@@ -433,6 +435,23 @@ def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | 
     rows = [[esc(name)] + [f"{counts[i]:,}" for _, counts in columns] for i, name in enumerate(names)]
     rows.append(["<strong>all</strong>"] + [f"<strong>{sum(counts):,}</strong>" for _, counts in columns])
     return f"<h3>Images per class</h3>{table(head, rows, 'numbers')}"
+
+
+def preprocessing_summary(data: Dataset) -> str:
+    """What preprocessing did to an imported folder's images (datasets.preprocessing_counts), and the WORST
+    results, those with the fewest object pixels: the ones to look at first."""
+    if not data.findings:
+        return ""
+    rows = [[esc(kind), f"{len(files):,}"] for kind, files in preprocessing_counts(data.findings).items()]
+    images = {**dict(zip(data.train_files or [], data.train_images)), **dict(zip(data.test_files or [], data.test_images))}
+    worst = [rel for rel in sorted(data.findings, key=lambda rel: (data.findings[rel].pixels, rel)) if rel in images]
+    figures = "".join(
+        f'<figure class="example">{image(data_url(png_bytes(images[rel].numpy())), rel, "thumb")}'
+        f'<figcaption>{esc(rel)}<br>{data.findings[rel].pixels} object pixels</figcaption></figure>'
+        for rel in worst[:WORST])
+    return (f"<h3>Preprocessing of the {len(data.findings):,} imported images</h3>"
+            f"{table(['images', 'count'], rows, 'numbers')}"
+            f"<h4>The {min(WORST, len(worst))} with the fewest object pixels</h4><div class=\"examples compact\">{figures}</div>")
 
 
 def curves_section(run: Run) -> Section | None:
