@@ -53,9 +53,11 @@ def framings(item: np.ndarray) -> dict[str, np.ndarray]:
     """A Fashion-MNIST item (28x28 uint8, light on black) as people save such pictures: inverted (dark on
     light), upscaled, padded, cropped tight to the garment (as it is and upscaled), either way round."""
     tight = cropped_tight(item)
-    return {"inverted": 255 - item, "upscaled 56": resized(item, 56), "inverted, upscaled 100": 255 - resized(item, 100),
-            "inverted, padded": 255 - np.pad(item, 6), "cropped tight": tight, "inverted, cropped tight": 255 - tight,
-            "cropped tight, upscaled 64": resized(tight, 64), "inverted, cropped tight, upscaled 64": 255 - resized(tight, 64)}
+    return {"inverted": 255 - item, "upscaled 56": resized(item, 56),
+            "inverted, upscaled 100": 255 - resized(item, 100), "inverted, padded": 255 - np.pad(item, 6),
+            "cropped tight": tight, "inverted, cropped tight": 255 - tight,
+            "cropped tight, upscaled 64": resized(tight, 64),
+            "inverted, cropped tight, upscaled 64": 255 - resized(tight, 64)}
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -364,7 +364,8 @@ class ImportCache:
 
     @classmethod
     def load(cls, root: Path, framed: bool = False) -> ImportCache:
-        """The folder's cache, for pictures taken as framed or not; empty when there is none, or it is unreadable or from other code."""
+        """The folder's cache, for its pictures taken as framed or not (each has its own); empty when there is
+        none, or it is unreadable or from other code."""
         path = cache_dir() / "datasets" / (hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]
                                            + ("-framed" if framed else "") + ".safetensors")
         empty = cls(path, framed, {}, {}, {}, {})

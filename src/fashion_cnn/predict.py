@@ -497,11 +497,9 @@ def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = T
     else:
         x, found.background = remove_background(x)
         found.touches_frame = bool((border(shrink(x)[0]) > FOREGROUND).any())
-        angle = 0.0
         if crop:
-            x, angle, found.left_out = crop_to_object(x)
-        found.turned = angle
-        views = [pad_and_resize(turn(x, angle)), pad_and_resize(x)] if angle else [pad_and_resize(x)]
+            x, found.turned, found.left_out = crop_to_object(x)
+        views = [pad_and_resize(turn(x, found.turned)), pad_and_resize(x)] if found.turned else [pad_and_resize(x)]
     found.pixels = int((views[0] > FOREGROUND).sum())
     return views, found
 

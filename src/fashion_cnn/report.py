@@ -443,7 +443,8 @@ def preprocessing_summary(data: Dataset) -> str:
     if not data.findings:
         return ""
     rows = [[esc(kind), f"{len(files):,}"] for kind, files in preprocessing_counts(data.findings).items()]
-    images = {**dict(zip(data.train_files or [], data.train_images)), **dict(zip(data.test_files or [], data.test_images))}
+    images = {**dict(zip(data.train_files or [], data.train_images)),
+              **dict(zip(data.test_files or [], data.test_images))}
     worst = [rel for rel in sorted(data.findings, key=lambda rel: (data.findings[rel].pixels, rel)) if rel in images]
     figures = "".join(
         f'<figure class="example">{image(data_url(png_bytes(images[rel].numpy())), rel, "thumb")}'
@@ -451,7 +452,8 @@ def preprocessing_summary(data: Dataset) -> str:
         for rel in worst[:WORST])
     return (f"<h3>Preprocessing of the {len(data.findings):,} imported images</h3>"
             f"{table(['images', 'count'], rows, 'numbers')}"
-            f"<h4>The {min(WORST, len(worst))} with the fewest object pixels</h4><div class=\"examples compact\">{figures}</div>")
+            f"<h4>The {min(WORST, len(worst))} with the fewest object pixels</h4>"
+            f'<div class="examples compact">{figures}</div>')
 
 
 def curves_section(run: Run) -> Section | None:
