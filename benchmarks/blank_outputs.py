@@ -36,12 +36,14 @@ def counts(results: list[np.ndarray]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--digits", type=int, default=1797, help="digits, evenly spaced (default: all %(default)s)")
     parser.add_argument("--items", type=int, default=1000, help="Fashion-MNIST training items (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
     args = parser.parse_args()
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     images, _ = digits(margin=0)
+    images = images[np.linspace(0, len(images) - 1, min(args.digits, len(images))).astype(int)]
     rows = {}
     for side in SIDES:
         for margin in (0, 2):
@@ -59,7 +61,7 @@ def main() -> None:
             rows[f"Fashion-MNIST training items, {kind}"] = counts(results)
             print(f"Fashion-MNIST training items, {kind}: {rows[f'Fashion-MNIST training items, {kind}']}")
     save_result(args.out, "blank_outputs.json", {"started": started, "nearly_empty_below": NEARLY_EMPTY,
-                                                  "kinds": rows})
+                                                  "digits": len(images), "items": args.items, "kinds": rows})
 
 
 if __name__ == "__main__":
