@@ -784,6 +784,12 @@ def test_digits_that_fill_their_frame_are_never_blanked(side):
             assert object_pixels(framed) >= NEARLY_EMPTY and object_pixels(255 - framed) >= NEARLY_EMPTY
 
 
+def test_a_digit_touching_the_frame_comes_out_as_with_a_margin():
+    images, _ = digits(per_class=4, margin=0)  # their strokes on one edge would tilt a background plane
+    for image in images:
+        assert np.array_equal(preprocess(image), preprocess(np.pad(image, 2)))
+
+
 def test_fashion_mnist_items_framed_in_every_way_are_never_blanked(real_data):
     items = real_data.train_images[:100].numpy()  # training items: the test set chooses nothing
     for kind, images in zip(framings(items[0]), zip(*(framings(item).values() for item in items))):
