@@ -47,7 +47,7 @@ def box_around_everything(photo: bytes) -> np.ndarray:
     x = to_grayscale(load_image(photo))
     if has_light_background(x):
         x = 1 - x
-    return pad_and_resize(crop_box(remove_background(x)))
+    return pad_and_resize(crop_box(remove_background(x)[0]))
 
 
 def preprocessed(photos: list[bytes], preprocess) -> tuple[list, float]:

@@ -19,21 +19,45 @@ CANVAS = (300, 400)  # width, height: a portrait phone photo, small enough to re
 MARGIN = 2  # black pixels around each 8x8 digit (below)
 
 
-def digits(per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def digits(per_class: int | None = None, margin: int = MARGIN) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 real 8x8 handwritten digits as uint8 images, light on dark (0..16 scaled to
-    0..255), framed by a MARGIN of black, and their labels; with per_class, the first that many of each class.
+    0..255), framed by `margin` pixels of black, and their labels; with per_class, the first that many of
+    each class.
 
-    Why the margin: `predict.preprocess` estimates the background from the border pixels, and 9% of the
-    bare 8x8 digits touch the border with their strokes (they were cropped to the digit): it turns 115 of
-    them black and 49 mostly white. A photo or scan of a digit has a margin; with 2 pixels of it, none fails.
+    Why a margin by default: a photo or scan of a digit has one. The bare digits fill their frame (they were
+    cropped to the digit), which `predict.preprocess` also handles (test_predict.py).
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = np.pad(np.round(bunch.images * (255 / 16)).astype(np.uint8), ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN)))
+    images = np.pad(np.round(bunch.images * (255 / 16)).astype(np.uint8), ((0, 0), (margin, margin), (margin, margin)))
     keep = np.arange(len(images)) if per_class is None else \
         np.sort(np.concatenate([np.flatnonzero(bunch.target == c)[:per_class] for c in range(10)]))
     return images[keep], bunch.target[keep]
+
+
+def resized(image: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 image resized (bicubic) so that its long side is `side` pixels, its aspect ratio kept."""
+    h, w = image.shape
+    size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+def cropped_tight(image: np.ndarray) -> np.ndarray:
+    """A light-on-black image cut to the box around its non-black pixels: the object touches all four sides."""
+    rows, cols = np.nonzero(image)
+    return image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+def framings(item: np.ndarray) -> dict[str, np.ndarray]:
+    """A Fashion-MNIST item (28x28 uint8, light on black) as people save such pictures: inverted (dark on
+    light), upscaled, padded, cropped tight to the garment (as it is and upscaled), either way round."""
+    tight = cropped_tight(item)
+    return {"inverted": 255 - item, "upscaled 56": resized(item, 56),
+            "inverted, upscaled 100": 255 - resized(item, 100), "inverted, padded": 255 - np.pad(item, 6),
+            "cropped tight": tight, "inverted, cropped tight": 255 - tight,
+            "cropped tight, upscaled 64": resized(tight, 64),
+            "inverted, cropped tight, upscaled 64": 255 - resized(tight, 64)}
 
 
 def png_bytes(image: np.ndarray) -> bytes:

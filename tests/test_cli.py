@@ -187,6 +187,7 @@ BAD_OPTIONS = [
     (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
     (["--add-to", "mnist"], "invalid choice: 'mnist'"),
     (["--add-to", "fashion-mnist", "--data", "fashion-mnist"], "--add-to fashion-mnist adds images of your own"),
+    (["--framed"], "--framed is for folders of images"),
     (["--class-weights", "balanced"], "invalid choice: 'balanced'"),
     (["--init", "/nonexistent.safetensors"], "--init /nonexistent.safetensors: no such file"),
     (["--init", "FILE"], "not a readable safetensors file"),
@@ -312,19 +313,20 @@ def test_every_option_of_every_command_is_covered():
     options = {(name, opt) for name, p in sub.choices.items() for a in p._actions for opt in a.option_strings
                if opt.startswith("--") and opt != "--help" and name not in ("cv", "train")
                and not (name in ("sweep", "tune") and opt in job_flags)}
-    data_options = {"--data", "--classes", "--test-fraction", "--data-dir", "--add-to"}
+    data_options = {"--data", "--classes", "--test-fraction", "--data-dir", "--add-to", "--framed", "--no-framed"}
     covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
                ("evaluate", "--threads"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
-               ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
+               ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--framed"),
+               ("predict", "--save-preprocessed"),
                ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("serve", "--allowed-host"),
                ("export", "--model"),
                ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
                ("predict", "--min-confidence"), ("serve", "--min-confidence"),
                *(("calibrate", o) for o in data_options),
-               *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
-                                          "--json")),
+               *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--framed", "--out",
+                                          "--force", "--json")),
                ("report", "--out"), ("report", "--data-dir"), ("report", "--force"), ("evaluate", "--force"),
                ("predict", "--force"),
                ("sweep", "--config"), ("sweep", "--resume"), *(("tune", o) for o in (

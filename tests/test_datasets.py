@@ -4,6 +4,7 @@ import hashlib
 import json
 import importlib
 import os
+import re
 import shutil
 import struct
 import time
@@ -23,7 +24,7 @@ from fashion_cnn.data import CLASS_NAMES, DataError, load_fashion_mnist, to_floa
 from fashion_cnn.datasets import describe, load_dataset
 from fashion_cnn.predict import preprocess
 from fashion_cnn.runs import load_tensors, save_tensors
-from sample_images import png_bytes, render_photo, write_digits_folder
+from sample_images import digits, png_bytes, render_photo, write_digits_folder
 
 
 @pytest.fixture
@@ -39,9 +40,9 @@ def decodes(monkeypatch) -> list[int]:
     calls = []
     real = datasets.decode_image
 
-    def counting(data):
+    def counting(data, *options):
         calls.append(1)
-        return real(data)
+        return real(data, *options)
 
     monkeypatch.setattr(datasets, "decode_image", counting)
     return calls
@@ -143,6 +144,7 @@ def test_import_equals_predict_preprocessing(tmp_path, digits_dir):
     for i, item in enumerate(items):
         (root / "photo" / f"{i}.jpg").write_bytes(render_photo(item, rng))
     rgba = np.dstack([rng.integers(0, 255, (40, 30, 3)), np.full((40, 30), 128)]).astype(np.uint8)
+    rgba[10:30, 8:22] = (20, 20, 20, 255)  # an opaque object: noise alone is no picture, and an empty import stops
     Image.fromarray(rgba).save(root / "photo" / "rgba.png")
     (root / "photo" / "light28.png").write_bytes(png_bytes(255 - items[0]))  # 28x28, light border: inverted
     ds = load_dataset(root)
@@ -563,3 +565,55 @@ def test_data_and_evaluate_take_the_jobs_data_options(digits_dir, tmp_path, caps
         in capsys.readouterr().out
     assert main(["evaluate", "--model", str(run), "--data", str(digits_dir)]) == 1  # ten classes, not two
     assert "predicts other classes (0, 8)" in capsys.readouterr().err
+
+
+# --- what preprocessing did: counted, and a blanking import refused -----------------------------------
+
+def test_data_counts_what_preprocessing_did(tmp_path, capsys):
+    images, labels = digits(margin=0)  # bare 8x8 digits: most touch the frame
+    for k in range(60):
+        path = tmp_path / "bare" / str(labels[k]) / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(images[k] if k % 2 else 255 - images[k]))  # half dark on light
+    assert main(["data", "--data", str(tmp_path / "bare")]) == 0
+    out = capsys.readouterr().out
+    counts = {line.split(":")[0].strip(): int(line.split()[-1]) for line in out.splitlines()
+              if line.startswith("  ") and line.split()[-1].isdigit()}
+    assert counts["empty"] == counts[f"nearly empty (under {datasets.NEARLY_EMPTY} object pixels)"] == 0
+    assert counts["inverted (dark on light)"] == 30 and counts["with the object touching the frame"] > 30
+
+
+def test_an_import_that_comes_out_empty_is_refused_and_names_the_option_that_keeps_it(digits_dir, capsys, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flat = png_bytes(np.zeros((12, 12), np.uint8))  # black: empty however imported
+    for k in range(2):  # 2 of 202: 1%, allowed and listed
+        (digits_dir / "3" / f"flat{k}.png").write_bytes(flat + bytes([k]))  # distinct files: both count
+    assert main(["data", "--data", str(digits_dir)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  empty: +2$", out, re.M) and "    3/flat0.png, 3/flat1.png" in out
+    (digits_dir / "3" / "flat2.png").write_bytes(flat + b"2")  # 3 of 203: refused, however imported
+    for command in (["data"], ["cv", "--epochs", "1", "--threads", "1"], ["train", "--epochs", "1", "--threads", "1"]):
+        assert main([*command, "--data", str(digits_dir)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "3 of 203 images came out empty" in err and "--framed keeps them" in err
+    assert not Path("runs").exists()  # cv and train stopped before making a run directory
+    assert main(["data", "--data", str(digits_dir), "--framed"]) == 1  # flat pictures are empty however framed
+    assert "remove those that show nothing" in capsys.readouterr().err
+
+
+def test_framed_imports_keep_each_picture_whole_and_cache_apart(tmp_path, decodes):
+    images, labels = digits(per_class=5, margin=0)
+    for k, (image, label) in enumerate(zip(images, labels)):
+        path = tmp_path / "bare" / str(label) / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(image))
+    framed = load_dataset(tmp_path / "bare", framed=True)
+    found = framed.findings["0/0.png"]
+    assert found.background == "none" and not found.inverted and found.pixels > 20
+    assert load_dataset(tmp_path / "bare").findings["0/0.png"].background != "none"
+    assert len(decodes) == 2 * len(images)  # each way decoded once...
+    load_dataset(tmp_path / "bare", framed=True), load_dataset(tmp_path / "bare")
+    assert len(decodes) == 2 * len(images)  # ...and cached apart
+    with pytest.raises(ValueError, match="--framed is for folders of images"):
+        load_dataset("fashion-mnist", framed=True)

@@ -320,15 +320,15 @@ def test_the_api_returns_heat_maps_when_asked(model_file):
     assert explained[0]["class_name"] == plain[0]["class_name"]
 
 
-def test_no_crop_and_no_invert_reach_explain_as_they_reach_predict(model_file, tmp_path, capsys):
+def test_no_crop_no_invert_and_framed_reach_explain_as_they_reach_predict(model_file, tmp_path, capsys):
     item = write(tmp_path / "item.png", encode(garment(), "PNG"))
     maps = {}
-    for flags in ((), ("--no-crop",), ("--no-invert",)):
+    for flags in ((), ("--no-crop",), ("--no-invert",), ("--framed",)):
         code, text, _ = explain(capsys, item, "--model", model_file, "--out", tmp_path / "-".join(flags or ("x",)),
                                 "--json", *flags)
         assert code == 0
         maps[flags] = np.asarray(json.loads(text)["predictions"][0]["heatmap"])
-    assert not np.allclose(maps[()], maps[("--no-crop",)]) and not np.allclose(maps[()], maps[("--no-invert",)])
+    assert not any(np.allclose(maps[()], maps[flags]) for flags in (("--no-crop",), ("--no-invert",), ("--framed",)))
 
 
 def test_a_speckled_map_shows_where_its_evidence_is():

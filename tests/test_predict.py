@@ -27,8 +27,10 @@ from fashion_cnn.cli import main
 from fashion_cnn.data import CLASS_NAMES
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model
-from fashion_cnn.predict import (ImageError, Predictor, load_image, predict, preprocess, preprocess_views,
-                                 resolve_model_path)
+from fashion_cnn.datasets import NEARLY_EMPTY
+from fashion_cnn.predict import (ImageError, Predictor, load_image, pad_and_resize, predict, preprocess,
+                                 preprocess_picture, preprocess_views, resolve_model_path)
+from sample_images import digits, framings, lighting, resized, texture
 from fashion_cnn.runs import ModelFileError, load_model, save_model
 
 predict_module = importlib.import_module("fashion_cnn.predict")  # the package's `predict` is the function
@@ -697,10 +699,11 @@ def test_save_preprocessed_replaces_earlier_files_only_with_force(model_file, tm
     assert code == 1 and f"{own}: is the input {own}" in err and own.read_bytes() == turned.read_bytes()
 
 
-def test_no_invert_and_no_crop_reach_the_preprocessing(model_file, tmp_path, capsys):
+def test_no_invert_no_crop_and_framed_reach_the_preprocessing(model_file, tmp_path, capsys):
     path = write(tmp_path / "bar.png", encode(Image.fromarray(bar(400, 300, light_object=False)), "PNG"))
     for flags, expected in (((), preprocess(path)), (("--no-invert",), preprocess(path, invert=False)),
-                            (("--no-crop",), preprocess(path, crop=False))):
+                            (("--no-crop",), preprocess(path, crop=False)),
+                            (("--framed",), preprocess_views(path, framed=True)[0])):
         saved = tmp_path / "-".join(flags or ("default",))
         run_cli(capsys, path, "--model", model_file, "--save-preprocessed", saved, *flags)
         assert np.array_equal(np.asarray(Image.open(next(saved.iterdir()))), np.round(expected * 255))
@@ -815,6 +818,59 @@ def test_a_closed_pipe_ends_predict_quietly(model_file, tmp_path):
                           stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(writer)
     assert done.stderr == "" and done.returncode == 141  # as the shell reports a tool killed by SIGPIPE
+
+
+# --- pictures that fill their frame: never blanked -------------------------------------------------
+
+def object_pixels(image) -> int:
+    _, found = preprocess_picture(image)
+    return found.pixels
+
+
+@pytest.mark.parametrize("side", [8, 16, 28, 48, 96])
+def test_digits_that_fill_their_frame_are_never_blanked(side):
+    images, labels = digits(margin=0)
+    touching = np.maximum(images[:, [0, -1]].max((1, 2)), images[:, :, [0, -1]].max((1, 2))) > 0
+    chosen = np.concatenate([np.flatnonzero(touching & (labels == d))[:4] for d in range(10)])
+    for margin in (0, 2):
+        for image in images[chosen]:
+            framed = resized(np.pad(image, margin), side + 2 * margin * side // 8)
+            # as many object pixels as a Fashion-MNIST item has at least, light on dark and dark on light
+            assert object_pixels(framed) >= NEARLY_EMPTY and object_pixels(255 - framed) >= NEARLY_EMPTY
+
+
+def test_a_digit_touching_the_frame_comes_out_as_with_a_margin():
+    images, _ = digits(per_class=4, margin=0)  # their strokes on one edge would tilt a background plane
+    for image in images:
+        assert np.array_equal(preprocess(image), preprocess(np.pad(image, 2)))
+
+
+def test_fashion_mnist_items_framed_in_every_way_are_never_blanked(real_data):
+    items = real_data.train_images[:100].numpy()  # training items: the test set chooses nothing
+    for kind, images in zip(framings(items[0]), zip(*(framings(item).values() for item in items))):
+        fewest = min(object_pixels(image) for image in images)
+        assert fewest >= NEARLY_EMPTY, kind
+
+
+def test_a_picture_with_nothing_in_it_stays_empty():
+    rng = np.random.default_rng(0)
+    flat = [np.full(shape, level, np.uint8) for shape in ((8, 8), (28, 40), (300, 400)) for level in (0, 128, 255)]
+    walls = [wall_photo(seed) for seed in range(3)]
+    for seed in range(3):  # textured and unevenly lit, as benchmarks/predict_clutter.py renders backgrounds
+        wall = rng.uniform(150, 250) + rng.normal(0, 3, (300, 400))
+        wall = wall + texture(rng, wall.shape) if seed % 2 else wall * lighting(rng, wall.shape)
+        walls.append(encode(Image.fromarray(np.clip(wall, 0, 255).astype(np.uint8)), "JPEG"))
+    for picture in flat + walls:
+        views, found = preprocess_picture(picture)
+        assert views[0].max() == 0 and found.pixels == 0
+
+
+def test_framed_pictures_are_only_inverted_and_resized():
+    images, _ = digits(per_class=1, margin=0)
+    for image in images:  # bare 8x8 digits: light on black, the digit touching the frame
+        expected = pad_and_resize(image.astype(np.float32) / 255)
+        assert np.array_equal(preprocess_views(image, framed=True), [expected])
+        assert np.array_equal(preprocess_views(255 - image, framed=True), [expected])  # dark on light: inverted
 
 
 # --- calibrated probabilities and "unknown" ---------------------------------------------------------

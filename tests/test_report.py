@@ -403,3 +403,20 @@ def test_a_comparison_goes_in_the_folder_that_holds_the_runs(train_run, cv_run, 
 def test_the_cv_report_shows_the_machine(cv_run):
     machine = json.loads((cv_run / "cv_results.json").read_text())["machine"]
     assert machine and f"<td>machine</td><td>{machine}</td>" in (cv_run / "report.html").read_text()
+
+
+def test_an_image_folder_run_shows_what_preprocessing_did_and_the_emptiest_images(tmp_path):
+    from sample_images import digits, png_bytes
+
+    images, labels = digits(per_class=6, margin=0)
+    for k, (image, label) in enumerate(zip(images, labels)):
+        path = tmp_path / "bare" / str(label) / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(image if k % 3 else 255 - image))
+    run_dir = cross_validate(CVConfig(folds=2, epochs=1, threads=1, out=str(tmp_path / "runs"),
+                                      data=str(tmp_path / "bare"))).run_dir
+    text = (run_dir / "report.html").read_text()
+    assert "Preprocessing of the 60 imported images" in text
+    assert re.search(r"<td>inverted \(dark on light\)</td><td>20</td>", text)
+    shown = [int(n) for n in re.findall(r"<br>(\d+) object pixels</figcaption>", text)]
+    assert len(shown) == report.WORST and shown == sorted(shown) and shown[0] > 0

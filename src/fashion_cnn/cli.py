@@ -176,7 +176,7 @@ def add_job_options(parser: argparse.ArgumentParser, config_cls: type, several: 
     run.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
 
 
-DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to")
+DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to", "framed")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
                                     invert=False if args.no_invert else None, crop=not args.no_crop,
+                                    framed=args.framed,
                                     errors="report")  # one line per bad file, and the others still predicted
     # saved before anything is printed: a refused file is then the command's only output
     saved = save_preprocessed(predictions, args.save_preprocessed, args.force) if args.save_preprocessed else None
@@ -320,7 +321,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     predictor, predictions, heats, paths = explain_files(
         args.images, args.model, args.out, args.force, args.top_k,
-        invert=False if args.no_invert else None, crop=not args.no_crop)
+        invert=False if args.no_invert else None, crop=not args.no_crop, framed=args.framed)
     print(predictor.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         document = as_json(predictions, predictor)
@@ -405,6 +406,9 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
                         help="never invert (default: invert when the border is light, as in photos)")
     parser.add_argument("--no-crop", action="store_true",
                         help="keep the whole picture instead of cropping to the object")
+    parser.add_argument("--framed", action="store_true",
+                        help="take each picture as framed like Fashion-MNIST (the object filling it): only inverted "
+                             "and resized, as `--framed` imported a model's training images")
 
 
 def add_min_confidence_option(parser: argparse.ArgumentParser) -> None:

@@ -15,12 +15,16 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .runs import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from .predict import Findings
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -82,6 +86,8 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # other findings of the import, one line each
     test_parts: list[tuple[str, int]] = field(default_factory=list)  # (name, count): consecutive blocks of
     # the test set from different sources (--add-to), which reports score apart as well as together
+    findings: dict[str, Findings] = field(default_factory=dict, repr=False)  # image folders: file -> what
+    # preprocessing found in it
 
 
 FashionMNIST = Dataset  # its name before other data sets could be loaded

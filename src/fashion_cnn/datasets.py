@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .data import (CLASS_NAMES, FILES, DataError, Dataset, cache_dir, class_counts, decompress,
                    idx_size, load_fashion_mnist, parse_idx, to_uint8)
 from .models import unknown
+from .predict import BACKGROUNDS, Findings, preprocess_picture
 from .runs import ModelFileError, load_tensors, save_tensors
 
 __all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "printable", "class_key"]
@@ -40,15 +41,20 @@ NAMES = ("fashion-mnist",)
 MAX_FILES = 1_000_000  # image files in one folder; more is a mistake (the wrong folder) or an attack
 MAX_IDX_BYTES = 1 << 31  # one decompressed IDX file; EMNIST's largest is 550 MB
 MAX_CLASSES_TXT = 1 << 20
-CACHE_FORMAT = "fashion-cnn-image-cache/2"
+CACHE_FORMAT = "fashion-cnn-image-cache/3"  # 2: entry checksums, 3: with what preprocessing found (Findings)
 # A file's stamp is trusted only once it is older than this when read: a file rewritten within the clock
 # tick of its last read keeps size, mtime and ctime (FAT's times tick every 2 s), so it is read again.
 SETTLE_NS = 2_000_000_000
 UNSURE = (-1, -1, -1)  # the stamp kept for a file changed too recently: it never matches, so it is read again
-# The cache file's tensors: (dtype, shape after the first dimension). hashes, images and checks are one
-# entry per content hash; paths the file names, "\0"-separated; stamps and file_hashes one row per file.
-CACHE_TENSORS = {"hashes": (torch.uint8, (32,)), "images": (torch.uint8, (28, 28)), "checks": (torch.uint8, (32,)),
-                 "paths": (torch.uint8, ()), "stamps": (torch.int64, (3,)), "file_hashes": (torch.uint8, (32,))}
+# The cache file's tensors: (dtype, shape after the first dimension). hashes, images, findings and checks are
+# one entry per content hash; paths the file names, "\0"-separated; stamps and file_hashes one row per file.
+CACHE_TENSORS = {"hashes": (torch.uint8, (32,)), "images": (torch.uint8, (28, 28)), "findings": (torch.float64, (6,)),
+                 "checks": (torch.uint8, (32,)), "paths": (torch.uint8, ()), "stamps": (torch.int64, (3,)),
+                 "file_hashes": (torch.uint8, (32,))}
+MAX_EMPTY = 0.01  # an import with a larger share of images that come out empty stops (a blank image
+#                   teaches nothing and costs its class accuracy); fewer are listed
+NEARLY_EMPTY = 20  # object pixels: a result with fewer is "nearly empty" (the fewest in any of
+#                    Fashion-MNIST's 60,000 training items is 38)
 # MNIST, KMNIST, EMNIST (emnist-letters-train-images-idx3-ubyte.gz) and MNIST's "train-images.idx3-ubyte".
 IDX_NAME = re.compile(r"(?:.*[-_.])?(train|t10k|test)[-_.](images|labels)[-_.]idx[13][-_.]ubyte(?:\.gz)?",
                       re.IGNORECASE)
@@ -71,7 +77,7 @@ def load_model_data(meta: dict, model_path: str | Path) -> Dataset:
 
 def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str] | None = None,
                  seed: int = 1, test_fraction: float = 0.2, data_dir: str | Path | None = None,
-                 download: bool = True, add_to: str | None = None) -> Dataset:
+                 download: bool = True, add_to: str | None = None, framed: bool = False) -> Dataset:
     """Fashion-MNIST (spec None or "fashion-mnist", from data_dir or the usual places), a folder of IDX
     files, or a folder of images.
 
@@ -79,15 +85,20 @@ def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str]
     the class folders to use, in that order (default: all, sorted). A list, or one comma-separated string.
     seed, test_fraction: how an image folder without train/ and test/ is split (see `split_key`).
     add_to: "fashion-mnist" adds the folder's images to Fashion-MNIST's (from data_dir); see `added_to`.
+    framed: an image folder's pictures are framed like Fashion-MNIST (the object filling each): only
+    inverted and resized, not searched for the object (predict.preprocess_picture).
     """
     if add_to is not None:
         if str(add_to).lower() not in NAMES:
             raise unknown("data set to add to", add_to, NAMES)
         if spec is None or str(spec).lower() in NAMES:
             raise ValueError(f"--add-to {add_to} adds images of your own to it: give them with --data DIR")
-        own = load_dataset(spec, classes=classes, seed=seed, test_fraction=test_fraction)
+        own = load_dataset(spec, classes=classes, seed=seed, test_fraction=test_fraction, framed=framed)
         return added_to(load_fashion_mnist(data_dir, download=download), own, Path(spec).name)
+    framed_already = ValueError("--framed is for folders of images; IDX files hold framed 28x28 images")
     if spec is None or str(spec).lower() in NAMES:
+        if framed:
+            raise framed_already
         if classes is not None:
             raise ValueError("--classes is for IDX files and image folders; Fashion-MNIST has its own names")
         return load_fashion_mnist(data_dir, download=download)
@@ -103,8 +114,10 @@ def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str]
         raise ValueError(f"the test fraction must be between 0 and 1, not {test_fraction}")
     try:
         if idx_files(root):
+            if framed:
+                raise framed_already
             return load_idx_folder(root, names)
-        return load_image_folder(root, names, seed, test_fraction)
+        return load_image_folder(root, names, seed, test_fraction, framed)
     except PermissionError as e:  # a folder we may not list; files we may not read are skipped instead
         raise DataError(f"{e.filename}: cannot read ({e.strerror})") from None
 
@@ -342,11 +355,22 @@ def relative(path: Path, root: Path) -> str:
 
 # --- image folders: decoding, with a cache --------------------------------------------------------
 
-def decode_image(data: bytes) -> np.ndarray:
-    """A file's bytes as the 28x28 uint8 image `fashion-cnn predict` would feed the model."""
-    from .predict import preprocess
+def decode_image(data: bytes, framed: bool = False) -> tuple[np.ndarray, Findings]:
+    """A file's bytes as the 28x28 uint8 image `fashion-cnn predict` would feed the model (framed: taken as
+    framed like Fashion-MNIST), and what preprocessing found on the way."""
+    views, found = preprocess_picture(data, framed=framed)
+    return to_uint8(views[0]), found
 
-    return to_uint8(preprocess(data))
+
+def findings_row(found: Findings) -> list[float]:
+    """Findings as numbers, for the cache's tensor (findings_of reads them back)."""
+    return [found.inverted, BACKGROUNDS.index(found.background), found.touches_frame, found.left_out,
+            found.turned, found.pixels]
+
+
+def findings_of(row: list[float]) -> Findings:
+    inverted, background, touches, left_out, turned, pixels = row
+    return Findings(bool(inverted), BACKGROUNDS[int(background)], bool(touches), left_out, turned, int(pixels))
 
 
 def preprocess_version() -> str:
@@ -370,16 +394,19 @@ class ImportCache:
     """
 
     path: Path
+    framed: bool  # how the images were preprocessed: taken as framed (preprocess_picture)
     images: dict[str, np.ndarray]  # content hash -> 28x28 uint8
+    found: dict[str, Findings]  # content hash -> what preprocessing found
     bad: dict[str, str]  # content hash -> why it is not a usable image
     stamps: dict[str, tuple[tuple[int, int, int], str]]  # file -> (its ImageFile.stamp, content hash)
 
     @classmethod
-    def load(cls, root: Path) -> ImportCache:
-        """The folder's cache; empty when there is none, or it is unreadable or from other code."""
+    def load(cls, root: Path, framed: bool = False) -> ImportCache:
+        """The folder's cache, for its pictures taken as framed or not (each has its own); empty when there is
+        none, or it is unreadable or from other code."""
         path = cache_dir() / "datasets" / (hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]
-                                           + ".safetensors")
-        empty = cls(path, {}, {}, {})
+                                           + ("-framed" if framed else "") + ".safetensors")
+        empty = cls(path, framed, {}, {}, {}, {})
         if not path.is_file():
             return empty
         try:
@@ -393,17 +420,20 @@ class ImportCache:
             blob = tensors["paths"].numpy().tobytes()
             paths = os.fsdecode(blob).split("\0") if blob else []
             file_hashes = hex_hashes(tensors["file_hashes"])
-            if not len(hashes) == len(tensors["images"]) == len(tensors["checks"]) or \
-                    not len(paths) == len(file_hashes) == len(tensors["stamps"]):
+            if not len(hashes) == len(tensors["images"]) == len(tensors["findings"]) == len(tensors["checks"]) \
+                    or not len(paths) == len(file_hashes) == len(tensors["stamps"]):
                 return empty
-            images = dict(zip(hashes, tensors["images"].numpy()))
-            if meta["images_check"] != fingerprint(tensors["hashes"], tensors["images"]):  # find the damage
-                images = {h: image for (h, image), check in zip(images.items(), hex_hashes(tensors["checks"]))
-                          if entry_check(h, image.tobytes()) == check}
-            bad = {h: reason for h, (reason, check) in meta["bad"].items() if entry_check(h, reason.encode()) == check}
+            entries = {h: (image, row) for h, image, row in zip(hashes, tensors["images"].numpy(),
+                                                                 tensors["findings"].numpy())}
+            if meta["images_check"] != fingerprint(tensors["hashes"], tensors["images"], tensors["findings"]):
+                entries = {h: entry for (h, entry), check in zip(entries.items(), hex_hashes(tensors["checks"]))
+                           if entry_check(h, *entry) == check}  # find the damage
+            bad = {h: reason for h, (reason, check) in meta["bad"].items()
+                   if entry_check(h, reason.encode()) == check}
             stamps = {p: (tuple(stamp), h) for p, stamp, h in zip(paths, tensors["stamps"].tolist(), file_hashes)}
-            return cls(path, images, bad, stamps)
-        except (ModelFileError, KeyError, ValueError, TypeError, AttributeError):
+            return cls(path, framed, {h: image for h, (image, _) in entries.items()},
+                       {h: findings_of(row.tolist()) for h, (_, row) in entries.items()}, bad, stamps)
+        except (ModelFileError, KeyError, ValueError, TypeError, AttributeError, IndexError):
             return empty  # a cache only saves time: rebuild it
 
     def save(self, used: dict[str, str]) -> None:
@@ -415,13 +445,15 @@ class ImportCache:
             "hashes": hash_tensor(good),
             "images": torch.from_numpy(np.stack([self.images[h] for h in good]) if good
                                        else np.zeros((0, 28, 28), np.uint8)),
-            "checks": hash_tensor([entry_check(h, self.images[h].tobytes()) for h in good]),
+            "findings": torch.tensor([findings_row(self.found[h]) for h in good], dtype=torch.float64).reshape(-1, 6),
+            "checks": hash_tensor([entry_check(h, self.images[h], findings_row(self.found[h])) for h in good]),
             "paths": torch.from_numpy(np.frombuffer(os.fsencode("\0".join(rels)), np.uint8).copy()),
             "stamps": torch.tensor([self.stamps[r][0] for r in rels], dtype=torch.int64).reshape(-1, 3),
             "file_hashes": hash_tensor([used[r] for r in rels]),
         }
         meta = {"format": CACHE_FORMAT, "preprocess": preprocess_version(),
-                "images_check": fingerprint(tensors["hashes"], tensors["images"]),  # spares checking each
+                "images_check": fingerprint(tensors["hashes"], tensors["images"], tensors["findings"]),  # spares
+                # checking each entry
                 "bad": {h: [self.bad[h], entry_check(h, self.bad[h].encode())]
                         for h in sorted(live) if h in self.bad}}
         try:
@@ -430,10 +462,15 @@ class ImportCache:
             pass  # a read-only cache must not stop the job; the next import decodes again
 
 
-def entry_check(digest: str, value: bytes) -> str:
-    """A cache entry's checksum, in hex: SHA-256 of its key (a content hash) and its value, so a damaged or
-    edited value, or one moved to another key, is found and decoded again rather than used."""
-    return hashlib.sha256(bytes.fromhex(digest) + value).hexdigest()
+def entry_check(digest: str, *values: bytes | np.ndarray | list[float]) -> str:
+    """A cache entry's checksum, in hex: SHA-256 of its key (a content hash) and its values (an image and
+    its findings as float64, or a reason's bytes), so a damaged or edited value, or one moved to another
+    key, is found and decoded again rather than used."""
+    digest_of = hashlib.sha256(bytes.fromhex(digest))
+    for value in values:
+        digest_of.update(value if isinstance(value, bytes) else  # a list of findings: float64, as stored
+                         np.ascontiguousarray(value, getattr(value, "dtype", np.float64)).tobytes())
+    return digest_of.hexdigest()
 
 
 def hash_tensor(hashes: list[str]) -> torch.Tensor:
@@ -466,7 +503,7 @@ def import_files(files: list[ImageFile], cache: ImportCache,
             digest = hashlib.sha256(data).hexdigest()
             if digest not in cache.images and digest not in cache.bad:
                 try:
-                    cache.images[digest] = decode_image(data)
+                    cache.images[digest], cache.found[digest] = decode_image(data, cache.framed)
                 except (ImageError, ValueError) as e:
                     cache.bad[digest] = getattr(e, "reason", None) or f"cannot be preprocessed ({e})"
             cache.stamps[f.rel] = (f.stamp if settled else UNSURE, digest)
@@ -520,16 +557,20 @@ def draw_split(files: list[ImageFile], usable: dict[str, str], seed: int, fracti
     return {f.rel: side[f.label, usable[f.rel]] for f in files if f.rel in usable}
 
 
-def load_image_folder(root: Path, names: list[str] | None, seed: int = 1, test_fraction: float = 0.2) -> Dataset:
-    """Import a folder of images, DIR/<class>/<image> or DIR/train|test/<class>/<image>; see the module."""
+def load_image_folder(root: Path, names: list[str] | None, seed: int = 1, test_fraction: float = 0.2,
+                      framed: bool = False) -> Dataset:
+    """Import a folder of images, DIR/<class>/<image> or DIR/train|test/<class>/<image>; see the module.
+    More than MAX_EMPTY of them coming out empty stops it (DataError)."""
     skipped: list[tuple[str, str]] = []
     names, parts = class_folders(root, names, skipped)
     class_names = [printable(n) for n in names]
     if len(set(class_names)) < len(class_names):
         raise DataError(f"{root}: class folder names that print alike: {', '.join(class_names)}")
     files, notes = scan(root, names, parts, skipped)
-    cache = ImportCache.load(root)
+    cache = ImportCache.load(root, framed)
     usable = import_files(files, cache, skipped)
+    found = {rel: cache.found[digest] for rel, digest in usable.items()}
+    check_empty(root, found, framed)
     drawn = parts[0][0] is None
     part = draw_split(files, usable, seed, test_fraction) if drawn else {f.rel: f.part for f in files}
     ok = sorted((f for f in files if f.rel in usable), key=lambda f: (split_key(usable[f.rel], seed), f.rel))
@@ -558,8 +599,20 @@ def load_image_folder(root: Path, names: list[str] | None, seed: int = 1, test_f
         checksums={p: fingerprint(*arrays[p]) for p in ("train", "test")},
         class_names=class_names,
         train_files=[f.rel for f in by_part["train"]], test_files=[f.rel for f in by_part["test"]],
-        skipped=sorted(skipped), duplicates=find_duplicates(ok, usable, part), notes=notes,
+        skipped=sorted(skipped), duplicates=find_duplicates(ok, usable, part), notes=notes, findings=found,
     )
+
+
+def check_empty(root: Path, found: dict[str, Findings], framed: bool) -> None:
+    """Stop an import where more than MAX_EMPTY of the images came out empty, naming the way to keep them."""
+    empty = sorted(rel for rel, f in found.items() if not f.pixels)
+    if len(empty) <= MAX_EMPTY * len(found):
+        return
+    some = ", ".join(printable(rel) for rel in empty[:3]) + (", ..." if len(empty) > 3 else "")
+    advice = "" if framed else ("; where the object fills each picture (framed like Fashion-MNIST, as bare "
+                                "scanned digits), --framed keeps them")
+    raise DataError(f"{root}: {len(empty)} of {len(found)} images came out empty after preprocessing (more than "
+                    f"{MAX_EMPTY:.0%}: {some}): remove those that show nothing{advice}")
 
 
 def find_duplicates(files: list[ImageFile], usable: dict[str, str], part: dict[str, str]) -> list[tuple[str, ...]]:
@@ -621,7 +674,7 @@ def added_to(base: Dataset, own: Dataset, name: str) -> Dataset:
         source=f"{base.source} + {own.source}",
         checksums={**base.checksums, **{f"{name}/{k}": v for k, v in own.checksums.items()}},
         class_names=list(base.class_names), skipped=own.skipped, duplicates=own.duplicates,
-        notes=own.notes, test_parts=[(n, k) for n, k in parts if k],
+        notes=own.notes, test_parts=[(n, k) for n, k in parts if k], findings=own.findings,
     )
 
 
@@ -634,6 +687,27 @@ def test_set_problem(ds: Dataset) -> str | None:
         return None
     return ("no test images, so a model trained on it could not be tested: give each class 2 different images "
             "or more (one or more of them is drawn for the test set), or put test images in DIR/test/<class>/")
+
+
+# A crop that left out more of the picture's brightness counts as "cropped": of photo renders of 60
+# training items (tests/sample_images.py), the plain ones lost 1.8% at most, half of those with a coin beside
+# more than 2.2%, with a drop shadow 0.6% in the median and up to 7%.
+LEFT_OUT = 0.02
+
+
+def preprocessing_counts(findings: dict[str, Findings]) -> dict[str, list[str]]:
+    """The files of each kind of finding, worst first (fewest object pixels): what `data` and the report list."""
+    order = sorted(findings, key=lambda rel: (findings[rel].pixels, rel))
+    kinds = {
+        "empty": lambda f: f.pixels == 0,
+        f"nearly empty (under {NEARLY_EMPTY} object pixels)": lambda f: 0 < f.pixels < NEARLY_EMPTY,
+        "inverted (dark on light)": lambda f: f.inverted,
+        "cropped (another object or a shadow left out)": lambda f: f.left_out > LEFT_OUT,
+        "turned upright": lambda f: f.turned != 0,
+        "with the object touching the frame": lambda f: f.touches_frame,
+        "kept whole, with no background removed": lambda f: f.background == BACKGROUNDS[2] and f.pixels,
+    }
+    return {kind: [rel for rel in order if test(findings[rel])] for kind, test in kinds.items()}
 
 
 def describe(ds: Dataset) -> list[str]:
@@ -653,5 +727,13 @@ def describe(ds: Dataset) -> list[str]:
         lines.append(f"{len(ds.duplicates)} set{'s' if len(ds.duplicates) > 1 else ''} of identical files "
                      "in two classes or in train and test:")
         lines += ["  " + ", ".join(printable(rel) for rel in group) for group in ds.duplicates]
+    if ds.findings:
+        counts = preprocessing_counts(ds.findings)
+        lines.append(f"preprocessing of the {len(ds.findings)} images:")
+        for k, (kind, files) in enumerate(counts.items()):
+            lines.append(f"  {kind + ':':<48} {len(files):>6}")
+            if k < 2 and files:  # empty and nearly empty: the ones to look at
+                lines.append("    " + ", ".join(printable(rel) for rel in files[:10])
+                             + (f" and {len(files) - 10} more" if len(files) > 10 else ""))
     problem = test_set_problem(ds)
     return lines + ds.notes + ([f"warning: {problem}"] if problem else [])

@@ -311,14 +311,14 @@ def output_paths(predictions: list[Prediction], sources: list[tuple[str, Source]
 
 def explain_files(images: Source | Iterable[Source], model: str | Path | None = None,
                   out_dir: str | Path = "explanations", force: bool = False, top_k: int = TOP_K,
-                  invert: bool | None = None, crop: bool = True,
+                  invert: bool | None = None, crop: bool = True, framed: bool = False,
                   ) -> tuple[Predictor, list[Prediction], list[np.ndarray | None], list[Path | None]]:
     """Predict and explain images as `fashion-cnn predict` preprocesses them; one PNG per usable image in
     out_dir (<index>-<name>.png). Returns the predictor, the predictions, their heat maps and PNG paths
     (None where an input could not be used: its Prediction has `error`)."""
     predictor = Predictor(model)
     sources = expand_sources(images)
-    predictions = [prepare(name, source, invert, crop) for name, source in sources]
+    predictions = [prepare(name, source, invert, crop, framed) for name, source in sources]
     paths = output_paths(predictions, sources, Path(out_dir), force)  # refused before any work is done
     predictor.predict_prepared(predictions, top_k)
     heats = explain_predictions(predictor, predictions)

@@ -48,6 +48,18 @@ WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the cr
 # 8.4 or more (benchmarks/predict_clutter.py's renders); without this the crop would blow up a speck of
 # noise into an "object".
 OBJECT_CONTRAST = 7
+# Where no background is found at the border, a picture is taken as content (and kept whole) when its
+# brightest block (of those `shrink` averages) stands this far above the border's median: 0.26 at most for
+# 90 renders of bare walls (plain, textured, unevenly lit as benchmarks/predict_clutter.py lights them),
+# 0.19 for JPEG photos of random noise (0.35 at 200x150), 0.52 at least for the first 1,000 Fashion-MNIST
+# training items framed in 7 ways (tests/sample_images.py's `framings`) whose border held no background;
+# 0 for an object darker than its background (predict --no-invert on a photo).
+CONTENT = 0.4
+BACKGROUNDS = ("plane", "level", "none")  # how remove_background found the background (above)
+# One level is taken before the plane where its border's noise is below this share of the plane's: it is 0
+# (of the plane's) for every one of the 1,797 bare 8x8 digits, whose strokes on one edge tilt the plane, and
+# 0.93 or more for photo renders of training items (plain, textured or unevenly lit), which keep the plane.
+LEVEL_BETTER = 0.5
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
 SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
 TOP_K = 3  # classes listed per image unless asked otherwise (predict, explain, the web API)
@@ -314,18 +326,41 @@ def background(x: np.ndarray) -> np.ndarray:
     return np.median(border(x)) + rows + cols
 
 
-def remove_background(x: np.ndarray) -> np.ndarray:
-    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; all 0 when nothing
-    stands out of the background's noise by OBJECT_CONTRAST."""
-    x = x - background(x)
+def spread(x: np.ndarray) -> tuple[float, float]:
+    """The median of the border and its noise: a robust standard deviation (from the median absolute deviation)."""
     edge = border(x)
-    level = np.median(edge)
-    sd = 1.4826 * np.median(np.abs(edge - level))  # robust: a median absolute deviation
-    floor = level + 3 * sd
+    middle = np.median(edge)
+    return middle, 1.4826 * np.median(np.abs(edge - middle))
+
+
+def without(x: np.ndarray, middle: float, sd: float) -> np.ndarray | None:
+    """A background-free x (its border at `middle`, with noise `sd`): the noise (3 sd) to 0 and the brightest
+    pixel to 1; None when nothing stands out of the noise by OBJECT_CONTRAST."""
+    floor = middle + 3 * sd
     top = x.max()
-    if top <= level + OBJECT_CONTRAST * sd:  # (above the floor too: the floor is 3 sd)
-        return np.zeros_like(x)
+    if top <= middle + OBJECT_CONTRAST * sd:  # (above the floor too: the floor is 3 sd)
+        return None
     return np.clip((x - floor) / (top - floor), 0, 1)
+
+
+def remove_background(x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; and which of
+    BACKGROUNDS it took. The first that finds an object: a plane through the edges (uneven light), one
+    level (first where the border is LEVEL_BETTER: an object lying on one edge tilts the plane, as in the
+    bare 8x8 digits), or, where the object fills the border and leaves no background there (a tight crop),
+    none: darkest pixel to 0. All 0 (and "none") only for a picture with no content: nothing stands out
+    of the border's noise, nor by CONTENT of the gray scale above its median (a wall, however lit)."""
+    fits = [(name, y, *spread(y)) for name, y in zip(BACKGROUNDS, (x - background(x), x - np.median(border(x))))]
+    if fits[1][3] < LEVEL_BETTER * fits[0][3]:
+        fits.reverse()
+    for name, y, middle, sd in fits:
+        if (found := without(y, middle, sd)) is not None:
+            return found, name
+    blocks = shrink(x)[0]  # pixel noise averages out (a picture of noise has no object)
+    if blocks.max() - np.median(border(blocks)) < CONTENT:
+        return np.zeros_like(x), BACKGROUNDS[2]
+    low = np.percentile(x, 0.5)  # not the minimum: one dark speck would set the scale
+    return np.clip((x - low) / (x.max() - low), 0, 1), BACKGROUNDS[2]
 
 
 def box(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -402,13 +437,15 @@ def upright_angle(obj: np.ndarray) -> float:
     return float(degrees[np.argmin(area)])
 
 
-def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """The main object of a background-free image, cropped (other objects and its shadow set to 0), and
-    the turn (degrees) that would set it upright: 0 where it stands less than a degree off."""
+def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The main object of a background-free image, cropped (other objects and its shadow set to 0), the
+    turn (degrees) that would set it upright (0 where it stands less than a degree off), and the share of
+    the image's brightness the crop left out."""
     low, f = shrink(x)
     obj = main_object(low)
     if obj is None:
-        return x, 0.0
+        return x, 0.0, 0.0
+    total = x.sum()
     rows, cols = box(obj)  # from here on, only the object's box (and a 1-block rim) matters
     rim = slice(max(rows.start - 1, 0), rows.stop + 1), slice(max(cols.start - 1, 0), cols.stop + 1)
     low, obj = low[rim], obj[rim]
@@ -420,8 +457,9 @@ def crop_to_object(x: np.ndarray) -> tuple[np.ndarray, float]:
     x = x[top * f:(top + len(keep)) * f, left * f:(left + keep.shape[1]) * f]
     blocks = keep[np.arange(x.shape[0]) // f][:, np.arange(x.shape[1]) // f]
     x = crop_box(x * blocks)
+    left_out = 1 - x.sum() / total
     x /= x.max()  # the object's brightest pixel to 1, though a darker coin beside it set the scale
-    return x, upright_angle(obj)
+    return x, upright_angle(obj), float(left_out)
 
 
 def turn(x: np.ndarray, angle: float) -> np.ndarray:
@@ -447,7 +485,44 @@ def pad_and_resize(x: np.ndarray) -> np.ndarray:
     return as_float(Image.fromarray(np.round(np.clip(small, 0, 1) * 255).astype(np.uint8)).filter(SHARPEN))
 
 
-def preprocess_views(image: Source, invert: bool | None = None, crop: bool = True) -> list[np.ndarray]:
+@dataclass
+class Findings:
+    """What preprocessing did to one picture, which an import counts and reports."""
+
+    inverted: bool = False
+    background: str = BACKGROUNDS[0]  # how remove_background found it; "none" also for a framed picture
+    touches_frame: bool = False  # what stands out of the background reaches the picture's edge
+    left_out: float = 0.0  # the share of its brightness that the crop left out (another object, a shadow)
+    turned: float = 0.0  # degrees the object was turned to stand upright
+    pixels: int = 0  # object pixels (brighter than FOREGROUND) in the 28x28 result; 0: an empty result
+
+
+def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = True,
+                       framed: bool = False) -> tuple[list[np.ndarray], Findings]:
+    """preprocess_views' views, and what it found and did on the way (Findings).
+
+    framed: take the picture as framed like Fashion-MNIST (the object filling it, as a bare scanned digit):
+    only inverted (if at all), padded to a square and resized, as a 28x28 picture always is.
+    """
+    x = to_grayscale(load_image(image))
+    found = Findings(inverted=has_light_background(x) if invert is None else invert)
+    if found.inverted:
+        x = 1 - x
+    if framed or x.shape == (SIZE, SIZE):
+        found.background = BACKGROUNDS[2]
+        views = [x if x.shape == (SIZE, SIZE) else pad_and_resize(x)]
+    else:
+        x, found.background = remove_background(x)
+        found.touches_frame = bool((border(shrink(x)[0]) > FOREGROUND).any())
+        if crop:
+            x, found.turned, found.left_out = crop_to_object(x)
+        views = [pad_and_resize(turn(x, found.turned)), pad_and_resize(x)] if found.turned else [pad_and_resize(x)]
+    found.pixels = int((views[0] > FOREGROUND).sum())
+    return views, found
+
+
+def preprocess_views(image: Source, invert: bool | None = None, crop: bool = True,
+                     framed: bool = False) -> list[np.ndarray]:
     """What `predict` shows the model: float32 (28, 28) images in [0, 1], light object on black, as the
     model was trained on. One, or two where the crop found the object standing 1-20 degrees off upright:
     turned upright, then as it stands. Either can be right (a garment can have a slanted outline, or a
@@ -457,20 +532,9 @@ def preprocess_views(image: Source, invert: bool | None = None, crop: bool = Tru
 
     invert=None inverts when the border is light. A 28x28 input is taken as already framed like
     Fashion-MNIST: only inverted (if at all), never cropped or rescaled, so test-set images pass
-    through unchanged.
+    through unchanged; framed=True takes any picture so (preprocess_picture).
     """
-    x = to_grayscale(load_image(image))
-    if invert is None:
-        invert = has_light_background(x)
-    if invert:
-        x = 1 - x
-    if x.shape == (SIZE, SIZE):
-        return [x]
-    x = remove_background(x)
-    if not crop:
-        return [pad_and_resize(x)]
-    x, angle = crop_to_object(x)
-    return [pad_and_resize(turn(x, angle)), pad_and_resize(x)] if angle else [pad_and_resize(x)]
+    return preprocess_picture(image, invert, crop, framed)[0]
 
 
 def preprocess(image: Source, invert: bool | None = None, crop: bool = True) -> np.ndarray:
@@ -557,11 +621,12 @@ def expand_sources(images: Source | Iterable[Source]) -> list[tuple[str, Source 
     return expanded
 
 
-def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: bool) -> Prediction:
+def prepare(name: str, source: Source | ImageError, invert: bool | None, crop: bool,
+            framed: bool = False) -> Prediction:
     try:
         if isinstance(source, ImageError):
             raise source
-        image, *other = preprocess_views(source, invert, crop)
+        image, *other = preprocess_views(source, invert, crop, framed)
         return Prediction(name, image=image, other_view=other[0] if other else None)
     except ImageError as e:
         return Prediction(name, error=e.reason)
@@ -603,11 +668,12 @@ class Predictor:
         return calibration.probabilities(predict_logits(self.model, x.detach().cpu()), self.temperature).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = TOP_K, invert: bool | None = None,
-                crop: bool = True, min_confidence: float | None = None, errors: Errors = "raise"
-                ) -> list[Prediction]:
+                crop: bool = True, min_confidence: float | None = None, framed: bool = False,
+                errors: Errors = "raise") -> list[Prediction]:
         """One Prediction per image: `images` is one image (a path, bytes, a PIL image or an array) or a
         list of them; folders stand for their image files, and batch arrays (N, H, W), (N, H, W, 1) or
         (N, 1, H, W), uint8 or float in [0, 1] as Keras and PyTorch hold Fashion-MNIST, for their N images.
+        invert, crop and framed: as preprocess_views takes them.
 
         errors: "raise" (the default): an input that cannot be used is an ImageError (a ValueError) naming
         it, before the model runs; "report": its Prediction gets `error` set instead, and the others are
@@ -616,7 +682,7 @@ class Predictor:
         """
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
-        predictions = [prepare(name, source, invert, crop) for name, source in expand_sources(images)]
+        predictions = [prepare(name, source, invert, crop, framed) for name, source in expand_sources(images)]
         if errors == "raise":
             raise_first_error(predictions)
         self.predict_prepared(predictions, top_k, min_confidence)

@@ -39,6 +39,7 @@ from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves, plain
+from .datasets import preprocessing_counts
 from .predict import data_url, png_bytes
 from .runs import (ModelFileError, check_output_file, file_sha256, load_model, load_tensors, read_config, save_tensors,
                    write_atomic)
@@ -50,6 +51,7 @@ PREDICTIONS = "predictions.safetensors"
 HIGHEST_LOSSES = 24
 CONFUSED_PAIRS = 10
 SCALE = 3  # gallery thumbnails: 28x28 shown as 84x84
+WORST = 12  # imported images shown of those that preprocessing left with the fewest object pixels
 SPRITE_COLUMNS = 100
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
 
@@ -167,7 +169,8 @@ def run_data(config: dict, data_dir: str | None = None) -> Dataset:
     if data_dir:
         return load_dataset(None, data_dir=data_dir, download=False)
     return load_dataset(config.get("data"), classes=config.get("classes"), data_dir=config.get("data_dir"),
-                        test_fraction=config.get("test_fraction", 0.2), download=False)
+                        test_fraction=config.get("test_fraction", 0.2), framed=config.get("framed", False),
+                        download=False)
 
 
 def model_of(run: Run, model: str | Path | None, cached_meta: dict | None) -> Path | None:
@@ -443,7 +446,7 @@ def what_ran(run: Run, evaluation: Evaluation | None, data: Dataset | None) -> S
     settings = [[k, markup("<code>{}</code>", json.dumps(v))] for k, v in config.items()]
     return "run", "What ran", join([
         table(None, [[k, v] for k, v in rows], "facts"),
-        data_counts(run, config, data, evaluation) if data is not None else "",
+        join([data_counts(run, config, data, evaluation), preprocessing_summary(data)]) if data is not None else "",
         markup("<details><summary>all {} settings</summary>{}</details>", len(settings),
                table(["setting", "value"], settings))])
 
@@ -470,6 +473,24 @@ def data_counts(run: Run, config: dict, data: Dataset, evaluation: Evaluation | 
     rows.append([markup("<strong>all</strong>")] + [markup("<strong>{}</strong>", f"{sum(counts):,}")
                                                     for _, counts in columns])
     return markup("<h3>Images per class</h3>{}", table(head, rows, "numbers"))
+
+
+def preprocessing_summary(data: Dataset) -> Html:
+    """What preprocessing did to an imported folder's images (datasets.preprocessing_counts), and the WORST
+    results, those with the fewest object pixels: the ones to look at first."""
+    if not data.findings:
+        return Html("")
+    rows = [[kind, f"{len(files):,}"] for kind, files in preprocessing_counts(data.findings).items()]
+    images = {**dict(zip(data.train_files or [], data.train_images)),
+              **dict(zip(data.test_files or [], data.test_images))}
+    worst = [rel for rel in sorted(data.findings, key=lambda rel: (data.findings[rel].pixels, rel)) if rel in images]
+    figures = join(markup('<figure class="example">{}<figcaption>{}<br>{} object pixels</figcaption></figure>',
+                          image(data_url(png_bytes(images[rel].numpy())), rel, "thumb"), rel,
+                          data.findings[rel].pixels)
+                   for rel in worst[:WORST])
+    return markup('<h3>Preprocessing of the {} imported images</h3>{}<h4>The {} with the fewest object pixels</h4>'
+                  '<div class="examples compact">{}</div>', f"{len(data.findings):,}",
+                  table(["images", "count"], rows, "numbers"), min(WORST, len(worst)), figures)
 
 
 def curves_section(run: Run) -> Section | None:

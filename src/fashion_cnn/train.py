@@ -123,6 +123,10 @@ class TrainConfig:
     add_to: str | None = opt(None, "train on this data set plus --data's images, whose class folders are named "
                                    "after its classes (T-shirt-top, Trouser, ...); its test set and theirs "
                                    "are reported apart", choices=("fashion-mnist",))
+    framed: bool = opt(False, "an image folder: take each picture as framed like Fashion-MNIST (the object filling "
+                              "it, as bare scanned digits): only inverted if its border is light, and resized, "
+                              "instead of finding the object, removing the background and cropping to it as "
+                              "predict does (predict --framed then takes pictures alike)")
     class_weights: str = opt("none", "auto weights the training loss by inverse class frequency (n / (classes x "
                                      "count)), so each class counts alike however many images it has",
                              choices=CLASS_WEIGHTS)
@@ -554,15 +558,16 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
 # --- jobs: setup shared by `train` and `cv` -------------------------------------------------------------------
 
 def load_data(data: str | None = None, classes: str | None = None, test_fraction: float = 0.2,
-              data_dir: str | None = None, add_to: str | None = None) -> Dataset:
+              data_dir: str | None = None, add_to: str | None = None, framed: bool = False) -> Dataset:
     """The data set the data options name (datasets.load_dataset), for every job alike."""
-    return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir, add_to=add_to)
+    return load_dataset(data, classes=classes, test_fraction=test_fraction, data_dir=data_dir, add_to=add_to,
+                        framed=framed)
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
     """The data set a job's config names, refused (DataError) before any work where a model trained on it
     could not be tested."""
-    return testable(load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to))
+    return testable(load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to, cfg.framed))
 
 
 def testable(data: Dataset) -> Dataset:
