@@ -338,7 +338,7 @@ def test_every_option_of_every_command_is_covered():
     # predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
-    # serve: test_serve_passes_its_options_on below, --allowed-host in tests/test_serve.py; sweep: tests/test_sweep.py;
+    # serve: test_serve_passes_its_options_on below (--allowed-host acting: tests/test_serve.py); sweep: tests/test_sweep.py;
     # tune: tests/test_tune.py; lr-find: tests/test_lrfind.py (test_every_range_test_option_acts and its range)
     assert options <= covered, options - covered
 
@@ -347,11 +347,12 @@ def test_serve_passes_its_options_on(monkeypatch, tmp_path):
     from fashion_cnn import serve
 
     called = {}
-    monkeypatch.setattr(serve, "run", lambda model, host, port, min_confidence: called.update(
-        model=model, host=host, port=port, min_confidence=min_confidence))
+    monkeypatch.setattr(serve, "run", lambda model, host, port, min_confidence, allowed_hosts: called.update(
+        model=model, host=host, port=port, min_confidence=min_confidence, allowed_hosts=allowed_hosts))
     assert main(["serve", "--model", "m.safetensors", "--host", "0.0.0.0", "--port", "8123",
-                 "--min-confidence", "0.4"]) == 0
-    assert called == {"model": "m.safetensors", "host": "0.0.0.0", "port": 8123, "min_confidence": 0.4}
+                 "--min-confidence", "0.4", "--allowed-host", "a.lan", "--allowed-host", "b.lan"]) == 0
+    assert called == {"model": "m.safetensors", "host": "0.0.0.0", "port": 8123, "min_confidence": 0.4,
+                      "allowed_hosts": ["a.lan", "b.lan"]}
     with pytest.raises(SystemExit):
         main(["serve", "--port", "70000"])
 
