@@ -27,6 +27,7 @@ from .data import Dataset, class_counts, to_float
 from .datasets import fingerprint, load_dataset
 from .inference import loss_and_accuracy
 from . import calibration
+from .card import model_card
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
@@ -704,14 +705,17 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
                     run.dir / "learning_curves.png")
         written = write_reports(report, run.dir)
         results = {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+                   "test_interval": report["interval"],
                    **({"test_parts": report["parts"]} if "parts" in report else {}),
+                   "training_images": len(train[1]), "test_images": len(data.test_labels),
                    "val_accuracy": state.result.get("val_accuracy"), "best_epoch": state.best_epoch, "init": state.init,
                    "train_seconds": sum(row["seconds"] for row in state.history),
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
         results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
         model_path = run.dir / "model.safetensors"
-        save_model(model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
+        meta = model_metadata(final, cfg, data, **results, history=state.history)
+        save_model(model_path, final.cpu(), {**meta, "model_card": model_card({**meta, "version": __version__})})
         write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
         written.append(write_report(run.dir, data, logits=logits))
         log.info(f"test accuracy: {format_scores(report)} (training took {results['train_seconds']:.0f}s)\n"
