@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import binom
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .data import Dataset
@@ -92,11 +93,38 @@ def bootstrap_interval(truth: np.ndarray, pred: np.ndarray, classes: int, resamp
 
 def format_interval(report: dict, key: str, scale: float, digits: int) -> str:
     """` (95% CI 95.2-96.0)` for a score of a report with an interval; "" for one without (older files)."""
-    interval = report.get("interval")
-    if not interval:
+    try:
+        interval = report["interval"]
+        low, high = (scale * float(x) for x in interval[key])
+        return f" ({100 * float(interval['level']):.0f}% CI {low:.{digits}f}-{high:.{digits}f})"
+    except (KeyError, TypeError, ValueError):  # none (a report from before intervals), or edited by hand
         return ""
-    low, high = (scale * x for x in interval[key])
-    return f" ({100 * interval['level']:.0f}% CI {low:.{digits}f}-{high:.{digits}f})"
+
+
+def mcnemar(right_a: np.ndarray, right_b: np.ndarray, alpha: float = 1 - LEVEL) -> dict:
+    """McNemar's test of two models on the same test images, from whether each got each image right: of the
+    images exactly one got right, a binomial(half) split is what no difference would give. The mid-p value
+    (Fagerland et al. (2013), "The McNemar test for binary matched-pairs data": exact, and less
+    conservative than the exact test) says whether the accuracies differ by more than the noise.
+
+    {"difference" (accuracy of a - b, a fraction), "only_a", "only_b" (images only a or b got right),
+    "p", "noise" (p >= alpha: within the noise)}.
+    """
+    right_a, right_b = np.asarray(right_a, bool), np.asarray(right_b, bool)
+    if right_a.shape != right_b.shape:
+        raise ValueError(f"a paired test needs the same test images: {len(right_a)} and {len(right_b)} answers")
+    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    fewer, pairs = min(only_a, only_b), only_a + only_b
+    p = min(1.0, 2 * (binom.cdf(fewer, pairs, 0.5) - binom.pmf(fewer, pairs, 0.5) / 2)) if pairs else 1.0
+    return {"difference": (only_a - only_b) / max(len(right_a), 1), "only_a": only_a, "only_b": only_b,
+            "p": float(p), "noise": bool(p >= alpha)}
+
+
+def format_mcnemar(test: dict, a: str = "the first", b: str = "the second") -> str:
+    """`difference +0.30 points (41 images only A got right, 11 only B), McNemar p = 0.21: within the noise`."""
+    verdict = "within the noise" if test["noise"] else "larger than the noise"
+    return (f"difference {100 * test['difference']:+.2f} points ({test['only_a']:,} images only {a} got right, "
+            f"{test['only_b']:,} only {b}), McNemar p = {test['p']:.2g}: {verdict}")
 
 
 def part_scores(truth: np.ndarray, pred: np.ndarray) -> dict:
