@@ -13,8 +13,8 @@ def test_the_shipped_model_carries_a_card_whose_figures_are_its_own():
     assert [low, high] == meta["test_interval"]["accuracy"] and card["accuracy"]["level"] == 0.95
     assert card["calibration"]["temperature"] == meta["calibration"]["temperature"]
     # honest about its calibration: fitted on test images, as its metadata says, and why
-    assert card["calibration"]["fitted_on"] == meta["calibration"]["fitted_on"] == \\
-        "Fashion-MNIST test images 1-5,000 of 10,000"
+    fitted_on = "Fashion-MNIST test images 1-5,000 of 10,000"
+    assert card["calibration"]["fitted_on"] == meta["calibration"]["fitted_on"] == fitted_on
     assert "fitted on Fashion-MNIST test images 1-5,000" in card["evaluation"]
     assert "--val-size" in card["limits"] and card["license"] == "MIT"
     assert "60,000 training images, 10,000 test images" in card["data"]

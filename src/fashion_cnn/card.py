@@ -27,8 +27,8 @@ def model_card(meta: dict, limits: str = NOT_MEASURED) -> dict:
         "recipe": config,
         "training": {"seconds": meta.get("train_seconds"), "machine": meta.get("machine"),
                      "fashion_cnn_version": meta.get("version")},
-        "evaluation": "the test images were read once, after training, for the accuracy below; no option of "
-                      "the recipe was chosen on them" + calibration_protocol(mapping(meta.get("calibration"))),
+        "evaluation": "the test images were read once, after training, for the accuracy below"
+                      + calibration_protocol(mapping(meta.get("calibration"))),
         "accuracy": {"test": meta.get("test_accuracy"), "interval": interval.get("accuracy"),
                      "macro_f1": meta.get("test_macro_f1"), "macro_f1_interval": interval.get("macro_f1"),
                      "level": interval.get("level"),
