@@ -234,6 +234,7 @@ def test_every_option_of_every_command_is_covered():
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
                ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
                ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
+               ("calibrate", "--fit-on-test-images"),
                ("predict", "--min-confidence"), ("serve", "--min-confidence"),
                *(("calibrate", o) for o in data_options),
                *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--out", "--force",
