@@ -48,11 +48,19 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: 5-fold cross-validation of the baseline, then the final model on all training data.
+# The main job: 5-fold cross-validation of the baseline, then the final model on all training data. ARGS go to
+# both, less the options that only mean something in cross-validation (--folds, --split-seed, --val-size,
+# --early-stopping), as the `next:` command cv prints leaves them out: `make cv ARGS="--folds 3 --epochs 5"`
+# runs `cv --folds 3 --epochs 5`, then `train --epochs 5`. TRAIN_ARGS="..." gives train other options.
+CV_ONLY    := --folds --split-seed --val-size --early-stopping
+TRAIN_ARGS ?= $(shell skip=; for a in $(ARGS); do if [ -n "$$skip" ]; then skip=; continue; fi; \
+                case " $(CV_ONLY) " in (*" $${a%%=*} "*) case "$$a" in (*=*) ;; (*) skip=1;; esac;; \
+                (*) printf '%s ' "$$a";; esac; done)
+
 cv: setup
 	$(CLI) data
 	$(CLI) cv $(ARGS)
-	$(CLI) train $(ARGS)
+	$(CLI) train $(TRAIN_ARGS)
 
 test: setup-test
 	$(PY) -m pytest -q $(ARGS)

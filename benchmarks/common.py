@@ -3,8 +3,10 @@ tests, photo renders, the digits folder and a real server in a child process."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -19,7 +21,12 @@ from server_harness import server_process  # noqa: E402,F401  (re-exported for s
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 from fashion_cnn.runs import write_json  # noqa: E402
-from fashion_cnn.machine import cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
+from fashion_cnn.machine import (cpu_model, cpu_snapshot, other_cpu_share, own_cpu_seconds,  # noqa: E402,F401
+                                 usable_cpus)  # (some re-exported)
+
+# The run starts when its script imports this module (at the top, before any work): what save_result
+# records about the machine's load covers the whole run.
+STARTED = (datetime.datetime.now().astimezone(), cpu_snapshot(), os.getloadavg())
 
 
 # --- the machine: what else is running ---------------------------------------------------------------
@@ -96,10 +103,34 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(seconds(fn) for _ in range(repeats))
 
 
-def save_result(out: Path, name: str, result: dict) -> None:
-    """A benchmark's result as out/name (JSON), said on the terminal."""
-    write_json(out / name, result)
-    print(f"saved {out / name}")
+def git_commit() -> str:
+    """This checkout's commit, with "+changes" when files differ from it ("unknown" outside git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance() -> dict:
+    """What a result file says about its run: the command, the commit, the machine, the share of its CPUs
+    other processes used from the script's start to now, and when."""
+    started, since, load_before = STARTED
+    return {"command": shlex.join(["python", *sys.argv]), "commit": git_commit(),
+            "machine": {"cpu": cpu_model(), "cpus": len(usable_cpus())},
+            "other_processes_cpu_share": other_cpu_share(since), "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()), "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def save_result(path: Path, result: dict) -> None:
+    """A benchmark's result as JSON at path, with its provenance under "run", said on the terminal. Result
+    files are written only here, never by hand."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"run": provenance(), **result})
+    print(f"saved {path}")
 
 
 # --- the Keras side ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ share of the CPUs other processes used just before the spinners started. Saves c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import numpy as np
 
 from fashion_cnn.data import find_data_dir
 from fashion_cnn.machine import cpu_model, usable_cpus
-from common import HERE, others_busy_now, run_keras
+from common import HERE, others_busy_now, run_keras, save_result
 
 CONFIGS = ("default", "threads1", "keras")
 LABELS = {"default": "fashion-cnn, default", "threads1": "fashion-cnn, --threads 1", "keras": "Keras/TF"}
@@ -117,7 +116,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"config": {"limit": args.limit, "epochs": args.epochs, "repeats": args.repeats, "busy": args.busy},
               "machine": {"cpu": cpu_model(), "cpus": len(usable_cpus())}, "levels": levels, "table": table}
-    (args.out / "contention.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out / "contention.json", result)
     print(f"saved {args.out / 'contention.json'}")
 
 

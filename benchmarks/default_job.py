@@ -74,7 +74,7 @@ def main() -> None:
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {os.cpu_count()} CPUs "
           f"during the run, {100 * busy_before:.0f}% just before "
           f"(load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after)")
-    save_result(args.out, "default_job.json", result)
+    save_result(args.out / "default_job.json", result)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from common import HERE, cpu_snapshot, measured, other_cpu_share, others_busy_now, own_cpu_seconds, write_digits_folder
+from common import (HERE, cpu_snapshot, measured, other_cpu_share, others_busy_now, own_cpu_seconds, save_result,
+                    write_digits_folder)
 from fashion_cnn.crossval import CVConfig, cross_validate
 from fashion_cnn.datasets import load_dataset
-from fashion_cnn.runs import write_json
 
 MODELS = ("baseline", "fast")
 
@@ -58,7 +58,7 @@ def main() -> None:
     busy = other_cpu_share(since)
     print(f"{own_cpu_seconds() - cpu0:.0f} CPU seconds in all; other processes used {100 * busy:.0f}% of the CPUs "
           f"({100 * busy_before:.0f}% just before)")
-    write_json(args.out / "digits_cv.json", {
+    save_result(args.out / "digits_cv.json", {
         "started": started, "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
         "train_images": len(data.train_images), "test_images": len(data.test_images),
         "import": {"cold": cold, "warm": warm}, "models": rows, "cpu_seconds": own_cpu_seconds() - cpu0,

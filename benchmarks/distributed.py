@@ -110,7 +110,7 @@ def main() -> None:
     print(f"strong: 2 processes {result['strong']['two_over_one']:.2f}x the images/s of one")
     print(f"other processes used {100 * result['other_processes_cpu_share']:.0f}% of the {cores} CPUs during the "
           f"run, {100 * busy_before:.0f}% just before")
-    save_result(args.out, "distributed.json", result)
+    save_result(args.out / "distributed.json", result)
 
 
 if __name__ == "__main__":

@@ -40,14 +40,14 @@ from scipy.stats import spearmanr
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from common import HERE
+from common import HERE, save_result
 from fashion_cnn.data import load_fashion_mnist, to_float
 from fashion_cnn.explain import (METHOD, LayerMap, class_activation, evidence_on_object, heatmaps, mass_in, object_mask,
                                  randomise, stages, to_input_grid)
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model, spec_of
 from fashion_cnn.predict import FOREGROUND, SIZE, resolve_model_path
-from fashion_cnn.runs import load_model, write_json
+from fashion_cnn.runs import load_model
 
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)
 NEAR = (1, 2)  # pixels around the garment (FOREGROUND) counted as its outline
@@ -363,7 +363,7 @@ def result_path(args: argparse.Namespace) -> Path:
 
 
 def save(args: argparse.Namespace, areas: dict, models: list[dict]) -> None:
-    write_json(result_path(args),
+    save_result(result_path(args),
                {"n": args.n, "seed": args.seed, "seeds": args.seeds, "thresholds": list(THRESHOLDS),
                 "batch_norm": args.batch_norm, "calibration": args.calibration, **areas,
                 "zero_on_black": list(ZERO_ON_BLACK), "ig_steps": IG_STEPS,

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from common import (HERE, cpu_snapshot, folder_name, measured, other_cpu_share, others_busy_now, own_cpu_seconds,
-                    write_photo_folder)
+                    save_result, write_photo_folder)
 from fashion_cnn.data import Dataset, load_fashion_mnist
 from fashion_cnn.datasets import class_mapping, load_dataset
 from fashion_cnn.evaluate import evaluate_model
 from fashion_cnn.predict import packaged_model
-from fashion_cnn.runs import load_model, write_json
+from fashion_cnn.runs import load_model
 from fashion_cnn.train import TrainConfig, train_final
 
 SIZES = (20, 50, 200)  # training photos per class
@@ -122,7 +122,7 @@ def main() -> None:
     busy = other_cpu_share(since)
     print(f"{own_cpu_seconds() - cpu0:.0f} CPU seconds in all; other processes used {100 * busy:.0f}% of the CPUs "
           f"({100 * busy_before:.0f}% just before); load average {os.getloadavg()[0]:.1f}")
-    write_json(args.out / "finetune.json", {
+    save_result(args.out / "finetune.json", {
         "started": started, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
         "eval_photos": len(data.test_images), "import": importing, "rows": rows,
         "cpu_seconds": own_cpu_seconds() - cpu0, "other_cpu_share": busy, "other_cpu_share_before": busy_before,

@@ -21,11 +21,10 @@ from pathlib import Path
 
 
 from common import (HERE, cpu_snapshot, folder_name, other_cpu_share, others_busy_now, own_cpu_seconds, seconds,
-                    write_digits_folder, write_photo_folder)
+                    save_result, write_digits_folder, write_photo_folder)
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.datasets import load_dataset
 from fashion_cnn.predict import preprocess
-from fashion_cnn.runs import write_json
 
 
 def write_photos(root: Path, n: int) -> None:
@@ -83,7 +82,7 @@ def main() -> None:
               f"({row['cold']['cpu_s']:.2f}), warm {row['warm']['wall_s']:.3f} ({row['warm']['cpu_s']:.3f}); "
               f"preprocess loop alone {row['preprocess_loop']['wall_s']:.2f} ({row['preprocess_loop']['cpu_s']:.2f})")
     print(f"other processes used {100 * busy:.0f}% of the CPUs meanwhile ({100 * busy_before:.0f}% just before)")
-    write_json(args.out / "import_digits.json", {
+    save_result(args.out / "import_digits.json", {
         "started": started, "cpus": os.cpu_count(), "repeats": args.repeats,
         "other_cpu_share": busy, "other_cpu_share_before": busy_before, **rows})
 

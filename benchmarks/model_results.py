@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 
 from fashion_cnn.models import count_parameters, create_model
-from fashion_cnn.runs import write_atomic, write_json
+from fashion_cnn.runs import write_atomic
+from common import save_result
 from fashion_cnn.train import TrainConfig, train_final
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,7 +89,7 @@ def main() -> None:
     for model in args.train:
         run_dirs += train_both(model, args.out, overrides)
     results = [result(d) for d in run_dirs]
-    write_json(RESULTS / "model_results.json", results)
+    save_result(RESULTS / "model_results.json", {"models": results})
     write_atomic(RESULTS / "model_results.md", markdown(results).encode())
     print(markdown(results))
     if args.ship:

@@ -27,8 +27,8 @@ import numpy as np
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import (Predictor, crop_box, has_light_background, load_image, pad_and_resize,
                                  preprocess_views, remove_background, to_grayscale)
-from fashion_cnn.runs import write_atomic, write_json
-from common import CANVAS, HERE, Scene, render_photo
+from fashion_cnn.runs import write_atomic
+from common import CANVAS, HERE, Scene, render_photo, save_result
 
 KINDS = {
     "plain": Scene(),
@@ -102,7 +102,7 @@ def main() -> None:
     print("\npreprocessing per photo (ms, this machine, not a speed benchmark): "
           + ", ".join(f"{name} {1000 * s['old']:.1f} -> {1000 * s['new']:.1f}"
                       for name, s in result["seconds_per_photo"].items()))
-    write_json(args.out / "predict_clutter.json", result)
+    save_result(args.out / "predict_clutter.json", result)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ memory bombs of issue 11 (a 186 KB float TIFF of 40000x1000 took ~7 GB).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from common import save_result
 
 HERE = Path(__file__).resolve().parent
 # VmHWM, the peak resident size of this process image (ru_maxrss would carry over the parent's at fork).
@@ -74,8 +75,7 @@ def main() -> None:
                             "peak_over_decoded": round(peak / decoded, 2)})
             print(f"{name:<24} {results[-1]['file_kb']:>6} KB file, decoded {decoded:5.0f} MiB, "
                   f"peak growth {peak:5.0f} MiB ({peak / decoded:.2f}x)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "predict_memory", "results": results}, indent=2) + "\n")
+    save_result(args.out, {"benchmark": "predict_memory", "results": results})
 
 
 if __name__ == "__main__":

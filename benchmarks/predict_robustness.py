@@ -20,8 +20,8 @@ import numpy as np
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor
-from fashion_cnn.runs import write_atomic, write_json
-from common import CANVAS, HERE, render_photo
+from fashion_cnn.runs import write_atomic
+from common import CANVAS, HERE, render_photo, save_result
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,7 +61,7 @@ def main() -> None:
     print(f"agreement with the direct prediction: {100 * result['agreement']:.1f}%")
     print(f"accuracy: direct {100 * result['accuracy_direct']:.1f}%, "
           f"photo {100 * result['accuracy_photo']:.1f}%  ({1000 * seconds / args.n:.1f} ms per photo)")
-    write_json(args.out / "predict_robustness.json", result)
+    save_result(args.out / "predict_robustness.json", result)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ from PIL import Image
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor
-from fashion_cnn.runs import write_json
-from common import render_photo
+from common import render_photo, save_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +84,7 @@ def main() -> None:
 
     for title, values in rows.items():
         print(f"{title:<36}" + "  ".join(f"{k}: {v:,.1f}" for k, v in values.items()))
-    write_json(args.out / f"predict_speed-{torch.get_num_threads()}-threads.json", {"model": str(predictor.path), "runs": args.runs,
+    save_result(args.out / f"predict_speed-{torch.get_num_threads()}-threads.json", {"model": str(predictor.path), "runs": args.runs,
                                                  "torch_threads": torch.get_num_threads(), **rows})
 
 

@@ -13,7 +13,6 @@ Prints both learning curves side by side; saves same_steps_as_keras.json in --ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from fashion_cnn.data import find_data_dir, load_fashion_mnist, to_float
 from fashion_cnn.inference import loss_and_accuracy
 from fashion_cnn.models import create_model
 from fashion_cnn.train import TrainConfig, make_optimizer, make_step
-from common import HERE, run_keras, tutorial_fold1
+from common import HERE, run_keras, save_result, tutorial_fold1
 
 
 def baseline_from_keras(weights: np.lib.npyio.NpzFile) -> torch.nn.Module:
@@ -93,9 +92,7 @@ def main() -> None:
     path = args.out / "same_steps_as_keras.json"
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
               "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"}
-    path.write_text(json.dumps({"config": config, "keras": keras, "fashion_cnn": ours, "table": lines},
-                               indent=2) + "\n")
-    print(f"saved {path}")
+    save_result(path, {"config": config, "keras": keras, "fashion_cnn": ours, "table": lines})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from PIL import Image
 
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor, resolve_model_path
-from common import server_process
+from common import save_result, server_process
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 200  # distinct test images, cycled through
@@ -99,7 +98,7 @@ def main() -> int:
         "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_load.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_result(args.out / "serve_load.json", summary)
     print(f"{summary['correct']}/{len(results)} answers right; {summary['requests_per_second']:.0f} requests/s "
           f"with {args.concurrency} clients; latency p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms "
           f"(load average before: {load_before[0]:.1f}); saved {args.out / 'serve_load.json'}")

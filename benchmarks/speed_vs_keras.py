@@ -13,7 +13,6 @@ can be. Prints a table of ratios; saves speed_vs_keras.json and speed_vs_keras.p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from fashion_cnn.data import find_data_dir, load_fashion_mnist
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.machine import cpu_model, flush_denormals
 from fashion_cnn.train import TrainConfig, TrainState, fit
-from common import (HERE, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds,
+from common import (HERE, save_result, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds,
                     tutorial_fold1)
 
 SIDES = ("keras", "fashion_cnn")
@@ -279,7 +278,7 @@ def main() -> None:
                          "split": "fold 1 of KFold(5, shuffle=True, random_state=1)"},
               "machine": machine, "gemm": gemm, "summary": summary, "ratios": ratio, "raw": raw,
               "table": table}
-    (args.out / "speed_vs_keras.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out / "speed_vs_keras.json", result)
     plot(summary, ratio, gemm, args.out / "speed_vs_keras.png")
     print(f"saved {args.out / 'speed_vs_keras.json'} and {args.out / 'speed_vs_keras.png'}")
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds
+from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds, save_result
 from fashion_cnn import crossval
 from fashion_cnn.crossval import CVConfig, cross_validate
 from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.runs import write_json
 
 
 def main() -> None:
@@ -67,7 +66,7 @@ def main() -> None:
           f"{100 * summary['mean_difference']:+.2f} points")
     busy = other_cpu_share(since)
     print(f"CPU seconds {own_cpu_seconds() - cpu0:.0f}; other processes used {100 * busy:.0f}% of the CPUs")
-    write_json(args.out / "stratified_folds.json", {
+    save_result(args.out / "stratified_folds.json", {
         "started": started, "config": vars(args) | {"out": str(args.out)}, "rows": rows, "summary": summary,
         "cpu_seconds": own_cpu_seconds() - cpu0, "other_cpu_share": busy, "other_cpu_share_before": busy_before})
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured
+from common import cpu_snapshot, other_cpu_share, others_busy_now, run_measured, save_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ def main() -> None:
                                                                           sweep["points"]},
               "seconds": measured["seconds"], "cpu_seconds": measured["cpu_seconds"], "cpus": os.cpu_count(),
               "other_processes_cpu_share_before": busy_before, "other_processes_cpu_share": other_cpu_share(start)}
-    (args.out / "sweep_lr.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out / "sweep_lr.json", result)
     print(f"\nbest learning rate {best['values']['lr']:g}: {100 * best['val_accuracy']:.2f}% +- "
           f"{100 * best['val_accuracy_std']:.2f}%; {measured['seconds'] / 60:.1f} min wall, "
           f"{measured['cpu_seconds'] / 60:.1f} min CPU; other processes used "

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import PostgresServer, cpu_snapshot, other_cpu_share, others_busy_now, run_measured, run_measured_together
+from common import PostgresServer, cpu_snapshot, other_cpu_share, others_busy_now, run_measured, run_measured_together, save_result
 
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "fashion_cnn"]
@@ -91,7 +91,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "other_processes_cpu_share_before": busy_before,
         "other_processes_cpu_share": other_cpu_share(start),
     }
-    (args.out / "tune_fast.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result(args.out / "tune_fast.json", result)
     counts = ", ".join(f"{n} {k}" for k, n in report["trials"].items() if n)
     print(f"\ntrials: {counts}, {tune_wall / 60:.1f} min wall, {result['tune_cpu_seconds'] / 60:.1f} min CPU "
           f"({args.workers} workers)\nvalidation accuracy ({args.val_size:,} images): shipped recipe "

@@ -33,8 +33,8 @@ from sklearn.metrics import roc_auc_score
 from fashion_cnn import calibration
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.predict import Predictor, png_bytes
-from fashion_cnn.runs import write_atomic, write_json
-from common import CANVAS, HERE, render_photo
+from fashion_cnn.runs import write_atomic
+from common import CANVAS, HERE, render_photo, save_result
 
 WIDTH, HEIGHT = CANVAS
 RESAMPLES = 200
@@ -351,7 +351,7 @@ def main() -> None:
               f"{100 * (split['wrong_among_unknown'] or 0):.0f}% would have been wrong")
     print(f"\nheld-out rate over {RESAMPLES} random halves: {100 * np.mean(rates):.2f}% "
           f"(std {100 * np.std(rates):.2f}, max {100 * np.max(rates):.2f})")
-    write_json(args.out / "unknown.json", result)
+    save_result(args.out / "unknown.json", result)
 
 
 if __name__ == "__main__":

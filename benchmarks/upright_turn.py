@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HERE, Scene, render_photo
+from common import HERE, Scene, render_photo, save_result
 from fashion_cnn import predict
 from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.runs import write_json
 
 KINDS = {"plain": Scene(), "turned": Scene(rotation=20),
          "all": Scene(distractor=True, texture=True, shadow=True, lighting=True, rotation=20)}
@@ -79,7 +78,7 @@ def main() -> None:
                                                f"{100 * r['accuracy']:.1f}%, unknown {100 * r['unknown']:.1f}%"
                                                for name, r in row.items()), flush=True)
     predict.upright_angle = as_is
-    write_json(args.out / "upright_turn.json", result)
+    save_result(args.out / "upright_turn.json", result)
     print(f"saved {args.out / 'upright_turn.json'}")
 
 

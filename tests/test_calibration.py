@@ -151,13 +151,13 @@ def test_calibrate_never_reads_a_folder_the_model_file_names(model_file, tmp_pat
     imported, real = [], datasets.load_image_folder
     monkeypatch.setattr(datasets, "load_image_folder", lambda *args: imported.append(args) or real(*args))
     (tmp_path / "secrets" / "a").mkdir(parents=True)
-    for config in ({"data": str(tmp_path / "secrets")}, {"data": ["x"]},
+    for config in ({"data": str(tmp_path / "secrets")},  # (a config that is not options: the test below)
                    {"data": str(tmp_path / "secrets"), "add_to": "fashion-mnist"}):
         model = with_config(model_file, tmp_path / "m.safetensors", config)
         out = tmp_path / "out.safetensors"
         assert main(["calibrate", "--model", str(model), str(out), "--fit-on-test-images"]) == 1
         err = capsys.readouterr().err.strip()
-        assert "which its metadata names; a model file does not choose what calibrate reads: pass --data DIR" in err
+        assert "a model file does not choose what is read: pass --data DIR" in err
         assert len(err.splitlines()) == 1 and not out.exists() and imported == []
 
 
@@ -170,10 +170,8 @@ def test_calibrate_reads_fashion_mnist_from_the_usual_places_not_the_model_files
 
 
 def test_calibrate_refuses_test_images_unless_asked(model_file, tmp_path, capsys, monkeypatch):
-    from fashion_cnn import train
-
     read = []
-    monkeypatch.setattr(train, "load_data", lambda *args, **kwargs: read.append(args))
+    monkeypatch.setattr(datasets, "load_model_data", lambda *args, **kwargs: read.append(args))
     out = tmp_path / "out.safetensors"
     assert main(["calibrate", "--model", str(model_file), str(out)]) == 1
     err = capsys.readouterr().err.strip()
@@ -182,14 +180,29 @@ def test_calibrate_refuses_test_images_unless_asked(model_file, tmp_path, capsys
     assert not out.exists() and read == []  # refused before any data is read
 
 
+@pytest.mark.parametrize("config, message", [
+    ([1, 2], "corrupt metadata (its config is not a table of options)"),
+    ({"data": 5}, "corrupt metadata (its config: --data must be text or unset, got 5)"),
+    ({"val_size": "all"}, "corrupt metadata (its config: --val-size must be a whole number, got 'all')"),
+])
+def test_calibrate_of_a_model_whose_config_is_not_options_is_a_one_line_error(model_file, tmp_path, capsys,
+                                                                             config, message):
+    tensors, meta = load_tensors(model_file)
+    bad = tmp_path / "bad.safetensors"
+    save_tensors(bad, tensors, {**meta, "config": config})
+    assert main(["calibrate", "--model", str(bad), str(tmp_path / "out.safetensors")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"fashion-cnn: error: {bad}: {message}"
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_same(real_data, tmp_path, capsys):
     from fashion_cnn.train import TrainConfig, train_final
 
     common = dict(limit=2000, epochs=1, out=str(tmp_path), device="cpu", data_dir=real_data.source, threads=1)
     with_val = train_final(TrainConfig(val_size=400, **common), data=real_data).model_path
-    capsys.readouterr()
     without = train_final(TrainConfig(**common), data=real_data).model_path
-    logged = "".join(capsys.readouterr())
+    logged = (without.parent / "log.txt").read_text()
     assert "train with --val-size N" in logged and "test images" not in logged  # the hint: hold images out
     stored = load_tensors(with_val)[1]["calibration"]
     assert stored["fitted_on"] == "validation images 1-200 of 400"

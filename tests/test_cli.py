@@ -1,13 +1,16 @@
 import argparse
 import dataclasses
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from fashion_cnn import crossval, train
+from fashion_cnn import crossval, evaluate, train
 from fashion_cnn.cli import build_parser, main
 from fashion_cnn.crossval import CVConfig
 from fashion_cnn.lrfind import OPTIONS as LRFIND_OPTIONS
@@ -24,6 +27,35 @@ def test_help_lists_commands_options_choices_and_real_defaults():
     assert "{sgd,adamw}" in out and "{constant,cosine,onecycle}" in out and "{auto,cpu,cuda}" in out
     words = " ".join(out.split())  # help text wraps anywhere
     assert "default: None" not in words and "(default: the model's recipe: baseline 10, fast 18, strong 50)" in words
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    for name, command in commands().items():
+        for action in command._actions:
+            described = re.sub(r"\(default: (%\(default\)s|[^)]*)\)", "", action.help or "").strip()
+            assert described, f"{name} {'/'.join(action.option_strings) or action.dest}: no description"
+
+
+def test_job_help_groups_its_options_and_ends_with_examples():
+    for name, groups in (("cv", ("data", "model and recipe", "validation", "run and output", "resources")),
+                         ("sweep", ("data", "model and recipe", "validation", "run and output", "resources")),
+                         ("tune", ("data", "model and recipe", "validation", "run and output", "resources",
+                                   "search"))):
+        text = commands()[name].format_help()
+        headings = re.findall(r"^(\S[^:\n]*):$", text, re.M)
+        assert headings == ["options", *groups, "examples"], headings
+        assert text.startswith(f"usage: fashion-cnn {name} [OPTION ...]\n\n")  # one line, not 20
+        examples = text.split("\nexamples:\n")[1].splitlines()
+        assert examples and all(line.startswith("  fashion-cnn ") for line in examples)
+        assert any(line.startswith(f"  fashion-cnn {name} ") for line in examples)
+    cv = commands()["cv"].format_help()
+    assert re.search(r"^model and recipe:\n(  .*\n)*  --lr LR ", cv, re.M)
+    assert re.search(r"^resources:\n(  .*\n)*  --threads THREADS ", cv, re.M)
 
 
 def test_abbreviated_options_are_refused(capsys):
@@ -63,15 +95,58 @@ def test_short_cli_run(tiny_data_dir, tmp_path, capsys):
     assert f"written: {tmp_path / 'eval' / 'per_class.txt'}" in out
 
 
+def test_evaluate_reads_the_models_data_set_only_where_it_is_a_known_one(tiny_data_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    assert main(["train", *tiny_args(tiny_data_dir, tmp_path / "runs")]) == 0
+    [run_dir] = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    model = run_dir / "model.safetensors"
+    # the model file names the folder it was trained on: evaluate does not read it on the file's word
+    assert main(["evaluate", "--model", str(run_dir)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (  # after a warning if the machine is busy
+        f"fashion-cnn: error: {model}: trained on {tiny_data_dir}, a folder; a model file does not choose what is "
+        "read: pass --data DIR (that folder, if you trust the file)")
+    threads = []
+    real = evaluate.predict_logits
+    monkeypatch.setattr(evaluate, "predict_logits",
+                        lambda *a, **k: threads.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["evaluate", "--model", str(run_dir), "--data", str(tiny_data_dir), "--threads", "1"]) == 0
+        assert threads == [1] and torch.get_num_threads() == 2  # for the command only
+    finally:
+        torch.set_num_threads(before)
+    accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    assert f"test accuracy: {100 * accuracy:.2f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(run_dir), "--threads", "-1"])
+    assert "threads must be 0 (one per core) or more" in capsys.readouterr().err
+
+
 def test_data_command(real_data, tmp_path, capsys):
     assert main(["data", "--data-dir", real_data.source, "--samples", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out
     assert "Ankle boot" in out and "6000" in out and (tmp_path / "s.png").is_file()
 
 
-def a_file(tmp_path: Path) -> str:
-    (tmp_path / "file").write_text("x")
-    return str(tmp_path / "file")
+# Files that BAD_OPTIONS name by these words, made in the test's folder under that name
+FILES = {
+    "FILE": lambda p: p.write_text("x"),
+    "FIFO": os.mkfifo,
+    "LIST.json": lambda p: p.write_text("[1, 2]"),
+    "DEEP.json": lambda p: p.write_text('{"lr": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    "DEEP.toml": lambda p: p.write_text("lr = " + "[" * 5000 + "]" * 5000),
+    "DECAY.toml": lambda p: p.write_text("weight_decay = 1e300"),
+}
+
+
+def made(arg: str, tmp_path: Path) -> str:
+    """arg, or the path of the file it names in FILES, made."""
+    if arg not in FILES:
+        return arg
+    FILES[arg](tmp_path / arg)
+    return str(tmp_path / arg)
 
 
 # Every job option with a value out of its range (or contradicting another): each is refused with one line
@@ -81,13 +156,16 @@ BAD_OPTIONS = [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--batch-size", "-1"], "--batch-size must be at least 1"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
     (["--lr", "-0.1"], "--lr must be a positive number"),
+    (["--lr", "1e39"], "--lr must be a finite number of at most 3.4e+38 in size, got 1e+39"),  # float32 overflows
+    (["--lr", "3e38", "--optimizer", "adamw"], "--lr 3e+38 is too large for adamw"),
+    (["--config", "DECAY.toml"], "--weight-decay must be a finite number of at most 3.4e+38 in size"),
     (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
     (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
     (["--nesterov", "--optimizer", "adamw"], "--nesterov needs --optimizer sgd"),
-    (["--weight-decay", "-1"], "--weight-decay must be a finite number, 0 or more"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
     (["--schedule", "linear"], "invalid choice: 'linear'"),
     (["--warmup", "2"], "--warmup must be in [0, 1)"),
     (["--label-smoothing", "5"], "--label-smoothing must be in [0, 1)"),
@@ -96,7 +174,10 @@ BAD_OPTIONS = [
     (["--ema", "2"], "--ema must be in [0, 1)"),
     (["--seed", "-1"], "--seed must be 0 or more"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--threads", "-2"], "--threads must be 0 or more"),
+    (["--threads", "-2"], "--threads must be from 0 to 1024"),
+    (["--threads", "2000"], "--threads must be from 0 to 1024"),
+    (["--threads", str(2**63 - 1)], "--threads must be a whole number of at most 2,147,483,647 in size"),
+    (["--epochs", str(2**40)], "--epochs must be a whole number of at most 2,147,483,647 in size"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--limit", "-5"], "--limit must be at least 1"),
     (["--data-dir", "/nonexistent"], "lacks train-images"),
@@ -109,13 +190,17 @@ BAD_OPTIONS = [
     (["--class-weights", "balanced"], "invalid choice: 'balanced'"),
     (["--init", "/nonexistent.safetensors"], "--init /nonexistent.safetensors: no such file"),
     (["--init", "FILE"], "not a readable safetensors file"),
+    (["--init", "FIFO"], "FIFO: not a regular file (a FIFO, device or socket)"),
     (["--freeze-backbone"], "--freeze-backbone trains the head of an --init model: give --init too"),
     (["--out", "FILE"], "a file, not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
     (["--early-stopping", "-1"], "--early-stopping must be 0 or more"),
     (["--config", "/nonexistent.toml"], "no such file"),
-    (["--resume", "FILE"], "not a run directory"),
+    (["--config", "LIST.json"], "LIST.json: not a table of options"),
+    (["--config", "DEEP.json"], "DEEP.json: not valid JSON (nested too deeply)"),
+    (["--config", "DEEP.toml"], "DEEP.toml: not valid TOML (nested too deeply)"),
+    (["--resume", "FILE"], "FILE: not a run directory (a file, not a folder)"),
 ]
 TRAIN_ONLY = [
     (["--early-stopping", "2"], "--early-stopping watches the validation loss: give --val-size"),
@@ -137,7 +222,7 @@ BAD_FOR_THE_DATA = [
 
 
 def refused(job: str, argv: list[str], message: str, data_dir: str, tmp_path: Path, capsys) -> None:
-    argv = [a_file(tmp_path) if a == "FILE" else a for a in argv]
+    argv = [made(a, tmp_path) for a in argv]
     out = tmp_path / "runs"
     defaults = {"--data": data_dir, "--out": str(out)} if "--data-dir" not in argv else {"--out": str(out)}
     for flag, value in defaults.items():
@@ -229,10 +314,12 @@ def test_every_option_of_every_command_is_covered():
                and not (name in ("sweep", "tune") and opt in job_flags)}
     data_options = {"--data", "--classes", "--test-fraction", "--data-dir", "--add-to"}
     covered = {("data", "--samples"), ("data", "--force"), ("evaluate", "--model"), ("evaluate", "--out"),
+               ("evaluate", "--threads"),
                *(("data", o) for o in data_options), *(("evaluate", o) for o in data_options),
                ("predict", "--model"), ("predict", "--top-k"), ("predict", "--json"), ("predict", "--csv"),
                ("predict", "--no-invert"), ("predict", "--no-crop"), ("predict", "--save-preprocessed"),
-               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("export", "--model"),
+               ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("serve", "--allowed-host"),
+               ("export", "--model"),
                ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
                ("calibrate", "--fit-on-test-images"),
                ("predict", "--min-confidence"), ("serve", "--min-confidence"),
@@ -250,7 +337,7 @@ def test_every_option_of_every_command_is_covered():
     # predict: tests/test_predict.py;
     # export: tests/test_export.py; explain: tests/test_explain.py; report: tests/test_report.py;
     # calibrate: tests/test_calibration.py (its data options are read as evaluate's, by load_job_data);
-    # serve: test_serve_passes_its_options_on below; sweep: tests/test_sweep.py;
+    # serve: test_serve_passes_its_options_on below, --allowed-host in tests/test_serve.py; sweep: tests/test_sweep.py;
     # tune: tests/test_tune.py; lr-find: tests/test_lrfind.py (test_every_range_test_option_acts and its range)
     assert options <= covered, options - covered
 

@@ -9,6 +9,31 @@ import torch
 from conftest import run_killed_at
 from fashion_cnn import crossval, fastpath, machine, train
 from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
+from fashion_cnn.data import load_fashion_mnist
+from test_train import BUSY
+
+
+def test_out_none_keeps_nothing_on_disk_and_verbose_0_prints_nothing(real_data, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"  # tmp_path holds the test's cache (conftest.isolated_cache)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = cross_validate(CVConfig(limit=300, folds=2, epochs=2, threads=1), data=real_data, out=None, verbose=0)
+    assert list(work.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+    assert result.run_dir is None and len(result.fold_accuracies) == 2 and 0 < result.mean < 1
+    for history in result.histories.values():
+        assert history.epoch == [0, 1] and set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+        assert history.history["val_accuracy"][-1] in result.fold_accuracies
+
+
+def test_verbose_1_prints_a_line_per_epoch_and_per_fold(real_data, tmp_path, capsys):
+    result = cross_validate(CVConfig(limit=300, folds=2, epochs=1, threads=1, out=str(tmp_path)), data=real_data)
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.endswith(BUSY)]
+    assert [line.split(":")[0] for line in lines] == ["fold 1/2 epoch 1/1", "fold 1/2", "fold 2/2 epoch 1/1",
+                                                      "fold 2/2"]
+    [advice] = [line for line in (result.run_dir / "log.txt").read_text().splitlines() if line.startswith("next: ")]
+    assert advice.startswith("next: fashion-cnn train ") and " --limit 300 " in advice
+    assert advice.endswith("  (the final model on the first 300 training images)")
 
 
 def test_kfold_splits_stratified_disjoint_covering_reproducible():
@@ -95,6 +120,20 @@ def test_resume_after_interruption_is_exact(real_data, tmp_path, monkeypatch):
     # every epoch's losses and accuracies, identical to the uninterrupted run
     assert metrics_without_timings(run_dir) == metrics_without_timings(reference.run_dir)
 
+
+
+def test_the_training_time_counts_every_session(tiny_data_dir, tmp_path, monkeypatch):
+    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
+    cfg = CVConfig(folds=2, epochs=2, limit=100, threads=1, device="cpu", out=str(tmp_path / "runs"))
+    run_killed_at(monkeypatch, train, "save_checkpoint", 3, lambda: cross_validate(cfg, data=data))  # in fold 2
+    [run_dir] = (tmp_path / "runs").iterdir()
+    cross_validate(resume=run_dir, data=data)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    results = json.loads((run_dir / "cv_results.json").read_text())
+    assert len(rows) == 4 and "seconds_this_session" not in results  # which the resume would have overwritten
+    for key in ("seconds", "cpu_seconds"):
+        assert results[f"train_{key}"] == pytest.approx(sum(float(row[key]) for row in rows))
 
 
 def test_resume_refuses_folds_other_than_the_checkpoints(real_data, tmp_path, monkeypatch):

@@ -531,6 +531,22 @@ def test_data_command_on_a_folder(digits_dir, tmp_path, capsys):
     assert "unknown data set" in capsys.readouterr().err
 
 
+def test_a_split_without_test_images_is_a_warning_in_data_and_refused_by_the_jobs(tmp_path, capsys):
+    root, runs = tmp_path / "ones", tmp_path / "runs"
+    write_digits_folder(root, per_class=1)  # a class of one image: it trains, none is left to test
+    assert main(["data", "--data", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "class 0 has no test images (a class needs 2 different images or more for one to be drawn for the test " \
+           "set)" in out
+    assert out[-1].startswith("warning: no test images, so a model trained on it could not be tested: give each "
+                              "class 2 different images or more")
+    for job in ("train", "cv"):
+        assert main([job, "--data", str(root), "--epochs", "1", "--out", str(runs), "--device", "cpu"]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"fashion-cnn: error: {root} (image folder, 10 classes; ") and "no test images" in line
+    assert not runs.exists()
+
+
 def test_data_and_evaluate_take_the_jobs_data_options(digits_dir, tmp_path, capsys):
     """--test-fraction reaches the split; evaluate reads its data like the jobs (the same function)."""
     assert main(["data", "--data", str(digits_dir), "--test-fraction", "0.5"]) == 0

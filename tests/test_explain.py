@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import tiny_arrays, with_calibration
 from fashion_cnn.cli import main
 from fashion_cnn.data import to_float
-from fashion_cnn.explain import cam_layer, evidence_on_object, heatmaps, randomise, stages
+from fashion_cnn.explain import cam_layer, evidence_on_object, heatmaps, overlay, randomise, stages
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.models import create_model, list_models
 from fashion_cnn.predict import packaged_model
@@ -329,3 +329,14 @@ def test_no_crop_and_no_invert_reach_explain_as_they_reach_predict(model_file, t
         assert code == 0
         maps[flags] = np.asarray(json.loads(text)["predictions"][0]["heatmap"])
     assert not np.allclose(maps[()], maps[("--no-crop",)]) and not np.allclose(maps[()], maps[("--no-invert",)])
+
+
+def test_a_speckled_map_shows_where_its_evidence_is():
+    """A map of single pixels, as the baseline's unpooled conv layer gives: a patch of many small values
+    (most of the evidence) and one isolated peak. The picture colours the patch, not a few faint specks."""
+    heat = np.zeros((28, 28), np.float32)
+    heat[6:16:2, 6:16:2] = heat[7:16:2, 7:16:2] = 0.2  # a checkerboard patch: 50 pixels of 0.2
+    heat[22, 22] = 1.0
+    picture = overlay(np.zeros((28, 28), np.float32), heat, scale=1).max(2) / 255  # on black: the colour shows
+    assert picture[6:16, 6:16].mean() > 0.3
+    assert picture[:2].max() == 0 and picture[:, :2].max() == 0  # absent where there is no evidence

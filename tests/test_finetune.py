@@ -14,7 +14,7 @@ from fashion_cnn.data import CLASS_NAMES, load_fashion_mnist
 from fashion_cnn.finetune import PACKAGED
 from fashion_cnn.models import REGISTRY, create_model
 from fashion_cnn.predict import packaged_model
-from fashion_cnn.runs import load_model, save_model
+from fashion_cnn.runs import ModelFileError, load_model, save_model
 from fashion_cnn.train import TrainConfig, TrainState, balanced_weights, fit, train_final
 
 
@@ -140,6 +140,12 @@ def test_init_packaged_is_the_shipped_model():
     assert cfg.model == "strong" and cfg.ema == REGISTRY["strong"].recipe["ema"]
     state = TrainState.create(cfg, [name.replace("/", "-") for name in CLASS_NAMES], 0)
     assert state.init["head"] == "kept" and state.init["path"] == str(packaged_model())
+
+
+def test_init_latest_without_a_trained_model_names_init(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    with pytest.raises(ModelFileError, match="^--init latest: no trained model under runs/"):
+        TrainConfig(init="latest")
 
 
 # --- imbalance ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fashion_cnn.cli import main
-from fashion_cnn.lrfind import OPTIONS, suggest
+from fashion_cnn.lrfind import OPTIONS, SMOOTHING, lr_find_figure, suggest
 from test_cli import reads  # noqa: F401  (the fixture)
 
 
@@ -51,3 +51,21 @@ def test_bad_range_test_options(argv, message, tiny_data_dir, tmp_path, capsys):
 def test_every_range_test_option_acts(reads, tiny_data_dir, tmp_path):  # noqa: F811
     assert main(range_test(tiny_data_dir, tmp_path / "runs", "--steps", "10")) == 0
     assert set(OPTIONS) - {"start_lr", "end_lr", "steps"} <= reads  # the range's own: the test above
+
+
+def test_the_plot_shows_the_raw_loss_and_a_smoothed_curve_that_does_not_lag():
+    """A synthetic range test: a loss that falls, has its minimum at 0.1 and then diverges, with noise."""
+    lrs = np.logspace(-6, 1, 200)
+    clean = 2.3 - 1.5 * (np.log10(lrs) + 6) / 5 + np.where(lrs > 0.1, 5 * (np.log10(lrs) + 1) ** 2, 0)
+    loss = clean * (1 + 0.3 * np.random.default_rng(0).standard_normal(200))
+    average, rows = 0.0, []
+    for i, (lr, value) in enumerate(zip(lrs, loss)):  # the test's own running average, as lr_find keeps it
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        rows.append({"lr": lr, "loss": value, "smoothed_loss": average / (1 - SMOOTHING ** (i + 1))})
+    ax = lr_find_figure(rows, *suggest(rows), 0.01).axes[0]
+    low, high = ax.get_ylim()
+    useful = loss[lrs <= 0.1]  # the raw loss below the divergence: all of it in view
+    assert low <= useful.min() and useful.max() <= high
+    line = next(line for line in ax.get_lines() if line.get_label() == "smoothed loss")
+    x, y = line.get_data()
+    assert abs(np.log10(x[np.argmin(y)]) - np.log10(0.1)) < 0.3  # within 0.3 decades of the true minimum

@@ -1,10 +1,17 @@
 """The package: `import fashion_cnn` is cheap, and every name it exports is what its docs say, whatever
 was imported before."""
 
+import shutil
 import subprocess
 import sys
+import warnings
+from pathlib import Path
+
+import pytest
 
 import fashion_cnn
+
+ROOT = Path(__file__).resolve().parents[1]  # the Makefile's folder
 
 CHECK = """
 import importlib, pkgutil, sys, types
@@ -32,3 +39,37 @@ def test_exports_are_cheap_and_never_shadowed_by_submodules():
 def test_every_export_is_documented():
     assert all(getattr(fashion_cnn, name).__doc__ for name in fashion_cnn.__all__ if name != "__version__"
                and not name.isupper())
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_cv_passes_cv_only_options_to_cv_alone(tmp_path):
+    """`make cv ARGS=...` runs cv with ARGS, then train with those train takes (a fake CLI records them)."""
+    calls = tmp_path / "calls"
+    cli = tmp_path / "fashion-cnn"
+    cli.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    cli.chmod(0o755)
+
+    def make(*variables: str) -> list[str]:
+        calls.unlink(missing_ok=True)
+        subprocess.run(["make", "-s", "-o", "setup", "cv", f"CLI={cli}", *variables], cwd=ROOT, check=True,
+                       capture_output=True, timeout=60)
+        return calls.read_text().splitlines()
+
+    assert make("ARGS=--folds 3 --epochs 5 --split-seed=4 --val-size 10 --early-stopping 2 --flip") == [
+        "data", "cv --folds 3 --epochs 5 --split-seed=4 --val-size 10 --early-stopping 2 --flip",
+        "train --epochs 5 --flip"]
+    assert make("ARGS=--folds 3", "TRAIN_ARGS=--epochs 2") == ["data", "cv --folds 3", "train --epochs 2"]
+    assert make() == ["data", "cv", "train"]
+
+
+def test_pyproject_builds_without_setuptools_deprecation_warnings():
+    """pip install printed setuptools' warning for the license table (three times) before it became an
+    SPDX string: the configuration as setuptools reads it, with its warnings kept."""
+    setuptools_config = pytest.importorskip("setuptools.config.pyprojecttoml")
+    from setuptools.dist import Distribution
+    from setuptools.warnings import SetuptoolsDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setuptools_config.apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in caught if issubclass(w.category, SetuptoolsDeprecationWarning)]

@@ -360,6 +360,7 @@ def test_paths_pil_images_bytes_and_arrays_give_the_same_prediction(model_file, 
         assert r.error is None and r.class_name == CLASS_NAMES[r.class_index]
         assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
         assert len(r.top_k) == 4 and r.top_k[0] == (r.class_name, max(r.probabilities))
+        assert r.probability == max(r.probabilities)  # as the CLI's JSON and the web API name it
         assert sum(r.probabilities) == pytest.approx(1, abs=1e-5) and r.image.shape == (28, 28)
 
 
@@ -401,11 +402,42 @@ def test_predict_takes_arrays_and_tensors_by_the_same_dtype_rule(real_data, mode
     item = real_data.test_images[0]
     scaled = item.numpy() / 255.0
     results = predict([item.numpy(), item, scaled, torch.from_numpy(scaled), item.numpy() * 1.0],
-                      model=model_file)
+                      model=model_file, errors="report")
     assert [r.error for r in results[:4]] == [None] * 4
     for r in results[1:4]:
         assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
     assert "[0, 1]" in results[4].error  # floats 0-255 are not taken as pixel values
+
+
+def test_predict_takes_a_batch_array_in_every_layout_and_dtype(real_data, model_file):
+    """A Keras user's x_test[:8]: eight predictions, as the eight images one by one give them."""
+    predictor = Predictor(model_file)
+    x = real_data.test_images[:8].numpy()
+    one_by_one = [predictor.predict(image)[0] for image in x]
+    scaled = x / np.float32(255)
+    for batch in (x, x[..., None], x[:, None], scaled, scaled[..., None], scaled[:, None].astype(np.float64),
+                  torch.from_numpy(x)):
+        results = predictor.predict(batch)
+        assert [r.source for r in results] == [f"<{type(batch).__name__} 0>[{i}]" for i in range(8)]
+        assert [r.class_index for r in results] == [r.class_index for r in one_by_one]
+        for r, alone in zip(results, one_by_one):
+            assert r.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
+
+
+def test_an_unusable_input_raises_unless_errors_are_reported(real_data, model_file, tmp_path):
+    predictor = Predictor(model_file)
+    bad = np.zeros((8, 5, 5, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^<ndarray 0>: array of shape \(8, 5, 5, 3\) is neither an image"):
+        predictor.predict(bad)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'missing.png'}: no such file$"):
+        predictor.predict([real_data.test_images[0].numpy(), tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match="errors must be one of raise, report"):
+        predictor.predict(bad, errors="ignore")
+    good, failed, missing = predictor.predict([real_data.test_images[0].numpy(), bad, tmp_path / "missing.png"],
+                                              errors="report")
+    assert good.error is None and good.class_name is not None
+    assert "(8, 5, 5, 3)" in failed.error and failed.class_name is None and failed.probability is None
+    assert missing.error == "no such file"
 
 
 def test_bad_arrays_are_rejected_clearly():
@@ -746,7 +778,9 @@ def test_non_finite_probabilities_are_an_error_not_a_result(model_file, tmp_path
     """A broken model (NaN weights) gave NaN probabilities, and `--json` printed NaN, which is not JSON."""
     good = write(tmp_path / "good.png", encode(garment(), "PNG"))
     monkeypatch.setattr(predict_module, "predict_logits", lambda model, x: torch.full((len(x), 10), torch.nan))
-    [p] = Predictor(model_file).predict(good)
+    with pytest.raises(ValueError, match=f"^{good}: the model gave non-finite probabilities"):
+        Predictor(model_file).predict(good)
+    [p] = Predictor(model_file).predict(good, errors="report")
     assert p.error == "the model gave non-finite probabilities (a broken model file?)" and p.class_name is None
     code, out, err = run_cli(capsys, good, "--model", model_file, "--json")
     doc = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON output"))

@@ -399,5 +399,56 @@ def test_a_comparison_says_whether_the_difference_is_larger_than_the_noise(train
     path = report.write_comparison([train_run, tmp_path / "same", tmp_path / "untrained"], out=tmp_path / "c.html")
     page, text = Page(path.read_text()), path.read_text()
     assert page.values["mcnemar-p-1"] == 1.0
-    assert "difference +0.00 points (0 images only same got right, 0 only " in text
+    assert "difference +0.00 points (0 images only " in text and "within the noise" in text
     assert page.values["mcnemar-p-2"] < 1e-6 and "larger than the noise" in text
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory) -> Path:
+    data_dir = make_dataset_dir(tmp_path_factory.mktemp("tiny"))
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["sweep", "--lr", "0.003", "0.03", "--folds", "1", "--val-size", "50", "--epochs", "2",
+                 "--data", str(data_dir), "--out", str(out), "--device", "cpu", "--threads", "1"]) == 0
+    [run] = out.iterdir()
+    return run
+
+
+def test_a_sweeps_report_compares_its_points_named_by_their_values_the_best_starred(sweep_run, capsys):
+    assert main(["report", str(sweep_run)]) == 0
+    assert capsys.readouterr().out == f"report: {sweep_run / 'report.html'}\n"
+    text = (sweep_run / "report.html").read_text()
+    page = Page(text)
+    points = json.loads((sweep_run / "sweep_results.json").read_text())["points"]
+    assert [page.values[f"cv-mean-{k}"] for k in range(2)] == [p["val_accuracy"] for p in points]
+    best = max(points, key=lambda p: (p["val_accuracy"], -p["val_loss"]))["values"]["lr"]
+    other = ({0.003, 0.03} - {best}).pop()
+    assert f'<b>lr={best:g}</b> <span class="best"' in text and f"<b>lr={other:g}</b></td>" in text
+    assert "<code>fashion-cnn sweep --epochs 2 " in text and " --lr 0.003 0.03</code>" in text
+    assert "not recorded" not in text and "machine" in text
+
+
+def test_the_epoch_axis_of_a_comparison_counts_whole_epochs(cv_run):
+    fig = report.comparison_figure([report.load_run(cv_run)], ["cv"])  # two epochs
+    fig.canvas.draw()
+    for ax in fig.axes:  # the panels of curve_panels
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert len(shown) >= 2 and all(t == int(t) for t in shown), shown
+
+
+def test_a_comparison_goes_in_the_folder_that_holds_the_runs(train_run, cv_run, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(train_run, runs / "a")
+    shutil.copytree(cv_run, runs / "b")
+    monkeypatch.chdir(runs / "a")
+    assert main(["report", ".", "../b"]) == 0
+    [written] = runs.glob("*-compare.html")
+    assert capsys.readouterr().out == f"report: {written}\n"
+    assert not list((runs / "a").glob("*-compare.html"))
+    text = written.read_text()
+    assert "<b>job=train" in text and "<b>job=cv, folds=3" in text  # named by what differs
+
+
+def test_the_cv_report_shows_the_machine(cv_run):
+    machine = json.loads((cv_run / "cv_results.json").read_text())["machine"]
+    assert machine and f"<td>machine</td><td>{machine}</td>" in (cv_run / "report.html").read_text()

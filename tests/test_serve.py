@@ -105,7 +105,7 @@ def test_a_bad_file_gets_its_own_error_and_the_others_are_answered(client):
 ])
 def test_only_bad_files_get_422_with_the_reason(client, model_file, name, data):
     response = client.post("/predict", files=upload((name, data)))
-    reason = Predictor(model_file).predict([data])[0].error
+    reason = Predictor(model_file).predict([data], errors="report")[0].error
     assert response.status_code == 422 and reason
     assert f"{name}: {reason}" in response.json()["detail"]
     assert client.get("/health").status_code == 200
@@ -425,11 +425,16 @@ def test_min_confidence_per_request(client, model_file):
         assert client.post(f"/predict?min_confidence={bad}", files=files).status_code == 422
 
 
-def test_cli_json_and_web_api_use_the_same_fields(client, model_file):
-    """Each result has the CLI --json record's fields, values and all; `source` is the web's `filename`,
-    and the web adds the 28x28 image (and, when asked, its heat map)."""
+def test_python_api_cli_json_and_web_api_use_the_same_fields(client, model_file):
+    """Each result has the CLI --json record's fields, values and all, and each is an attribute of the
+    Python API's Prediction with that value; `source` is the web's `filename`, and the web adds the 28x28
+    image (and, when asked, its heat map)."""
     predictor = Predictor(model_file, min_confidence=0.5)
-    [record] = as_json(predictor.predict([photo()], top_k=3), predictor)["predictions"]
+    [prediction] = predictor.predict([photo()], top_k=3)
+    [record] = as_json([prediction], predictor)["predictions"]
+    assert {name: getattr(prediction, name) for name in record} == {
+        **record, "top_k": [(r["class_name"], r["probability"]) for r in record["top_k"]],
+        "probabilities": list(record["probabilities"].values())}
     [result] = client.post("/predict?min_confidence=0.5&top_k=3", files=upload(("photo.jpg", photo()))).json()[
         "predictions"]
     assert set(FileResult.model_fields) - {"filename", "image", "heatmap"} == set(record) - {"source"}

@@ -12,9 +12,13 @@ from conftest import run_killed_at, tiny_arrays
 from fashion_cnn import train
 from fashion_cnn.fastpath import native_library
 from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint
+from fashion_cnn.cli import main
+from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint, write_json
 from fashion_cnn.data import load_fashion_mnist
 from fashion_cnn.train import TrainConfig, lr_scale, train_final
+
+
+BUSY = "this job will run slower than on a quiet machine"  # a warning, which every verbose but 0 shows
 
 
 def small_train(tmp_path) -> TrainConfig:
@@ -50,6 +54,37 @@ def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
     # may depend on how many there are, and so logits on how many images share the batch)
     again, _ = load_model(train_final(small_train(tmp_path), data=real_data).model_path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+
+
+def test_out_none_keeps_nothing_on_disk_and_verbose_0_prints_nothing(real_data, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"  # tmp_path holds the test's cache (conftest.isolated_cache)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = train_final(TrainConfig(limit=300, epochs=2, threads=1), data=real_data, out=None, verbose=0)
+    assert list(work.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+    assert result.run_dir is None and result.model_path is None
+    assert result.history.epoch == [0, 1]  # Keras's History: the epochs from 0, and the metrics by name
+    assert set(result.history.history) == {"loss", "accuracy"} and len(result.history.history["loss"]) == 2
+    assert result.history[1]["epoch"] == 2 and result.history[1]["seconds"] > 0  # the rows keep the timings
+    logits = predict_logits(result.model, real_data.test_images)
+    accuracy = (logits.argmax(1) == real_data.test_labels).float().mean().item()
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6) and accuracy > 0.3
+
+
+def test_verbose_1_prints_a_line_per_epoch_and_the_run_log_keeps_everything(real_data, tmp_path, capsys):
+    result = train_final(TrainConfig(limit=300, epochs=2, threads=1, val_size=50), data=real_data,
+                         out=tmp_path / "runs")
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.endswith(BUSY)]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "val_accuracy" in lines[0] and result.run_dir.parent == tmp_path / "runs"
+    log = (result.run_dir / "log.txt").read_text()
+    assert "epoch 2/2: loss" in log and "run directory:" in log and "next: fashion-cnn predict" in log
+    assert json.loads((result.run_dir / "config.json").read_text())["out"] == str(tmp_path / "runs")
+    with pytest.raises(ValueError, match="resume continues a run directory: it cannot go with out=None"):
+        train_final(resume=result.run_dir, out=None)
+    with pytest.raises(ValueError, match="verbose must be 0"):
+        train_final(TrainConfig(limit=300, epochs=1), data=real_data, out=None, verbose=3)
 
 
 def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
@@ -141,6 +176,26 @@ def test_threads_set_from_the_config_and_from_the_saved_one_on_resume(tmp_path):
         assert cfg.threads == 1 and torch.get_num_threads() == 1
 
 
+def test_resume_refuses_a_config_json_changed_since_its_checkpoint(tmp_path, capsys):
+    cfg = TrainConfig(epochs=3, out=str(tmp_path / "runs"), device="cpu")
+    with train.start_job(cfg, "train", None) as run:
+        train.TrainState.create(cfg, 10, 0).save(run.dir / "checkpoint.safetensors", cfg)
+    before = sorted(run.dir.iterdir())
+    capsys.readouterr()
+    for change, differs in (({"lr": 0.5}, "--lr 0.01 -> 0.5"), ({"seed": 7}, "--seed 1 -> 7"),
+                            ({"epochs": 2}, "--epochs 3 -> 2")):  # edited by hand
+        write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), **change})
+        assert main(["train", "--resume", str(run.dir)]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (f"fashion-cnn: error: {run.dir / 'config.json'}: not the options checkpoint.safetensors "
+                        f"was trained with ({differs}); a resumed run goes on with those: put them back, or start a "
+                        "new run")
+        assert sorted(run.dir.iterdir()) == before
+    # more epochs under a constant learning rate, which `--resume RUN --epochs 5` may ask for too
+    write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), "epochs": 5})
+    assert train.job_config(TrainConfig, None, run.dir).epochs == 5
+
+
 def test_schedules_warm_up_then_decay():
     cfg = TrainConfig(model="fast", lr=0.2, warmup=0.25, schedule="onecycle")
     assert lr_scale(cfg, 0.0) == 0.0
@@ -179,7 +234,8 @@ def test_fit_keeps_the_optimizers_own_learning_rate_unless_a_schedule_is_asked_f
     history = train.fit(state, cfg, tiny_split())
     assert [g["lr"] for g in state.optimizer.param_groups] == [0.05]
     assert "epoch 1/1: loss" in capsys.readouterr().err  # logged outside a run too
-    assert history.history["epoch"] == [1] and len(history.history["loss"]) == 1  # Keras's columns
+    assert history.epoch == [0] and history.history == {"loss": [history[0]["loss"]],  # Keras's History
+                                                        "accuracy": [history[0]["accuracy"]]}
 
     cosine = dataclasses.replace(cfg, schedule="cosine", epochs=2)
     state = train.TrainState.create(cosine, 10, 0)

@@ -118,6 +118,16 @@ def test_tune_writes_the_best_config_plots_and_the_command_and_the_config_trains
     assert (final / "model.safetensors").is_file()
 
 
+def test_the_best_config_names_the_training_images_its_limit_keeps(tiny_data_dir, tmp_path, capsys):
+    assert main(tune_args(tiny_data_dir, tmp_path / "runs", "--trials", "1", "--limit", "120", lr="0.01")) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    text = (run / "best_config.toml").read_text()
+    assert tomllib.loads(text)["limit"] == 120
+    assert "# Train the final model on the first 120 training images: fashion-cnn train --config" in text
+    assert "next: fashion-cnn train --config" in capsys.readouterr().err
+    assert "all training images" not in text
+
+
 def dashboard_studies(url: str) -> list[str]:
     """The study names optuna-dashboard lists for a storage: it opens it (the command the report prints)."""
     pytest.importorskip("optuna_dashboard", reason="the tune extra's optuna-dashboard is not installed")

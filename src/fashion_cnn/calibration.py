@@ -19,16 +19,19 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .card import model_card
 from .data import DataError
-from .datasets import NAMES, printable
+from .datasets import printable
 from .models import unknown
 from .runs import ModelFileError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 log = logging.getLogger("fashion_cnn")
 
@@ -221,20 +224,21 @@ def for_validation(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor
 
 
 TEST_FLAG = "--fit-on-test-images"
+TRAINED_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "val_size", "limit")  # what calibrate reads
 
 
-def held_out(meta: dict, data, fit_on_test_images: bool = False) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
+def held_out(config: TrainConfig, data, fit_on_test_images: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
     """(images, labels, their name, a note) that the model never trained on: its validation split when it
-    was trained with --val-size; the test set only when asked (fit_on_test_images), which the note says.
-    A model trained on every training image is refused without it (check_held_out, which callers run
-    before reading data)."""
+    was trained with --val-size (config: the options it was trained with); the test set only when asked
+    (fit_on_test_images), which the note says. A model trained on every training image is refused without
+    it (check_held_out, which callers run before reading data)."""
+    check_held_out(config, "the model file", fit_on_test_images)
     if not fit_on_test_images:
-        check_held_out(meta, "the model file", fit_on_test_images)
-        config = model_config(meta)
         from .train import holdout_split, limited
 
-        _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, config.get("limit")),
-                                            config["val_size"])
+        _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, config.limit),
+                                            config.val_size)
         return images, labels, "validation images", None
     from .data import FILES
 
@@ -244,18 +248,10 @@ def held_out(meta: dict, data, fit_on_test_images: bool = False) -> tuple[torch.
             "reports leave them out of the calibration error")
 
 
-def has_validation_split(meta: dict) -> bool:
-    """Whether the model's config says it held out a validation split of its training images."""
-    config = model_config(meta)
-    val_size, limit = config.get("val_size"), config.get("limit")
-    return (isinstance(val_size, int) and not isinstance(val_size, bool) and val_size > 0
-            and (limit is None or isinstance(limit, int) and not isinstance(limit, bool)))
-
-
-def check_held_out(meta: dict, path: str | Path, fit_on_test_images: bool) -> None:
-    """Refuse, before any data is read, a model that held out none of its training images unless the
-    test images are asked for."""
-    if not fit_on_test_images and not has_validation_split(meta):
+def check_held_out(config: TrainConfig, path: str | Path, fit_on_test_images: bool) -> None:
+    """Refuse, before any data is read, a model that held out none of its training images (config: the
+    options it was trained with) unless the test images are asked for."""
+    if not fit_on_test_images and not config.val_size:
         raise DataError(f"{path}: the model saw all its training images, so none is left to calibrate on; "
                         "retrain it with --val-size N (e.g. 5000) to hold some out, or pass "
                         f"{TEST_FLAG} to fit on test images 1-5,000 (they then stop being unseen)")
@@ -282,33 +278,34 @@ def unseen_test_images(meta: dict, n: int) -> tuple[slice | None, str]:
     return None, f"the calibration was fitted on {printable(fitted_on)[:100]}, which cannot be told apart here"
 
 
-def model_config(meta: dict) -> dict:
-    """The training config a model file's metadata holds ({} when it has none, or not a JSON object)."""
-    config = meta.get("config")
-    return config if isinstance(config, dict) else {}
-
-
 def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bool = False,
                    fit_on_test_images: bool = False) -> dict:
     """Write a copy of a model file whose metadata holds a calibration fitted on held-out images (see
     held_out) of `data`: its validation split, or with fit_on_test_images the test set's first half (a
-    model without a validation split is refused otherwise); the weights are copied unchanged. Without `data`, Fashion-MNIST when the model was
-    trained on it; a folder the (untrusted) model file names is refused, never read.
+    model without a validation split is refused otherwise); the weights are copied unchanged. Without
+    `data`, Fashion-MNIST when the model was trained on it; a folder the (untrusted) model file names is
+    refused, never read.
     An existing OUT is replaced only with force, and the input never."""
     from .runs import check_output_file, load_model, load_tensors, save_tensors
-    from .train import load_data
+    from .datasets import load_model_data
+    from .train import TrainConfig
 
     check_output_file(out, force, inputs=(model_path,))
     tensors, meta = load_tensors(model_path)
-    check_held_out(meta, model_path, fit_on_test_images)
     model, _ = load_model(model_path)
+    # the options calibrate reads of those the model file says it was trained with: an untrusted file's,
+    # so checked as options given are (those it does not record take their defaults)
+    config = meta.get("config") or {}
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{model_path}: corrupt metadata (its config is not a table of options)")
+    try:
+        trained = TrainConfig.from_dict({k: config[k] for k in TRAINED_OPTIONS if k in config}, "its config")
+    except ValueError as e:
+        raise ModelFileError(f"{model_path}: corrupt metadata ({e})") from None
+    check_held_out(trained, model_path, fit_on_test_images)
     if data is None:
-        named = model_config(meta).get("data")
-        if named is not None and not (isinstance(named, str) and named.lower() in NAMES):
-            raise DataError(f"{model_path}: trained on {printable(str(named))[:200]}, which its metadata names; "
-                            "a model file does not choose what calibrate reads: pass --data DIR")
-        data = load_data()  # Fashion-MNIST from the usual places, not from a folder the file names
-    images, labels, source, note = held_out(meta, data, fit_on_test_images)
+        data = load_model_data(meta, model_path)  # a model file does not choose what calibrate reads
+    images, labels, source, note = held_out(trained, data, fit_on_test_images)
     meta.update(fit(model, images, labels, source))
     if note:
         meta["calibration"]["note"] = note

@@ -61,48 +61,89 @@ def true_or_false(text: str) -> bool:
     return text.lower() == "true"
 
 
+# The --help groups of the job options; a recipe field (one a model's recipe may set) is in "model and recipe"
+DATA_GROUP = "data"
+RECIPE_GROUP = "model and recipe"
+VALIDATION_GROUP = "validation"
+RUN_GROUP = "run and output"
+RESOURCES_GROUP = "resources"
+OPTION_GROUPS = {
+    DATA_GROUP: ("data", "classes", "test_fraction", "data_dir", "add_to", "limit"),
+    RECIPE_GROUP: ("model", "init", "freeze_backbone", "class_weights", "start_lr", "end_lr", "steps"),
+    VALIDATION_GROUP: ("folds", "split_seed", "val_size", "early_stopping"),
+    RUN_GROUP: ("out", "seed", "tensorboard", "config", "resume"),
+    RESOURCES_GROUP: ("device", "threads", "eval_batch_size"),
+}
+
+
+def group_of(field: dataclasses.Field) -> str:
+    """The --help group of a config field (OPTION_GROUPS)."""
+    if "fallback" in field.metadata:
+        return RECIPE_GROUP
+    return next(group for group, names in OPTION_GROUPS.items() if field.name in names)
+
+
+def option_group(parser: argparse.ArgumentParser, title: str):
+    """The parser's argument group of this title, made on first use (so groups appear in the order used)."""
+    for group in parser._action_groups:  # argparse keeps them here and has no lookup of its own
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: tuple[str, ...] = (),
                        several: bool = False) -> None:
-    """One option per config field (or the fields named in `only`); unset options stay out of the
-    parsed namespace, so the job can tell what was given. several: each option takes one or more values
-    (a list), for a sweep."""
+    """One option per config field (or the fields named in `only`), in its --help group; unset options stay
+    out of the parsed namespace, so the job can tell what was given. several: each option takes one or more
+    values (a list), for a sweep."""
     from .models import list_models
 
     hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        if only and f.name not in only:
-            continue
+    fields = [f for f in dataclasses.fields(config_cls) if not only or f.name in only]
+    for title in OPTION_GROUPS:  # the group headings in a fixed order, whatever the fields' order
+        if any(group_of(f) == title for f in fields):
+            option_group(parser, title)
+    for f in fields:
+        group = option_group(parser, group_of(f))
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # "int | None": the non-None member parses the value
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         flag = "--" + f.name.replace("_", "-")
         choices = list_models() if f.name == "model" else f.metadata.get("choices")
         if kind is bool and several:
-            parser.add_argument(flag, "--no-" + flag[2:], dest=f.name, nargs="*", type=true_or_false,
-                                action=SeveralBools, default=argparse.SUPPRESS, metavar="true|false",
-                                help=option_help(f))
+            group.add_argument(flag, "--no-" + flag[2:], dest=f.name, nargs="*", type=true_or_false,
+                               action=SeveralBools, default=argparse.SUPPRESS, metavar="true|false",
+                               help=option_help(f))
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=option_help(f))
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=option_help(f))
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices,
-                                nargs="+" if several else None, metavar=None if choices else f.name.upper(),
-                                help=option_help(f))
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices,
+                               nargs="+" if several else None, metavar=None if choices else f.name.upper(),
+                               help=option_help(f))
 
 
 def read_config_file(path: str) -> dict:
     """--config: options from a TOML file, or a run's config.json."""
+    from .runs import parse_json
+
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
     raw = file.read_bytes()[:MAX_CONFIG_BYTES + 1]
     if len(raw) > MAX_CONFIG_BYTES:
         raise ValueError(f"--config {path}: over {MAX_CONFIG_BYTES:,} bytes, not a config file")
+    kind = "JSON" if file.suffix == ".json" else "TOML"
     try:
         text = raw.decode()
-        return json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
+        values = parse_json(text) if kind == "JSON" else tomllib.loads(text)
+    except RecursionError:  # tomllib's parser recurses once per level of nesting
+        raise ValueError(f"--config {path}: not valid TOML (nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ValueError(f"--config {path}: not valid {'JSON' if file.suffix == '.json' else 'TOML'} ({e})") from None
+        raise ValueError(f"--config {path}: not valid {kind} ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: not a table of options (a JSON object, name: value)")
+    return values
 
 
 def given_options(config_cls: type, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -129,9 +170,10 @@ def add_job_options(parser: argparse.ArgumentParser, config_cls: type, several: 
                     resume_help: str = "continue an interrupted run in RUN_DIR with its saved options (only "
                                        "--epochs may grow, with a constant learning rate)") -> None:
     add_config_options(parser, config_cls, several=several)
-    parser.add_argument("--config", metavar="FILE", help="take options from a TOML file or a run's config.json; "
-                        "options given here override it")
-    parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    run = option_group(parser, RUN_GROUP)
+    run.add_argument("--config", metavar="FILE", help="take options from a TOML file or a run's config.json; "
+                     "options given here override it")
+    run.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
 
 
 DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to")
@@ -149,6 +191,11 @@ def load_job_data(args: argparse.Namespace):
     from .train import load_data
 
     return load_data(**{name: getattr(args, name) for name in DATA_OPTIONS})
+
+
+def data_given(args: argparse.Namespace) -> bool:
+    """Whether the data options name a data set (else a command that reads a model takes the model's own)."""
+    return any(getattr(args, name) is not None for name in ("data", "classes", "data_dir", "add_to"))
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -172,7 +219,7 @@ def cmd_cv(args: argparse.Namespace) -> None:
 
     with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
         cfg = job_config_from_args(CVConfig, args)
-    cross_validate(cfg, resume=args.resume)
+    cross_validate(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -181,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     with distributed.agreed():
         cfg = job_config_from_args(TrainConfig, args)
-    train_final(cfg, resume=args.resume)
+    train_final(cfg, resume=args.resume, verbose=2)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -214,13 +261,15 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from . import machine
     from .evaluate import check_outputs, evaluate_file, format_confusion_matrix, format_per_class, format_scores
     from .predict import resolve_model_path
 
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
     out = check_outputs(args.out, path, args.force) if args.out else None
-    result = evaluate_file(path, load_job_data(args), out, args.force)
+    with machine.threads_for_job(args.threads):
+        result = evaluate_file(path, load_job_data(args) if data_given(args) else None, out, args.force)
     print(format_per_class(result.report) + "\n\n" + format_confusion_matrix(result.report))
     print(f"test accuracy: {format_scores(result.report)}")
     if result.html:
@@ -235,7 +284,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_dir(args.save_preprocessed)
     predictor = Predictor(args.model, min_confidence=args.min_confidence)
     predictions = predictor.predict(args.images, top_k=args.top_k,
-                                    invert=False if args.no_invert else None, crop=not args.no_crop)
+                                    invert=False if args.no_invert else None, crop=not args.no_crop,
+                                    errors="report")  # one line per bad file, and the others still predicted
     # saved before anything is printed: a refused file is then the command's only output
     saved = save_preprocessed(predictions, args.save_preprocessed, args.force) if args.save_preprocessed else None
     print(predictor.describe(), file=sys.stdout if args.format == "text" else sys.stderr)
@@ -364,6 +414,50 @@ def add_min_confidence_option(parser: argparse.ArgumentParser) -> None:
                              "model file's own rule (0: never unknown; default: the model's rule, if any)")
 
 
+JOBS = ("cv", "train", "sweep", "tune", "lr-find")  # commands of options only: a short usage line
+
+# Each command's --help ends with these: what a user types first, then a variation
+EXAMPLES = {
+    "data": ["fashion-cnn data", "fashion-cnn data --data ~/photos --samples samples.png"],
+    "cv": ["fashion-cnn cv                                   # the tutorial: 5 folds of the baseline",
+           "fashion-cnn cv --limit 6000 --epochs 3           # a quick look",
+           "fashion-cnn cv --folds 1 --val-size 10000 --model fast"],
+    "train": ["fashion-cnn train                                # the final model, tested once",
+              "fashion-cnn train --model strong --val-size 5000",
+              "fashion-cnn train --config runs/<tune>/best_config.toml"],
+    "sweep": ["fashion-cnn sweep --lr 0.001 0.01 0.1 --epochs 5",
+              "fashion-cnn sweep --batch-size 32 128 --flip true false   # a grid of 4 points",
+              "fashion-cnn report runs/<sweep>                  # its points compared"],
+    "tune": ["fashion-cnn tune --model fast --trials 30",
+             "fashion-cnn tune --space lr=0.001:0.3:log epochs=5 --folds 1 --val-size 10000"],
+    "lr-find": ["fashion-cnn lr-find", "fashion-cnn lr-find --model fast --steps 300"],
+    "evaluate": ["fashion-cnn evaluate --model runs/<run>", "fashion-cnn evaluate --model latest --out eval/"],
+    "predict": ["fashion-cnn predict shirt.jpg", "fashion-cnn predict photos/ --model runs/<run> --csv > out.csv"],
+    "explain": ["fashion-cnn explain shirt.jpg                     # explanations/1-shirt.png"],
+    "report": ["fashion-cnn report runs/<run>                    # runs/<run>/report.html",
+               "fashion-cnn report runs/<a> runs/<b>             # runs/<timestamp>-compare.html"],
+    "serve": ["fashion-cnn serve                                # http://127.0.0.1:8000/",
+              "fashion-cnn serve --model runs/<run> --host 0.0.0.0 --port 8080"],
+    "calibrate": ["fashion-cnn calibrate calibrated.safetensors --model runs/<run>"],
+    "export": ["fashion-cnn export model.onnx --model runs/<run>"],
+    "models": ["fashion-cnn models"],
+}
+
+
+def examples(command: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal, as argparse does; the examples at the end as written, one a line
+    (argparse's RawDescriptionHelpFormatter would leave the descriptions unwrapped too)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .crossval import CVConfig
     from .train import TrainConfig
@@ -374,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False, epilog=examples(name),
+                           formatter_class=HelpFormatter,
+                           usage="%(prog)s [OPTION ...]" if name in JOBS else None)
         p.set_defaults(func=func)
         return p
 
@@ -400,18 +496,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
                     "trials, and the worker's interrupted trial resumes; a --storage URL with a password is "
                     "given again (the run keeps it without)")
-    p.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
+    search = p.add_argument_group("search")
+    search.add_argument("--space", nargs="+", metavar="NAME=RANGE", default=argparse.SUPPRESS,
                    help="change the search space: NAME=LOW:HIGH (whole numbers for whole-number options), "
                         "NAME=LOW:HIGH:log, NAME=A,B,C (choices) or NAME=VALUE (fixed). Default: "
                         f"{space_help()}; a job option given (e.g. --epochs 10) is fixed instead")
-    p.add_argument("--trials", type=int, default=argparse.SUPPRESS,
+    search.add_argument("--trials", type=int, default=argparse.SUPPRESS,
                    help=f"stop when the study has this many trials, all workers together (default: {DEFAULT_TRIALS})")
-    p.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+    search.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
                    help="this worker starts no new trial after this many seconds (default: no limit)")
-    p.add_argument("--storage", metavar="URL", default=argparse.SUPPRESS,
+    search.add_argument("--storage", metavar="URL", default=argparse.SUPPRESS,
                    help="the Optuna storage that holds the study, e.g. postgresql://user:password@host/db "
                         "(default: study.db, SQLite, in the run directory)")
-    p.add_argument("--study", metavar="NAME", default=argparse.SUPPRESS,
+    search.add_argument("--study", metavar="NAME", default=argparse.SUPPRESS,
                    help=f"the study's name in the storage; workers with the same storage and name share it "
                         f"(default: {DEFAULT_STUDY})")
 
@@ -426,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_evaluate)
     add_model_option(p)
     add_data_options(p)
+    p.epilog = ("Without data options, the data set the model was trained on, where it is a known one; a model "
+                "trained on a folder is scored with --data DIR.")
+    p.add_argument("--threads", type=thread_count, default=0, metavar="N",
+                   help="CPU threads (default: 0, one per core)")
     p.add_argument("--out", help="also write the report, per-class table and confusion matrix here")
     p.add_argument("--force", action="store_true",
                    help="replace the files of an earlier evaluation in --out (never the model)")
@@ -455,10 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="one JSON document on stdout: predictions, picture paths and 28x28 heat maps")
 
-    p = command("report", "an HTML report of a run; of several runs, one comparing them", cmd_report)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train or evaluate --out)")
+    p = command("report", "an HTML report of a run (of a sweep or a tune: its points compared); of several runs, "
+                "one comparing them", cmd_report)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (of cv, train, sweep, tune or evaluate "
+                   "--out)")
     p.add_argument("--out", help="the HTML file to write (default: RUN/report.html; for several runs "
-                   "<timestamp>-compare.html beside the first)")
+                   "<timestamp>-compare.html in the folder that holds them)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing file at --out (never a file of the runs)")
     add_config_options(p, TrainConfig, only=("data_dir",))
@@ -468,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_option(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 serves the network (default: %(default)s)")
-    p.add_argument("--port", type=port_number, default=8000, help="(default: %(default)s)")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port to listen on (default: %(default)s)")
     p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                    help="also answer requests addressed to NAME (repeatable; '*': any name). By default only "
                         "IP addresses, localhost and --host are: a web page could otherwise make a name of its "
@@ -496,6 +599,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("models", "list the registered models and their recipes", cmd_models)
     return parser
+
+
+def thread_count(text: str) -> int:
+    """--threads: a whole number, 0 or more."""
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count}: threads must be 0 (one per core) or more")
+    return count
 
 
 def port_number(text: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
-from .runs import csv_bytes, write_atomic, write_json
-from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
-                    log_class_counts, opt, start_job)
+from .runs import PROGRESS_LINE, check_verbose, csv_bytes, write_atomic, write_json
+from .train import (AT_LEAST_0, History, Out, TrainConfig, TrainState, fit, holdout_split, job_config, job_data,
+                    limited, log_class_counts, machine_name, opt, resolve_device, start_job, training_images)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -96,9 +95,9 @@ def summarize(fold_accuracies: list[float]) -> dict:
 class CVResult:
     """What `cross_validate` measured: per-fold histories and accuracies, their mean and spread."""
 
-    run_dir: Path
+    run_dir: Path | None  # None for a job run with out=None, which kept nothing on disk
     histories: dict[int, History]  # fold number (from 1) -> one row per epoch
-    summary: dict  # fold_accuracies, mean, std, best_epochs, seconds_this_session (cv_results.json)
+    summary: dict  # fold_accuracies, mean, std, best_epochs, train_seconds, ... (cv_results.json)
 
     @property
     def fold_accuracies(self) -> list[float]:
@@ -114,19 +113,26 @@ class CVResult:
 
 
 def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None, data: Dataset | None = None,
-                   on_epoch: Iterable[Callable[[dict[int, History]], None]] = ()) -> CVResult:
+                   on_epoch: Iterable[Callable[[dict[int, History]], None]] = (), *, out: Out = ...,
+                   verbose: int = 1) -> CVResult:
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size; under
     torchrun, the folds spread over the processes, with the numbers one process gives (same --threads).
 
     on_epoch: called after every epoch with the histories of the folds so far (fold number -> rows), the
     ones finished before a resume included: the seam for reporting progress, e.g. to a pruner.
+    out: the folder the run directory goes in (default: cfg.out, ./runs); None keeps nothing on disk (no
+    run directory, checkpoints or report: the histories and scores are in the result only, and an
+    interrupted job cannot be resumed).
+    verbose: what the terminal shows: 0 nothing, 1 progress bars and a line per epoch and per fold, 2 the
+    whole log (the CLI's); a run directory's log.txt holds the whole log either way.
     """
     from .evaluate import evaluate_model
     from .plots import fold_boxplot, learning_curves, save_figure
     from .report import write_report
 
+    check_verbose(verbose)
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
-        cfg = job_config(CVConfig, cfg, resume)
+        cfg = job_config(CVConfig, cfg, resume, out)
         data = data or job_data(cfg)
         distributed.check_folds(cfg.folds)
         images, labels = limited(data.train_images, data.train_labels, cfg.limit)
@@ -134,8 +140,10 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     distributed.check_same_config(asdict(cfg))
     distributed.check_same_data(data)
     world = distributed.world()
-    with start_job(cfg, "cv", resume) as run:
-        log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(images)} training images, "
+    with start_job(cfg, "cv", resume, keep=out is not None, verbose=verbose) as run:
+        run_dir = run.dir if run else None
+        log.info((f"run directory: {run_dir}\n" if run_dir else "") + f"data: {data.source} ({len(images)} "
+                 "training images, "
                  + (f"{cfg.folds} {'' if balanced(labels.numpy()) else 'stratified '}folds" if cfg.folds > 1
                     else f"{cfg.val_size} held out")
                  + f", model {cfg.model})")
@@ -143,14 +151,13 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         few = [name for name, n in zip(data.class_names, class_counts(labels, len(data.class_names))) if n < cfg.folds]
         if few and cfg.folds > 1:
             log.info(f"fewer images than folds in class {', '.join(few)}: some folds validate none of them")
-        started = time.perf_counter()
         histories: dict[int, History] = {}
         states: dict[int, TrainState] = {}
         macro_f1: dict[int, float] = {}
 
         def write_metrics(row: dict) -> None:
             rows = [{"fold": k, **r} for k, h in histories.items() for r in h]
-            write_atomic(run.dir / "metrics.csv", csv_bytes(rows))
+            write_atomic(run_dir / "metrics.csv", csv_bytes(rows))
 
         def report(row: dict) -> None:
             for callback in on_epoch:
@@ -164,46 +171,57 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
             if (fold - 1) % world.size != world.rank:
                 continue  # another process's fold
             train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-            ckpt = run.dir / f"checkpoint-fold{fold}.safetensors"
+            ckpt = run_dir / f"checkpoint-fold{fold}.safetensors" if run_dir else None
             state = states[fold] = TrainState.create(cfg, data.class_names, fold - 1, checkpoint=ckpt)
             histories[fold] = state.history  # fit appends to it: metrics.csv shows the epochs so far
             if not state.done(cfg):
-                with tensorboard_log.epoch_log(cfg.tensorboard, run.dir / "tensorboard" / f"fold{fold}") as tb:
+                tensorboard = run_dir / "tensorboard" / f"fold{fold}" if run_dir else None  # none without a run
+                with tensorboard_log.epoch_log(cfg.tensorboard, tensorboard) as tb:
                     fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
                         keys=(fold - 1,), checkpoint=ckpt,
-                        on_epoch=[*([write_metrics] if world.is_main else []), report, *tb],
-                        desc=f"fold {fold}/{len(splits)} ")
+                        on_epoch=[*([write_metrics] if world.is_main and run_dir else []), report, *tb],
+                        desc=f"fold {fold}/{len(splits)} ", verbose=verbose)
             # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
             macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
-                                            cfg.eval_batch_size)["macro_f1"]
-            log.info(fold_line(fold, state.result["val_accuracy"], macro_f1[fold], state.best_epoch))
+                                            cfg.eval_batch_size, desc="evaluating" if verbose else None)["macro_f1"]
+            log.info(fold_line(fold, state.result["val_accuracy"], macro_f1[fold], state.best_epoch),
+                     extra=PROGRESS_LINE)
 
         folds = distributed.gather_dict({k: {"history": s.history, "best_epoch": s.best_epoch, "macro_f1": macro_f1[k],
                                              "accuracy": s.result["val_accuracy"]} for k, s in states.items()})
         for k, r in folds.items():
             if k not in states:
-                log.info(f"{fold_line(k, r['accuracy'], r['macro_f1'], r['best_epoch'])} (rank {(k - 1) % world.size})")
+                log.info(f"{fold_line(k, r['accuracy'], r['macro_f1'], r['best_epoch'])} (rank {(k - 1) % world.size})",
+                         extra=PROGRESS_LINE)
         histories = {k: History(r["history"]) for k, r in folds.items()}
         summary = summarize([r["accuracy"] for r in folds.values()])
         summary |= {"fold_macro_f1": [r["macro_f1"] for r in folds.values()],
                     "macro_f1_mean": float(np.mean([r["macro_f1"] for r in folds.values()])),
                     "best_epochs": [r["best_epoch"] for r in folds.values()],
-                    "seconds_this_session": time.perf_counter() - started}
+                    "machine": machine_name(resolve_device(cfg.device)),  # for reports, as train records it
+                    # every epoch's, before a resume too (the checkpoints keep them), as train's metrics.json
+                    "train_seconds": sum(row["seconds"] for h in histories.values() for row in h),
+                    "train_cpu_seconds": sum(row["cpu_seconds"] for h in histories.values() for row in h)}
+        result = CVResult(run_dir, histories, summary)
+        scores = (f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)}), "
+                  f"macro-F1 mean {summary['macro_f1_mean']:.4f}")
+        if run_dir is None:
+            log.info(scores)
+            return result
         if not world.is_main:
-            return CVResult(run.dir, histories, summary)  # rank 0 writes the files
+            return result  # rank 0 writes the files
         write_metrics({})  # every fold's epochs, the other processes' too
-        write_json(run.dir / "cv_results.json", summary)
+        write_json(run_dir / "cv_results.json", summary)
         curves = learning_curves({f"fold {k}": h for k, h in histories.items()},
                                  best_epochs={f"fold {k}": r["best_epoch"] for k, r in folds.items()})
-        save_figure(curves, run.dir / "learning_curves.png")
-        save_figure(fold_boxplot(summary["fold_accuracies"]), run.dir / "fold_accuracies.png")
-        log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)}), "
-                 f"macro-F1 mean {summary['macro_f1_mean']:.4f}\n"
-                 f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
-                 f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
-                 f"report: {write_report(run.dir, data)}\n"
-                 f"next: {train_command(cfg)}  (the final model on all training images)")
-    return CVResult(run.dir, histories, summary)
+        save_figure(curves, run_dir / "learning_curves.png")
+        save_figure(fold_boxplot(summary["fold_accuracies"]), run_dir / "fold_accuracies.png")
+        log.info(f"{scores}\n"
+                 f"results: {run_dir / 'cv_results.json'}, {run_dir / 'metrics.csv'}\n"
+                 f"curves: {run_dir / 'learning_curves.png'}, {run_dir / 'fold_accuracies.png'}\n"
+                 f"report: {write_report(run_dir, data)}\n"
+                 f"next: {train_command(cfg)}  (the final model on {training_images(cfg.limit)})")
+    return result
 
 
 def train_command(cfg: CVConfig) -> str:

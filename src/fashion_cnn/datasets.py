@@ -57,6 +57,18 @@ IDX_MAGIC = {"images": 0x0803, "labels": 0x0801}
 
 # --- what a name or a folder is --------------------------------------------------------------------
 
+def load_model_data(meta: dict, model_path: str | Path) -> Dataset:
+    """The data set a model file's metadata says it was trained on, where that is a known data set (NAMES),
+    from the usual places. A model file is untrusted: a folder it names (its --data, --add-to images or
+    --data-dir) is never read on its word; that is a ValueError asking for --data DIR."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    spec = config.get("data")
+    if spec is None or (isinstance(spec, str) and spec.lower() in NAMES and config.get("add_to") is None):
+        return load_dataset(None)
+    raise ValueError(f"{model_path}: trained on {str(spec)[:200]}, a folder; a model file does not choose what "
+                     "is read: pass --data DIR (that folder, if you trust the file)")
+
+
 def load_dataset(spec: str | Path | None = None, *, classes: str | Sequence[str] | None = None,
                  seed: int = 1, test_fraction: float = 0.2, data_dir: str | Path | None = None,
                  download: bool = True, add_to: str | None = None) -> Dataset:
@@ -529,8 +541,9 @@ def load_image_folder(root: Path, names: list[str] | None, seed: int = 1, test_f
         bad = Counter(label_of[rel] for rel, _ in skipped if rel in label_of)
         raise DataError(f"{root}: no usable {'' if drawn else 'training '}image for class "
                         + ", ".join(f"{n} ({bad[class_names.index(n)]} files skipped)" for n in empty))
-    if not drawn:
-        notes += [f"class {n} has no test images" for k, n in enumerate(class_names) if not counts[k, "test"]]
+    notes += [f"class {n} has no test images" + (" (a class needs 2 different images or more for one to be drawn "
+                                                  "for the test set)" if drawn else "")
+              for k, n in enumerate(class_names) if not counts[k, "test"]]
     arrays = {}
     for p, chosen in by_part.items():
         images = np.stack([cache.images[usable[f.rel]] for f in chosen]) if chosen else \
@@ -614,6 +627,15 @@ def added_to(base: Dataset, own: Dataset, name: str) -> Dataset:
 
 # --- the report ---------------------------------------------------------------------------------------
 
+def test_set_problem(ds: Dataset) -> str | None:
+    """Why a model trained on `ds` could not be tested: a split that leaves no test image (as a folder of
+    classes of one image each does); None where there are test images."""
+    if len(ds.test_images):
+        return None
+    return ("no test images, so a model trained on it could not be tested: give each class 2 different images "
+            "or more (one or more of them is drawn for the test set), or put test images in DIR/test/<class>/")
+
+
 def describe(ds: Dataset) -> list[str]:
     """The lines `fashion-cnn data` prints: source, counts per class, skipped and duplicate files, notes."""
     width = max(12, *(len(n) + 1 for n in ds.class_names))
@@ -631,4 +653,5 @@ def describe(ds: Dataset) -> list[str]:
         lines.append(f"{len(ds.duplicates)} set{'s' if len(ds.duplicates) > 1 else ''} of identical files "
                      "in two classes or in train and test:")
         lines += ["  " + ", ".join(printable(rel) for rel in group) for group in ds.duplicates]
-    return lines + ds.notes
+    problem = test_set_problem(ds)
+    return lines + ds.notes + ([f"warning: {problem}"] if problem else [])

@@ -14,6 +14,7 @@ from scipy.stats import binom
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from .data import Dataset
+from .datasets import load_model_data
 from .inference import predict_logits
 from .runs import check_output_file, load_model, write_atomic, write_json
 
@@ -27,13 +28,14 @@ CHUNK = 100  # resamples drawn at once (100 x 10,000 test images: 8 MB of indice
 
 def evaluate_model(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    class_names: Sequence[str], batch_size: int = 1000,
-                   parts: Sequence[tuple[str, int]] = ()) -> dict:
+                   parts: Sequence[tuple[str, int]] = (), desc: str | None = "evaluating") -> dict:
     """Accuracy, loss, macro-F1, confusion matrix and per-class scores, as plain JSON-able values.
 
     parts: (name, count) of consecutive blocks of the test set (Dataset.test_parts) to score apart too,
     under "parts"; a part's macro-F1 averages the classes it holds.
+    desc: the progress bar's label (predict_logits); None for none.
     """
-    return score(predict_logits(model, images, batch_size, desc="evaluating"), labels, class_names, parts)
+    return score(predict_logits(model, images, batch_size, desc=desc), labels, class_names, parts)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
@@ -201,14 +203,18 @@ def check_outputs(out: str | Path, model_path: str | Path, force: bool = False) 
     return Path(out)
 
 
-def evaluate_file(model_path: Path, data: Dataset, out: Path | None = None, force: bool = False) -> Evaluation:
-    """The `evaluate` job: score a model file on data's test set; with `out`, write the tables, the
+def evaluate_file(model_path: Path, data: Dataset | None = None, out: Path | None = None,
+                  force: bool = False) -> Evaluation:
+    """The `evaluate` job: score a model file on data's test set (default: the data set the model was
+    trained on, where it is a known one: datasets.load_model_data); with `out`, write the tables, the
     confusion matrix and the HTML report there (files already there are replaced only with force)."""
     from .report import write_report
 
     if out is not None:
         check_outputs(out, model_path, force)
     model, meta = load_model(model_path)
+    if data is None:
+        data = load_model_data(meta, model_path)
     if meta["class_names"] != list(data.class_names):
         raise ValueError(f"{model_path} predicts other classes ({', '.join(meta['class_names'])}) than "
                          f"{data.source} has ({', '.join(data.class_names)})")

@@ -27,6 +27,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+from scipy import ndimage
 from torch import nn
 
 from .models import spec_of, unknown
@@ -37,6 +38,11 @@ from .runs import write_atomic
 
 METHOD = "HiResCAM"
 OVERLAY_SCALE = 4  # 28x28 inputs are shown 112x112
+# A map of single pixels (the baseline's unpooled 26x26 conv layer) is a scatter of isolated values under
+# one peak: shown as it is, a few faint specks. Pictures show it blurred by a pixel (the scale of the 2x2
+# pooling that follows that layer) and scaled to its own maximum again; maps of coarser layers, smooth
+# already, hardly change. The maps themselves (heatmaps, --json, the benchmarks) are not blurred.
+OVERLAY_BLUR = 1.0  # standard deviation, in input pixels
 
 
 def cam_layer(model: nn.Module) -> nn.Module:
@@ -236,7 +242,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, scale: int = OVERLAY_SCALE) -> 
 
     size = (SIZE * scale, SIZE * scale)
     gray = np.asarray(Image.fromarray(np.asarray(image, np.float32)).resize(size, Image.Resampling.NEAREST))
-    warm = np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize(size, Image.Resampling.BILINEAR))
+    shown = ndimage.gaussian_filter(np.asarray(heat, np.float32), OVERLAY_BLUR)
+    peak = shown.max()
+    shown = shown / peak if peak > 0 else shown
+    warm = np.asarray(Image.fromarray(shown).resize(size, Image.Resampling.BILINEAR))
     warm = np.clip(warm, 0, 1)
     alpha = 0.65 * warm[..., None]
     rgb = (1 - alpha) * gray[..., None] + alpha * colormaps["jet"](warm)[..., :3]

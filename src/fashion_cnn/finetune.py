@@ -44,7 +44,7 @@ def init_path(init: str) -> Path:
         if path is None:
             raise ModelFileError(f"--init {PACKAGED}: this installation of fashion-cnn has no packaged model")
         return path
-    return resolve_model_path(init)
+    return resolve_model_path(init, option="--init")
 
 
 def read_init(init: str) -> tuple[Path, nn.Module, dict]:

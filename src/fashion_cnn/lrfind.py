@@ -137,23 +137,37 @@ def lr_find(cfg: LRFindConfig | None = None, data: Dataset | None = None) -> LRF
     return LRFindResult(run.dir, rows, suggestion, minimum, steepest, stopped)
 
 
+def centred_mean(values: np.ndarray, half: int) -> np.ndarray:
+    """Each value's mean with up to `half` neighbours either side (fewer at the ends): a smoothing that,
+    unlike the running average the test stops on, does not lag behind the curve."""
+    kernel = np.ones(2 * half + 1)
+    return np.convolve(values, kernel, "same") / np.convolve(np.ones(len(values)), kernel, "same")
+
+
 def lr_find_figure(rows: list[dict], suggestion: float, minimum: float, steepest: float, recipe: float) -> Figure:
-    """Loss (raw, faint; smoothed, solid) against the learning rate on a log axis, with the minimum, the
-    steepest descent, the suggestion and the recipe's learning rate marked."""
+    """Loss (raw, faint; smoothed without lag, solid) against the learning rate on a log axis, with the
+    minimum, the steepest descent, the suggestion and the recipe's learning rate marked."""
     from matplotlib.figure import Figure
 
     lrs = [r["lr"] for r in rows]
+    raw = np.array([r["loss"] for r in rows])
+    smoothed = centred_mean(raw, min(max(1, len(raw) // 16), (len(raw) - 1) // 2))
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    ax.plot(lrs, [r["loss"] for r in rows], color="tab:blue", alpha=0.25, label="loss per step")
-    ax.plot(lrs, [r["smoothed_loss"] for r in rows], color="tab:blue", label="smoothed loss")
+    ax.plot(lrs, raw, color="tab:blue", alpha=0.3, label="loss per step")
+    ax.plot(lrs, smoothed, color="tab:blue", label="smoothed loss")
     for x, colour, style, label in ((minimum, "tab:gray", ":", f"minimum {minimum:.3g}"),
                                     (steepest, "tab:green", "-.", f"steepest descent {steepest:.3g}"),
                                     (suggestion, "tab:red", "--", f"suggested {suggestion:.3g} (minimum / 10)"),
                                     (recipe, "black", (0, (1, 3)), f"the recipe's {recipe:g}")):
         ax.axvline(x, color=colour, linestyle=style, label=label)
-    smoothed = [r["smoothed_loss"] for r in rows]
-    ax.set_ylim(min(smoothed) * 0.9, min(max(smoothed), 2 * smoothed[0]) * 1.1)  # the explosion off the top
+    # every raw loss up to the smoothed minimum shows, and the rise after it up to twice the starting loss:
+    # the explosion goes off the top, the noise of the useful part does not
+    lowest = int(np.argmin(smoothed))
+    top = max(raw[:lowest + 1].max(), min(raw.max(), 2 * smoothed[0]))
+    bottom = raw.min()
+    margin = 0.05 * (top - bottom)
+    ax.set_ylim(bottom - margin, top + margin)
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
            title=f"Learning-rate range test ({len(rows)} steps)")
     ax.grid(alpha=0.3)

@@ -28,6 +28,7 @@ log = logging.getLogger("fashion_cnn")
 
 BUSY_CORE = 0.5  # other processes using at least this many cores make the machine "contended"
 CHECK_SECONDS = 0.5  # how often an adapting step re-measures the load
+MAX_THREADS = 1024  # more CPU threads than the largest machines have cores: a typo, which OpenMP would try to start
 
 
 # --- the CPU -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Union
+from typing import IO, Iterable, Iterator, Literal, Union
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ silence_libtiff()
 Source = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 
-class ImageError(Exception):
+class ImageError(ValueError):
     """An input that cannot be used as an image; the message is one line naming the input."""
 
     def __init__(self, reason: str, source: str | None = None) -> None:
@@ -111,10 +111,12 @@ MODEL_RULE = (f"a model file, a run directory, or '{LATEST}' for the newest mode
               "(default: the model shipped with the package)")
 
 
-def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT) -> Path:
+def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = RUNS_ROOT,
+                       option: str = "--model") -> Path:
     """The model file to use: the model shipped with the package unless `model` names one, as a model
     file, a run directory (its model.safetensors) or 'latest' (the newest model.safetensors of the run
-    directories under runs_root). A new run never replaces the default silently."""
+    directories under runs_root). A new run never replaces the default silently. option: the command-line
+    option that named `model`, for error messages."""
     if model is None:
         packaged = packaged_model()
         if packaged is None:
@@ -124,7 +126,7 @@ def resolve_model_path(model: str | Path | None = None, runs_root: str | Path = 
     if str(model) == LATEST:
         candidates = sorted(Path(runs_root).glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
         if not candidates:
-            raise ModelFileError(f"--model {LATEST}: no trained model under {runs_root}/ "
+            raise ModelFileError(f"{option} {LATEST}: no trained model under {runs_root}/ "
                                  "(train one with `fashion-cnn train`, or give its path)")
         return candidates[-1]
     path = Path(model)
@@ -494,6 +496,15 @@ class Prediction:
     error: str | None = None  # why this input could not be used; the other fields are then empty
     unknown: bool = False  # unlike the training images: by the model file's rule, or --min-confidence
 
+    @property
+    def probability(self) -> float | None:
+        """The top class's calibrated probability (of the best guess, for an unknown image)."""
+        return self.top_k[0][1] if self.top_k else None
+
+
+Errors = Literal["raise", "report"]
+ERRORS = ("raise", "report")  # what predict does with an input it cannot use: raise, or set its `error`
+
 
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -503,12 +514,40 @@ def source_name(item: Source, index: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"<{type(item).__name__} {index}>"
 
 
+def batch_images(array: np.ndarray) -> list[np.ndarray] | None:
+    """The images of a batch array, or None for an array of one image (H, W) or (H, W, 1|3|4). A batch
+    is grayscale, in any of the layouts Fashion-MNIST arrays come in: (N, H, W), Keras's (N, H, W, 1)
+    or PyTorch's (N, 1, H, W); anything else of 4 or more dimensions is an ImageError."""
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+        return None
+    if array.ndim == 3:
+        return list(array)
+    if array.ndim == 4 and array.shape[3] == 1:
+        return list(array[..., 0])
+    if array.ndim == 4 and array.shape[1] == 1:
+        return list(array[:, 0])
+    raise ImageError(f"array of shape {array.shape} is neither an image (H, W), (H, W, 3) or (H, W, 4) nor a "
+                     "batch of grayscale images (N, H, W), (N, H, W, 1) or (N, 1, H, W)")
+
+
+def array_sources(name: str, array: np.ndarray | torch.Tensor) -> list[tuple[str, Source | ImageError]]:
+    """expand_sources for an array: itself, or a batch's images named name[0], name[1], ..."""
+    try:
+        batch = batch_images(np.asarray(array))
+    except ImageError as e:
+        return [(name, e)]
+    return [(name, array)] if batch is None else [(f"{name}[{j}]", image) for j, image in enumerate(batch)]
+
+
 def expand_sources(images: Source | Iterable[Source]) -> list[tuple[str, Source | ImageError]]:
-    """(name, source) per image: one image or a list of them; folders become their image files."""
+    """(name, source) per image: one image or a list of them; folders become their image files, batch
+    arrays (batch_images) their images, named `<ndarray 0>[i]`."""
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     expanded: list[tuple[str, Source | ImageError]] = []
     for i, item in enumerate(items):
-        if not (isinstance(item, (str, Path)) and Path(item).is_dir()):
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            expanded += array_sources(source_name(item, i), item)
+        elif not (isinstance(item, (str, Path)) and Path(item).is_dir()):
             expanded.append((source_name(item, i), item))
         elif files := image_files(Path(item)):
             expanded += [(str(f), f) for f in files]
@@ -564,13 +603,26 @@ class Predictor:
         return calibration.probabilities(predict_logits(self.model, x.detach().cpu()), self.temperature).numpy()
 
     def predict(self, images: Source | Iterable[Source], top_k: int = TOP_K, invert: bool | None = None,
-                crop: bool = True, min_confidence: float | None = None) -> list[Prediction]:
-        """One Prediction per image (folders expanded); unusable inputs get `error` set, never raise.
+                crop: bool = True, min_confidence: float | None = None, errors: Errors = "raise"
+                ) -> list[Prediction]:
+        """One Prediction per image: `images` is one image (a path, bytes, a PIL image or an array) or a
+        list of them; folders stand for their image files, and batch arrays (N, H, W), (N, H, W, 1) or
+        (N, 1, H, W), uint8 or float in [0, 1] as Keras and PyTorch hold Fashion-MNIST, for their N images.
 
+        errors: "raise" (the default): an input that cannot be used is an ImageError (a ValueError) naming
+        it, before the model runs; "report": its Prediction gets `error` set instead, and the others are
+        still predicted (the CLI and the web API report bad files so).
         min_confidence overrides the predictor's rule for unknown images for this call (see Predictor).
         """
-        return self.predict_prepared([prepare(name, source, invert, crop) for name, source in expand_sources(images)],
-                                     top_k, min_confidence)
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {', '.join(ERRORS)}, not {errors!r}")
+        predictions = [prepare(name, source, invert, crop) for name, source in expand_sources(images)]
+        if errors == "raise":
+            raise_first_error(predictions)
+        self.predict_prepared(predictions, top_k, min_confidence)
+        if errors == "raise":
+            raise_first_error(predictions)  # a model that gives no finite answer
+        return predictions
 
     def predict_prepared(self, predictions: list[Prediction], top_k: int = TOP_K,
                          min_confidence: float | None = None) -> list[Prediction]:
@@ -615,6 +667,13 @@ class Predictor:
         return f"model: {self.path} ({self.meta['architecture']}{score}; {calibrated}, {rule})"
 
 
+def raise_first_error(predictions: list[Prediction]) -> None:
+    """The first prediction's error, if any has one, as an ImageError naming its input."""
+    failed = next((p for p in predictions if p.error), None)
+    if failed is not None:
+        raise ImageError(failed.error, failed.source)
+
+
 def predict(images: Source | Iterable[Source], model: str | Path | None = None, top_k: int = TOP_K,
             **options) -> list[Prediction]:
     """Predict with the shipped model, or the one `model` names (see resolve_model_path); see
@@ -632,12 +691,18 @@ def format_line(p: Prediction) -> str:
     return f"{printable(p.source)}: {p.class_name} ({best})  [{ranked}]"
 
 
+# The fields of a prediction's record: Prediction's attributes of the same names, so that the Python API, the
+# CLI's --json and the web API's results (serve.FileResult) speak one vocabulary.
+RECORD_FIELDS = ("source", "class_name", "class_index", "probability", "top_k", "probabilities", "unknown", "error")
+
+
 def as_record(p: Prediction, class_names: list[str]) -> dict:
-    """One prediction as JSON-ready fields (the CLI's --json and the web API's results)."""
-    return {"source": p.source, "class_name": p.class_name, "class_index": p.class_index,
-            "probability": p.top_k[0][1] if p.top_k else None,
-            "top_k": [{"class_name": name, "probability": prob} for name, prob in p.top_k],
-            "probabilities": dict(zip(class_names, p.probabilities)), "unknown": p.unknown, "error": p.error}
+    """One prediction as JSON-ready fields (the CLI's --json and the web API's results): RECORD_FIELDS,
+    with top_k as {class_name, probability} objects and probabilities by class name."""
+    record = {name: getattr(p, name) for name in RECORD_FIELDS}
+    record["top_k"] = [{"class_name": name, "probability": prob} for name, prob in p.top_k]
+    record["probabilities"] = dict(zip(class_names, p.probabilities))
+    return record
 
 
 def as_json(predictions: list[Prediction], predictor: Predictor) -> dict:

@@ -1,5 +1,5 @@
-"""HTML reports: `write_report(run_dir)` for one run (cv, train or `evaluate --out`), `write_comparison(runs)`
-for several side by side.
+"""HTML reports: `write_report(run_dir)` for one run (cv, train or `evaluate --out`; of a sweep or a tune,
+its points compared), `write_comparison(runs)` for several side by side.
 
 A report is one self-contained file: every picture is a data: URL, the styles and the gallery's script are
 inline, so it opens from disk, offline, with no server. It shows what ran, the learning curves, the per-fold
@@ -20,6 +20,7 @@ import csv
 import html
 import io
 import json
+import os
 import re
 import shlex
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import calibration
 from .calibration import ECE_BINS
@@ -41,6 +43,7 @@ from .plots import fold_boxplot, learning_curves, plain
 from .predict import data_url, png_bytes
 from .runs import (ModelFileError, check_output_file, file_sha256, load_model, load_tensors, read_config, save_tensors,
                    write_atomic)
+from .sweep import best_point, fmt
 from .version import __version__
 
 REPORT = "report.html"
@@ -259,6 +262,7 @@ def curve_panels(fig: Figure) -> list:
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set(xlabel="epoch", ylabel=metric, title="Cross-entropy loss" if metric == "loss" else "Accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return axes
 
@@ -270,21 +274,21 @@ def mean_curve(rows_per_fold: list[list[dict]], key: str) -> tuple[list[int], li
                     for i in range(len(epochs))]
 
 
-def comparison_curves(runs: list[Run]) -> str:
+def comparison_figure(runs: list[Run], labels: list[str]) -> Figure:
     """Training loss and validation accuracy (training accuracy where a run validated on nothing), one
-    colour per run; cross-validation runs as their mean over folds."""
+    colour per run, named by its label; cross-validation runs as their mean over folds."""
     fig = new_figure(10, 3.8)
     loss_ax, acc_ax = curve_panels(fig)
     acc_ax.set_title("Validation accuracy (dashed: training)")
-    for k, run in enumerate(r for r in runs if r.history):
+    for k, (run, label) in enumerate((r, name) for r, name in zip(runs, labels) if r.history):
         color = f"C{k % 10}"
         per_fold = folds(run.history)
-        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=plain(run.name))
+        loss_ax.plot(*mean_curve(per_fold, "loss"), ".-", color=color, label=plain(label))
         validated = "val_accuracy" in per_fold[0][0]
         acc_ax.plot(*mean_curve(per_fold, "val_accuracy" if validated else "accuracy"), ".-" if validated else ".--",
-                    color=color, label=plain(run.name))
+                    color=color, label=plain(label))
     loss_ax.legend(fontsize=7)
-    return figure_url(fig)
+    return fig
 
 
 def reliability_diagram(probabilities: np.ndarray, labels: np.ndarray) -> str:
@@ -377,21 +381,30 @@ def command_line(run: Run, evaluation: Evaluation | None) -> str:
     from .crossval import CVConfig
     from .train import TrainConfig
 
-    kind = CVConfig if run.job == "cv" else TrainConfig
+    kind = TrainConfig if run.job == "train" else CVConfig  # a sweep's or a tune's points are cv runs
     try:
         defaults = asdict(kind.from_dict({"model": run.config.get("model", "baseline")}))
     except ValueError:  # a model no longer registered: every option is shown
         defaults = {}
     words = ["fashion-cnn", run.job]
     for key, setting in run.config.items():
-        if key == "job" or setting is None or defaults.get(key, object()) == setting:
+        if key == "job" or setting is None or setting in ({}, []) or defaults.get(key, object()) == setting:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(setting, bool):
             words.append(flag if setting else "--no-" + flag[2:])
+        elif isinstance(setting, list):  # a sweep's values
+            words += [flag, *(shlex.quote(fmt(v)) for v in setting)]
+        elif isinstance(setting, dict):  # a tune's --space
+            words += [flag, *(shlex.quote(f"{name}={v}") for name, v in setting.items())]
         else:
             words += [flag, shlex.quote(str(setting))]
     return " ".join(words)
+
+
+def machine_of(run: Run, meta: dict | None = None) -> str | None:
+    """What the run computed on, as its job recorded it (a model file's metadata where the run kept none)."""
+    return (run.metrics or {}).get("machine") or (run.cv or {}).get("machine") or (meta or {}).get("machine")
 
 
 def log_times(run: Run) -> tuple[str, str] | None:
@@ -410,7 +423,7 @@ def what_ran(run: Run, evaluation: Evaluation | None, data: Dataset | None) -> S
     config = run.config if run.job != "evaluate" else meta.get("config", {})
     arch = meta.get("architecture") or config.get("model", "?")
     parameters = meta.get("parameters") or registered_size(arch)
-    machine = (run.metrics or {}).get("machine") or meta.get("machine") or "not recorded"
+    machine = machine_of(run, meta) or "not recorded"
     rows = [("command", markup("<code>{}</code>", command_line(run, evaluation))),
             ("model", (f"{arch}, {parameters:,} parameters" if parameters else str(arch))
              + (" (evaluated with test-time augmentation: each image and its mirror image)"
@@ -783,8 +796,11 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | 
     data: the dataset, where the caller has it loaded (else the run's, found again); model: the model file
     that `evaluate --out` scored (a train run's is its own); logits: the model's on the test set, where the
     caller has just computed them (the report then runs no model); force: replace an existing file at out.
+    A sweep's or a tune's report compares its points (write_points_report).
     """
     run = load_run(run_dir)
+    if run.job in ("sweep", "tune"):
+        return write_points_report(run, out, force)
     path = report_path(out, run.path / REPORT, [run], force, model)
     evaluation = evaluation_of(run, data, model, data_dir, logits)
     if evaluation is not None:
@@ -822,14 +838,14 @@ def cached_calibration(run: Run) -> float | None:
                                       labels[unseen])
 
 
-def summary_row(k: int, run: Run) -> list[object]:
-    test, cv, metrics = run.test or {}, run.cv or {}, run.metrics or {}
+def summary_row(k: int, run: Run, label: Html) -> list[object]:
+    test, cv = run.test or {}, run.cv or {}
     last = run.history[-1] if run.history else {}
     seconds = sum(row.get("seconds", 0) for row in run.history)
     f1 = float(np.mean([row["f1"] for row in test["per_class"]])) if test else None
     ece = cached_calibration(run)
     shown = [
-        markup("<b>{}</b>", run.name), run.job, run.config.get("model", "–"),
+        label, run.job, run.config.get("model", "–"),
         run.config.get("epochs", "–"), run.config.get("limit") or "all",
         (value(cv["mean"], f"{percent(cv['mean'])} ± {percent(cv['std'])}", f"cv-mean-{k}") if cv else "–"),
         (value(last["val_accuracy"], percent(last["val_accuracy"])) if run.job == "train" and "val_accuracy" in last
@@ -838,7 +854,7 @@ def summary_row(k: int, run: Run) -> list[object]:
         value(f1, f"{f1:.4f}", f"macro-f1-{k}") if f1 is not None else "–",
         value(test["loss"], f"{test['loss']:.4f}") if test else "–",
         value(ece, f"{ece:.4f}", f"ece-{k}") if ece is not None else "–",
-        f"{seconds:.0f} s" if seconds else "–", metrics.get("machine", "–"),
+        f"{seconds:.0f} s" if seconds else "–", machine_of(run) or "–",
     ]
     return shown
 
@@ -848,51 +864,146 @@ def right_answers(tensors: dict[str, torch.Tensor]) -> np.ndarray:
     return (tensors["logits"].argmax(1) == tensors["labels"]).numpy()
 
 
-def paired_section(runs: list[Run]) -> Section | None:
+def paired_section(runs: list[Run], labels: list[str]) -> Section | None:
     """Each run against the first on the same test images (from their kept per-example results): McNemar's
     test says whether their accuracies differ by more than the noise. None where fewer than two runs kept
-    results."""
-    kept = [(run, read_kept(run.path / PREDICTIONS)[0]) for run in runs]
-    kept = [(run, tensors) for run, tensors in kept if tensors]
+    results. labels: the runs' names in the comparison (run_labels)."""
+    kept = [(label, read_kept(run.path / PREDICTIONS)[0]) for run, label in zip(runs, labels)]
+    kept = [(label, tensors) for label, tensors in kept if tensors]
     if len(kept) < 2:
         return None
     (first, reference), rows = kept[0], []
-    for k, (run, tensors) in enumerate(kept[1:], 1):
+    for k, (label, tensors) in enumerate(kept[1:], 1):
         if torch.equal(tensors["labels"], reference["labels"]):
             test = mcnemar(right_answers(tensors), right_answers(reference))
-            verdict = value(test["p"], format_mcnemar(test, run.name, first.name), f"mcnemar-p-{k}")
+            verdict = value(test["p"], format_mcnemar(test, label, first), f"mcnemar-p-{k}")
         else:
             verdict = "not the same test images: no paired test"
-        rows.append([markup("<b>{}</b>", run.name), verdict])
+        rows.append([markup("<b>{}</b>", label), verdict])
     note = markup("<p>Each run against <b>{}</b> on the same test images: McNemar's test (mid-p) on the images "
                   "exactly one of the two got right; below p = 0.05 the difference is larger than the noise.</p>",
-                  first.name)
-    return "paired", "Paired comparison", join([note, table(["run", f"against {first.name}"], rows)])
+                  first)
+    return "paired", "Paired comparison", join([note, table(["run", f"against {first}"], rows)])
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """Each run named by the options in which the runs differ (`lr=0.01`), its folder's name where they
+    differ in none (or two runs would share a name)."""
+    configs = [r.config for r in runs]
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c)
+            if k != "out" and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    labels = [", ".join(f"{k}={fmt(r.config[k])}" for k in keys if k in r.config) or r.name for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [r.name if label == r.name else f"{label} ({r.name})" for label, r in zip(labels, runs)]
+    return labels
+
+
+def best_run(runs: list[Run]) -> int | None:
+    """The run with the highest cross-validation accuracy; where none cross-validated, the highest test
+    accuracy; None where no run has either."""
+    for score in (lambda r: r.cv and r.cv["mean"], lambda r: r.test and r.test["accuracy"]):
+        scored = [(score(r), k) for k, r in enumerate(runs) if score(r) is not None]
+        if scored:
+            return max(scored, key=lambda sk: (sk[0], -sk[1]))[1]
+    return None
+
+
+def comparison_path(runs: list[Run]) -> Path:
+    """Where a comparison goes unless --out says: <timestamp>-compare.html in the folder that holds the runs
+    (runs/ for runs/a runs/b; the nearest folder they share), beside the first where they share only the root."""
+    parents = [r.path.resolve().parent for r in runs]
+    shared = Path(os.path.commonpath(parents))
+    folder = parents[0] if shared == Path(shared.anchor) else shared
+    return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html"
+
+
+def comparison_sections(runs: list[Run], best: int | None) -> list[Section | None]:
+    """The runs' metrics in one table (the best starred), their learning curves overlaid, their per-class F1
+    and their commands; each run named by what differs between them."""
+    labels = run_labels(runs)
+    shown = [markup("<b>{}</b>{}", label, markup(' <span class="best" title="best">★</span>') if k == best else "")
+             for k, label in enumerate(labels)]
+    head = ["run", "job", "model", "epochs", "training images", "cv accuracy (mean ± std)",
+            "validation accuracy", "test accuracy", "macro-F1", "test loss", "ECE", "training time", "machine"]
+    rows = [summary_row(k, run, shown[k]) for k, run in enumerate(runs)]
+    used = [i for i in range(len(head)) if any(row[i] != "–" for row in rows)]  # no column of dashes only
+    body = table([head[i] for i in used], [[row[i] for i in used] for row in rows], "numbers")
+    if best is not None:
+        body = join([body, markup('<p class="note">★ the best: highest {} accuracy.</p>',
+                                  "cross-validation" if runs[best].cv else "test")])
+    sections: list[Section | None] = [("runs", "Runs", body)]
+    if any(r.history for r in runs):
+        sections.append(("curves", "Learning curves",
+                         image(figure_url(comparison_figure(runs, labels)), "learning curves")))
+    tested = [k for k, r in enumerate(runs) if r.test]
+    if tested:
+        names = [row["class"] for row in runs[tested[0]].test["per_class"]]
+        rows = [[name] + [f"{runs[k].test['per_class'][i]['f1']:.4f}" if i < len(runs[k].test["per_class"])
+                               else "–" for k in tested] for i, name in enumerate(names)]
+        sections.append(("per-class", "Per-class F1 on the test set",
+                         table(["class"] + [labels[k] for k in tested], rows, "numbers")))
+    sections.append(paired_section(runs, labels))
+    commands = [[markup("<b>{}</b><br><small>{}</small>", label, r.path), markup("<code>{}</code>", command_line(r, None))]
+                for label, r in zip(labels, runs)]
+    sections.append(("commands", "Commands", table(None, commands, "facts")))
+    return sections
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path | None = None, force: bool = False) -> Path:
-    """One report comparing several runs: their metrics in one table, their learning curves overlaid, their
-    per-class F1; written to `out` (default <timestamp>-compare.html beside the first run; an existing file
-    at out is replaced only with force)."""
+    """One report comparing several runs (comparison_sections), written to `out` (default: comparison_path;
+    an existing file at out is replaced only with force)."""
     runs = [load_run(d) for d in run_dirs]
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ValueError("the same run is named twice")
-    path = report_path(out, runs[0].path.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-compare.html", runs, force)
-    head = ["run", "job", "model", "epochs", "training images", "cv accuracy (mean ± std)",
-            "validation accuracy", "test accuracy", "macro-F1", "test loss", "ECE", "training time", "machine"]
-    body = table(head, [summary_row(k, run) for k, run in enumerate(runs)], "numbers")
-    sections: list[Section | None] = [("runs", "Runs", body)]
-    if any(r.history for r in runs):
-        sections.append(("curves", "Learning curves", image(comparison_curves(runs), "learning curves")))
-    tested = [r for r in runs if r.test]
-    if tested:
-        names = [row["class"] for row in tested[0].test["per_class"]]
-        rows = [[name] + [f"{r.test['per_class'][i]['f1']:.4f}" if i < len(r.test["per_class"]) else "–"
-                               for r in tested] for i, name in enumerate(names)]
-        sections.append(("per-class", "Per-class F1 on the test set",
-                         table(["class"] + [r.name for r in tested], rows, "numbers")))
-    sections.append(paired_section(runs))
-    commands = [[markup("<b>{}</b>", r.name), markup("<code>{}</code>", command_line(r, None))] for r in runs]
-    sections.append(("commands", "Commands", table(None, commands, "facts")))
-    write_atomic(path, page(f"fashion-cnn: {len(runs)} runs compared", written_by(), sections).encode())
+    path = report_path(out, comparison_path(runs), runs, force)
+    write_atomic(path, page(f"fashion-cnn: {len(runs)} runs compared", written_by(),
+                            comparison_sections(runs, best_run(runs))).encode())
+    return path
+
+
+# --- a sweep or a tune: its points compared ------------------------------------------------------
+
+def points_of(run: Run) -> tuple[list[Run], int | None]:
+    """A sweep's finished points (sweep_results.json), or a tune's complete trials that this worker's folder
+    holds (tune_results.json), as cv runs; and which is the best, as the sweep or the study chose it."""
+    if run.job == "sweep":
+        points = (read_json(run.path / "sweep_results.json") or {}).get("points", [])
+        runs = [load_run(run.path / p["run_dir"]) for p in points]
+        best = points.index(best_point(points)) if points else None
+    else:
+        results = read_json(run.path / "tune_results.json") or {}
+        trials = [t for t in results.get("history", []) if t.get("state") == "complete"
+                  and Path(t.get("run_dir", "")).is_dir()]
+        folders = [next((p for p in sorted(Path(t["run_dir"]).iterdir()) if (p / "cv_results.json").is_file()), None)
+                   for t in trials]
+        numbers = [t["number"] for t, folder in zip(trials, folders) if folder]
+        runs = [load_run(folder) for folder in folders if folder]
+        best_number = (results.get("best") or {}).get("number")
+        best = numbers.index(best_number) if best_number in numbers else None
+    if not runs:
+        raise ValueError(f"{run.path}: no finished {'points' if run.job == 'sweep' else 'trials'} yet")
+    return runs, best
+
+
+def job_figures(run: Run) -> Html:
+    """The plots the sweep or tune drew itself, embedded."""
+    names = ("sweep_metric.png", "sweep_curves.png") if run.job == "sweep" else ("tune_history.png",
+                                                                              "tune_importance.png")
+    return join(image(data_url((run.path / name).read_bytes()), name) for name in names
+                if (run.path / name).is_file())
+
+
+def write_points_report(run: Run, out: str | Path | None = None, force: bool = False) -> Path:
+    """The report of a sweep or a tune (default RUN/report.html): what ran, then its points compared."""
+    path = report_path(out, run.path / REPORT, [run], force)
+    runs, best = points_of(run)
+    machines = sorted({m for r in runs if (m := machine_of(r))})
+    facts = [("command", markup("<code>{}</code>", command_line(run, None))),
+             ("machine", "; ".join(machines) or "not recorded"),
+             ("points" if run.job == "sweep" else "complete trials here", str(len(runs)))]
+    if best is not None:
+        facts.append(("best", run_labels(runs)[best]))
+    what = ("run", "What ran", join([table(None, [[k, v] for k, v in facts], "facts"), job_figures(run)]))
+    write_atomic(path, page(f"fashion-cnn {run.job}: {run.name}", written_by(),
+                            [what, *comparison_sections(runs, best)]).encode())
     return path

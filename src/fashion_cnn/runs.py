@@ -38,6 +38,9 @@ META_KEY = "fashion_cnn"
 TEMP_SUFFIX = ".tmp"
 
 log = logging.getLogger("fashion_cnn")
+# `extra` of the log lines that verbose=1 shows on the terminal (besides warnings): one per epoch, and per fold
+PROGRESS_LINE = {"progress_line": True}
+VERBOSE = (0, 1, 2)  # the jobs' terminal output: nothing; a line per epoch; the CLI's full log
 
 
 class ModelFileError(Exception):
@@ -124,6 +127,15 @@ def check_output_dir(path: str | Path) -> Path:
     return path
 
 
+def parse_json(text: str | bytes):
+    """json.loads for untrusted text, where nesting too deep for the parser is a ValueError like any
+    other malformed JSON (json.loads raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def write_json(path: str | Path, obj) -> None:
     """obj as indented JSON, written atomically."""
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
@@ -154,11 +166,12 @@ def read_config(run_dir: str | Path) -> dict:
     """A run directory's config.json, or RunError saying why it is not a run directory."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise RunError(f"{run_dir}: not a run directory (no such folder)")
+        why = "a file, not a folder" if os.path.lexists(run_dir) else "no such folder"
+        raise RunError(f"{run_dir}: not a run directory ({why})")
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.json)")
     try:
-        config = json.loads(path.read_text())
+        config = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise RunError(f"{path}: unreadable ({e})") from None
     if not isinstance(config, dict):
@@ -202,12 +215,22 @@ def lock_run_dir(run_dir: Path) -> IO:
     return handle
 
 
-def start_log(run_dir: Path | None) -> None:
-    """Log to the terminal, and to run_dir/log.txt when there is a run."""
+def check_verbose(verbose: int) -> None:
+    """ValueError for a `verbose` that is none of VERBOSE."""
+    if verbose not in VERBOSE:
+        raise ValueError(f"verbose must be 0 (silent), 1 (a line per epoch) or 2 (the full log), not {verbose!r}")
+
+
+def start_log(run_dir: Path | None, verbose: int = 2) -> None:
+    """Log to the terminal as `verbose` (VERBOSE) says, and all of it to run_dir/log.txt when there is a run."""
+    check_verbose(verbose)
     log.setLevel(logging.INFO)
     stop_log()
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    if verbose < 2:  # the handler stays even when silent: fit then adds no console of its own
+        console.addFilter(lambda record: verbose == 1 and (record.levelno >= logging.WARNING
+                                                           or getattr(record, "progress_line", False)))
     log.addHandler(console)
     if run_dir is not None:
         logfile = logging.FileHandler(run_dir / "log.txt")
@@ -234,10 +257,23 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None = None) -> Iterator[Run]:
+def no_run(verbose: int = 2) -> Iterator[None]:
+    """open_run's stand-in for a job that keeps nothing on disk: only the terminal log, for the block."""
+    start_log(None, verbose)
+    try:
+        yield None
+    finally:
+        stop_log()
+
+
+@contextlib.contextmanager
+def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None = None,
+             verbose: int = 2) -> Iterator[Run]:
     """A new run directory holding `config`, or the interrupted run `resume` with its saved config;
-    locked and logged to for the length of the block. An interruption inside the block carries the
-    run directory (`run_dir` on the KeyboardInterrupt), so the message can name it."""
+    locked and logged to for the length of the block (on the terminal as `verbose` says). An
+    interruption inside the block carries the run directory (`run_dir` on the KeyboardInterrupt), so
+    the message can name it."""
+    check_verbose(verbose)  # before a run directory is made
     if resume is not None:
         run_dir = Path(resume)
         saved = read_config(run_dir)
@@ -250,7 +286,7 @@ def open_run(config: dict, job: str, root: str | Path, resume: str | Path | None
     else:
         run_dir = create_run_dir(root, job, config)
         run = Run(run_dir, config, False, lock_run_dir(run_dir))
-    start_log(run.dir)
+    start_log(run.dir, verbose)
     try:
         yield run
     except KeyboardInterrupt as e:
@@ -269,6 +305,33 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
+SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)  # what a bad file makes safetensors raise
+
+
+def load_meta(path: str | Path) -> dict:
+    """The JSON metadata of a fashion-cnn safetensors file (model or checkpoint), without reading its
+    tensors; ModelFileError saying why not."""
+    path = Path(path)
+    if not path.is_file():  # safe_open would wait forever on a FIFO
+        why = "no such file" if not path.exists() else "a folder, not a file" if path.is_dir() else \
+            "not a regular file (a FIFO, device or socket)"
+        raise ModelFileError(f"{path}: {why}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except SAFETENSORS_ERRORS as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if META_KEY not in header:
+        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
+    try:
+        meta = parse_json(header[META_KEY])
+    except ValueError:
+        raise ModelFileError(f"{path}: corrupt metadata") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
+    return meta
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors of a safetensors file, each copied into memory of its own, and its JSON metadata.
 
@@ -277,23 +340,11 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
     in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
+    meta = load_meta(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
         tensors = {name: t.clone() for name, t in load_file(str(path)).items()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except SAFETENSORS_ERRORS as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
-    if META_KEY not in header:
-        raise ModelFileError(f"{path}: a safetensors file, but not a fashion-cnn file (no metadata)")
-    try:
-        meta = json.loads(header[META_KEY])
-    except ValueError:
-        raise ModelFileError(f"{path}: corrupt metadata") from None
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path}: corrupt metadata (a JSON object is expected)")
     return tensors, meta
 
 

@@ -110,7 +110,7 @@ def file_result(filename: str, p: Prediction, class_names: list[str], heat: np.n
 
 def predict_and_explain(predictor: Predictor, blobs: list[bytes], top_k: int, explain: bool,
                         min_confidence: float | None = None) -> tuple[list[Prediction], list[np.ndarray | None]]:
-    predictions = predictor.predict(blobs, top_k, min_confidence=min_confidence)
+    predictions = predictor.predict(blobs, top_k, min_confidence=min_confidence, errors="report")
     return predictions, (explain_predictions(predictor, predictions) if explain else [None] * len(predictions))
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from .crossval import CVConfig, CVResult, cross_validate, cv_splits, train_command
 from .data import Dataset
 from .runs import check_output_dir, csv_bytes, open_run, read_config, start_log, write_atomic, write_json
-from .train import History, job_data, limited
+from .train import History, job_data, limited, training_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
@@ -134,8 +134,8 @@ def cv_in_folder(folder: Path, cfg: CVConfig, data: Dataset,
     """cfg's cross-validation in a folder of its own: started there, or resumed where a kill left it."""
     started = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")] if folder.is_dir() else []
     if started:
-        return cross_validate(resume=started[0], data=data, on_epoch=on_epoch)
-    return cross_validate(replace(cfg, out=str(folder)), data=data, on_epoch=on_epoch)
+        return cross_validate(resume=started[0], data=data, on_epoch=on_epoch, verbose=2)
+    return cross_validate(replace(cfg, out=str(folder)), data=data, on_epoch=on_epoch, verbose=2)
 
 
 def mean_curves(histories: dict[int, Sequence[dict]]) -> dict[str, list]:
@@ -214,7 +214,8 @@ def sweep(values: dict | None = None, resume: str | Path | None = None) -> Sweep
         result = SweepResult(run.dir, records)
         best_cfg = next(p.cfg for p in points if p.folder == result.best["name"])
         write_outputs(result, grid)
-        log.info(f"next: {train_command(best_cfg)}  (the best point's final model on all training images)")
+        log.info(f"next: {train_command(best_cfg)}  (the best point's final model on "
+                 f"{training_images(best_cfg.limit)})")
     return result
 
 

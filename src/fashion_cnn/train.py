@@ -11,8 +11,9 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -23,16 +24,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed, tensorboard_log
 from .augment import make_augment
-from .data import Dataset, class_counts, to_float
-from .datasets import fingerprint, load_dataset
+from .data import DataError, Dataset, class_counts, to_float
+from .datasets import fingerprint, load_dataset, test_set_problem
 from .inference import loss_and_accuracy
 from . import calibration
 from .card import model_card
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
-from .runs import (RUNS_ROOT, Run, check_output_dir, csv_bytes, load_checkpoint, open_run, read_config,
-                   save_checkpoint, save_model, write_atomic, write_json)
+from .runs import (PROGRESS_LINE, RUNS_ROOT, ModelFileError, Run, check_output_dir, check_verbose, csv_bytes,
+                   load_checkpoint, load_meta, no_run, open_run, read_config, save_checkpoint, save_model, write_atomic,
+                   write_json)
 from .version import __version__
 
 log = logging.getLogger("fashion_cnn")
@@ -48,8 +50,7 @@ def check(rule: str, test: Callable[[Any], bool]) -> dict:
 
 AT_LEAST_0 = check("0 or more", lambda v: v >= 0)
 AT_LEAST_1 = check("at least 1", lambda v: v >= 1)
-POSITIVE = check("a positive number", lambda v: math.isfinite(v) and v > 0)
-NON_NEGATIVE = check("a finite number, 0 or more", lambda v: math.isfinite(v) and v >= 0)
+POSITIVE = check("a positive number", lambda v: v > 0)  # (NaN and infinity fail validate's number check)
 FRACTION = check("in [0, 1)", lambda v: 0 <= v < 1)
 PROBABILITY = check("in [0, 1]", lambda v: 0 <= v <= 1)
 
@@ -88,7 +89,7 @@ class TrainConfig:
     optimizer: str | None = recipe("sgd", "the tutorial's SGD, or AdamW", choices=("sgd", "adamw"))
     nesterov: bool | None = recipe(False, "Nesterov momentum (sgd)")
     weight_decay: float | None = recipe(0.0, "weight decay of conv and linear weights (decoupled for adamw)",
-                                        NON_NEGATIVE)
+                                        AT_LEAST_0)
     schedule: str | None = recipe("constant", "learning rate after the warm-up", choices=tuple(SCHEDULES))
     warmup: float | None = recipe(0.0, "fraction of the steps that ramp the learning rate up from 0", FRACTION)
     label_smoothing: float | None = recipe(0.0, "weight of the uniform distribution mixed into the targets",
@@ -106,7 +107,7 @@ class TrainConfig:
     device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
     threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
                           "processes leave free, re-chosen as the load changes (its results do not depend on it)",
-                       AT_LEAST_0)
+                       check(f"from 0 to {machine.MAX_THREADS}", lambda v: 0 <= v <= machine.MAX_THREADS))
     limit: int | None = opt(None, "use only the first N training images, for quick looks and tests "
                                         "(default: all)", AT_LEAST_1)
     data: str | None = opt(None, "fashion-mnist (the default), a folder of IDX files (MNIST, KMNIST, EMNIST "
@@ -165,10 +166,15 @@ class TrainConfig:
             flag = "--" + f.name.replace("_", "-")
             if not fits_type(value, f.type):
                 raise ValueError(f"{flag} must be {type_words(f.type)}, got {value!r}")
+            if (limit := number_limit(value, f.type)) is not None:
+                raise ValueError(f"{flag} must be {limit}, got {value!r}")
             if meta.get("choices") and value is not None and value not in meta["choices"]:
                 raise ValueError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
             if meta.get("valid") and value is not None and not meta["valid"]["test"](value):
                 raise ValueError(f"{flag} must be {meta['valid']['rule']}, got {value!r}")
+        if self.optimizer == "adamw" and max(self.lr / (1 - self.momentum), self.lr * self.weight_decay) > FLOAT_LIMIT:
+            raise ValueError(f"--lr {self.lr:g} is too large for adamw: its first step (lr / (1 - momentum)) or "
+                             f"its weight decay (lr x weight decay) would be over {FLOAT_LIMIT:.3g}, float32's largest")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd with --momentum above 0")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -212,6 +218,23 @@ def fits_type(value, annotation: str) -> bool:
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
     return any(isinstance(value, kinds[a]) and (a == "bool" or not isinstance(value, bool))
                for a in map(str.strip, annotation.split("|")))
+
+
+# Float options end up in float32 tensors (the learning rate in the optimizer's, ...): a larger value
+# overflows there, deep in training, after the run directory is made. No whole-number option means
+# anything near 2**31 either, and torch takes whole numbers as 64-bit integers at most.
+FLOAT_LIMIT = float(np.finfo(np.float32).max)
+INT_LIMIT = 2**31 - 1
+
+
+def number_limit(value, annotation: str) -> str | None:
+    """For a number that a field annotated as e.g. "float | None" cannot take (NaN, infinite, or past
+    FLOAT_LIMIT or INT_LIMIT in size), the range it must be in, for an error message; else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if "float" in annotation:  # NaN compares False: it is out of range too
+        return None if abs(value) <= FLOAT_LIMIT else f"a finite number of at most {FLOAT_LIMIT:.3g} in size"
+    return None if abs(value) <= INT_LIMIT else f"a whole number of at most {INT_LIMIT:,} in size"
 
 
 def type_words(annotation: str) -> str:
@@ -286,13 +309,23 @@ class EMA:
             a.copy_(b)
 
 
+NOT_METRICS = ("epoch", "seconds", "cpu_seconds")  # the columns of a history row that measure no model
+
+
 class History(list):
-    """One dict per epoch (loss, accuracy, val_loss, val_accuracy, seconds, ...), as the loop appends
-    them; `.history` gives the same as columns, like Keras's History."""
+    """One dict per epoch, as the loop appends them and metrics.csv holds them: epoch (from 1), loss,
+    accuracy, val_loss, val_accuracy (when it validates), and the epoch's wall and CPU seconds.
+    `.history` and `.epoch` are Keras's History's: the metrics as columns, and the epochs from 0."""
 
     @property
     def history(self) -> dict[str, list]:
-        return {key: [row.get(key) for row in self] for key in (self[0] if self else {})}
+        """Each metric's values, one per epoch (the timings stay in the rows)."""
+        return {key: [row.get(key) for row in self] for key in (self[0] if self else {}) if key not in NOT_METRICS}
+
+    @property
+    def epoch(self) -> list[int]:
+        """The epochs' numbers from 0, as Keras's History.epoch (the rows' `epoch` counts from 1)."""
+        return list(range(len(self)))
 
 
 @dataclass
@@ -425,9 +458,12 @@ def console_logging() -> Iterator[None]:
 
 def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = None, *, keys: tuple = (),
         checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "",
-        data_parallel: bool = False) -> History:
+        data_parallel: bool = False, verbose: int = 1) -> History:
     """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping);
     validate on `val` and save a checkpoint after every epoch; returns the history.
+
+    verbose: 0 no progress bars, and called outside a job, no epoch lines on the terminal either; 1
+    progress bars on a terminal, and the epoch lines (a job's log decides where they go).
 
     data_parallel: under torchrun, every process trains this one model on its share of each batch
     (distributed.data_parallel_step); the batches, augmentation and results are a single process's,
@@ -451,7 +487,7 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing,
                                                                        cfg.amp, weights)
     evaluate = distributed.loss_and_accuracy if parallel else loss_and_accuracy
-    bars = None if distributed.is_main() else True  # tqdm's disable: on a terminal, for rank 0 only
+    bars = None if distributed.is_main() and verbose else True  # tqdm's disable: on a terminal, for rank 0 only
     writes = distributed.is_main() or not parallel
     augment = make_augment(cfg.crop, cfg.flip, cfg.erase)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -461,7 +497,8 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
         group.setdefault("initial_lr", group["lr"])
     epochs = tqdm(desc=f"{desc}epochs", total=cfg.epochs, initial=len(history), unit="epoch", leave=False,
                   disable=bars)
-    with console_logging(), epochs, logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
+    with console_logging() if verbose else contextlib.nullcontext(), epochs, \
+            logging_redirect_tqdm(loggers=[log]):  # epoch lines print above the bars
         for epoch in range(len(history), cfg.epochs):
             if state.stopped:
                 break
@@ -504,8 +541,9 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
                 state.track_best(row["val_loss"], cfg.early_stopping)
             if writes:
                 log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "cpu_seconds"))
-                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""))
+                    f"{k} {v:.4f}" for k, v in row.items() if k not in NOT_METRICS)
+                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""),
+                    extra=PROGRESS_LINE)
                 if checkpoint is not None:
                     state.save(checkpoint, cfg)
                 for callback in on_epoch:
@@ -523,13 +561,27 @@ def load_data(data: str | None = None, classes: str | None = None, test_fraction
 
 
 def job_data(cfg: TrainConfig) -> Dataset:
-    """The data set a job's config names."""
-    return load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to)
+    """The data set a job's config names, refused (DataError) before any work where a model trained on it
+    could not be tested."""
+    return testable(load_data(cfg.data, cfg.classes, cfg.test_fraction, cfg.data_dir, cfg.add_to))
+
+
+def testable(data: Dataset) -> Dataset:
+    """`data`, or DataError where its split left no test image (datasets.test_set_problem)."""
+    if problem := test_set_problem(data):
+        raise DataError(f"{data.source}: {problem}")
+    return data
 
 
 def limited(images: torch.Tensor, labels: torch.Tensor, limit: int | None) -> Split:
     """The first `limit` images and labels (all of them for None)."""
     return (images, labels) if limit is None else (images[:limit], labels[:limit])
+
+
+def training_images(limit: int | None) -> str:
+    """The training images a job with this --limit trains on, in words: for the messages that name the
+    final model's (`next: fashion-cnn train ...`)."""
+    return "all training images" if limit is None else f"the first {limit:,} training images"
 
 
 def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[Split, Split]:
@@ -546,29 +598,67 @@ def holdout_split(images: torch.Tensor, labels: torch.Tensor, size: int) -> tupl
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
+def changed_options(saved: dict, wanted: dict) -> list[str]:
+    """The options of a run's config (as a dict) that `wanted` changes and a resumed run cannot take:
+    all that differ, unless the one change is --epochs raised under a constant learning rate."""
+    differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+    if differ == ["epochs"] and wanted["epochs"] > saved["epochs"] and saved.get("schedule") == "constant" \
+            and not saved.get("warmup"):
+        return []
+    return differ
+
+
+def changes(saved: dict, wanted: dict, names: list[str]) -> str:
+    """'--lr 0.01 -> 0.5, --seed 1 -> 2', for error messages."""
+    return ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {wanted[k]!r}" for k in names)
+
+
 def resumed_config(saved: TrainConfig, wanted: TrainConfig | None) -> TrainConfig:
     """The config a resumed run continues with: the saved one. `wanted` (the options given with
     --resume) may only raise --epochs, and only where the learning rate does not depend on it."""
     if wanted is None:
         return saved
-    differ = [f.name for f in fields(saved) if getattr(saved, f.name) != getattr(wanted, f.name)]
-    if differ == ["epochs"] and wanted.epochs > saved.epochs and saved.schedule == "constant" and not saved.warmup:
-        saved.epochs = wanted.epochs
-        return saved
-    if differ:
-        detail = ", ".join(f"--{k.replace('_', '-')} {getattr(saved, k)!r} -> {getattr(wanted, k)!r}" for k in differ)
-        raise ValueError(f"a resumed run keeps its saved options; these differ: {detail}. Only --epochs may "
-                         "grow, and only with a constant learning rate (it shapes the schedule otherwise)")
+    if differ := changed_options(asdict(saved), asdict(wanted)):
+        raise ValueError(f"a resumed run keeps its saved options; these differ: "
+                         f"{changes(asdict(saved), asdict(wanted), differ)}. Only --epochs may grow, and only "
+                         "with a constant learning rate (it shapes the schedule otherwise)")
+    saved.epochs = wanted.epochs
     return saved
 
 
-def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None) -> TrainConfig:
-    """The config a job runs with (resume's saved one, or cfg, or the defaults), checked to the output
-    folder before any data is read."""
+def check_checkpoints(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run whose config.json (read as cfg) is not the config its checkpoints were
+    trained with, as a hand edit would make it: the run would go on as a mix of two."""
+    for path in sorted(run_dir.glob("checkpoint*.safetensors")):
+        trained = load_meta(path).get("config")
+        if not isinstance(trained, dict):
+            raise ModelFileError(f"{path}: corrupt metadata (no config)")
+        if differ := changed_options(trained, asdict(cfg)):
+            raise ValueError(f"{run_dir / 'config.json'}: not the options {path.name} was trained with ("
+                             f"{changes(trained, asdict(cfg), differ)}); a resumed run goes on with those: put "
+                             "them back, or start a new run")
+
+
+Out = str | Path | None | EllipsisType  # a job's `out`: ... (not given) is its config's
+
+
+def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None, out: Out = ...) -> TrainConfig:
+    """The config a job runs with (resume's saved one, or cfg, or the defaults; `out`, where given, as its
+    out), checked to the output folder before any data is read. out=None: the job keeps nothing on
+    disk, which neither resuming nor TensorBoard's event files go with."""
+    if out is None and resume is not None:
+        raise ValueError("resume continues a run directory: it cannot go with out=None, which writes none")
     if resume is not None:
-        cfg = resumed_config(cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}"), cfg)
+        saved = cls.from_dict(read_config(resume), f"{Path(resume) / 'config.json'}")
+        check_checkpoints(Path(resume), saved)
+        cfg = resumed_config(saved, cfg)
     cfg = cfg if cfg is not None else cls()
-    check_output_dir(cfg.out)
+    if out not in (None, ...):
+        cfg = replace(cfg, out=str(out))
+    if out is None and cfg.tensorboard:
+        raise ValueError("tensorboard writes event files into the run directory: it cannot go with out=None")
+    if out is not None:
+        check_output_dir(cfg.out)
     if cfg.init and resume is None:
         check_init(cfg)
     return cfg
@@ -590,12 +680,16 @@ def deterministic_cudnn(on: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start_job(cfg: TrainConfig, job: str, resume: str | Path | None) -> Iterator[Run]:
-    """Open the run directory (new, or `resume`'s), with the config's CPU threads, denormals flushed on
-    every thread (machine.flush_denormals), deterministic cuDNN on a GPU, and a log. Under torchrun, rank
-    0 opens it and the others share it (distributed.shared_run), each process with its share of the node's
-    cores unless --threads says."""
-    with (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume)) as run,
+def start_job(cfg: TrainConfig, job: str, resume: str | Path | None, keep: bool = True,
+              verbose: int = 2) -> Iterator[Run | None]:
+    """Open the run directory (new, or `resume`'s; none, and None for it, unless `keep`), with the
+    config's CPU threads, denormals flushed on every thread (machine.flush_denormals), deterministic cuDNN
+    on a GPU, and a log (on the terminal as `verbose` says, runs.VERBOSE). Under torchrun, rank 0 opens it
+    and the others share it (distributed.shared_run), each process with its share of the node's cores
+    unless --threads says."""
+    opened = (distributed.shared_run(lambda: open_run(asdict(cfg), job, cfg.out, resume, verbose)) if keep
+              else no_run(verbose))
+    with (opened as run,
           machine.threads_for_job(cfg.threads or distributed.default_threads()),
           deterministic_cudnn(resolve_device(cfg.device).type == "cuda")):
         if resume and cfg.epochs != run.config["epochs"] and distributed.is_main():
@@ -643,15 +737,15 @@ def log_class_counts(labels: torch.Tensor, class_names: Sequence[str], cfg: Trai
 class TrainResult:
     """What `train_final` made: the model (in eval mode), its per-epoch history, the test report and files."""
 
-    run_dir: Path
+    run_dir: Path | None  # None for a job run with out=None, which kept nothing on disk
     model: torch.nn.Module
     history: History
     test: dict  # evaluate.evaluate_model's report: accuracy, loss, confusion matrix, per-class scores
     best_epoch: int | None = None  # under early stopping, the epoch whose weights were kept
 
     @property
-    def model_path(self) -> Path:
-        return self.run_dir / "model.safetensors"
+    def model_path(self) -> Path | None:
+        return self.run_dir and self.run_dir / "model.safetensors"
 
     @property
     def test_accuracy(self) -> float:
@@ -659,66 +753,80 @@ class TrainResult:
 
 
 def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None,
-                data: Dataset | None = None) -> TrainResult:
+                data: Dataset | None = None, *, out: Out = ..., verbose: int = 1) -> TrainResult:
     """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
     only raise the epochs; see resumed_config). Under torchrun, the processes train the model together,
     --batch-size being the global batch (distributed.py).
+    out: the folder the run directory goes in (default: cfg.out, ./runs); None keeps nothing on disk (no
+    run directory, model file, checkpoint or report: the model, history and test report are in the
+    result only, and an interrupted job cannot be resumed).
+    verbose: what the terminal shows: 0 nothing, 1 progress bars and a line per epoch, 2 the whole log
+    (the CLI's); a run directory's log.txt holds the whole log either way.
     """
     from .evaluate import format_scores, score, write_reports
     from .inference import predict_logits
     from .plots import learning_curves, save_figure
     from .report import write_report
 
+    check_verbose(verbose)
     with distributed.agreed():  # under torchrun every process checks its options and data before any work
-        cfg = job_config(TrainConfig, cfg, resume)
-        data = data or job_data(cfg)
+        cfg = job_config(TrainConfig, cfg, resume, out)
+        data = testable(data) if data else job_data(cfg)
         distributed.check_global_batch(cfg.batch_size)
         train, val = limited(data.train_images, data.train_labels, cfg.limit), None
         if cfg.val_size:
             train, val = holdout_split(*train, cfg.val_size)
     distributed.check_same_config(asdict(cfg))
     distributed.check_same_data(data)
-    with start_job(cfg, "train", resume) as run:
-        log.info(f"run directory: {run.dir}\ndata: {data.source} ({len(train[0])} training images"
-                 + (f", {len(val[0])} held out for validation)" if val else ")") + f", model {cfg.model}")
+    with start_job(cfg, "train", resume, keep=out is not None, verbose=verbose) as run:
+        run_dir = run.dir if run else None
+        log.info((f"run directory: {run_dir}\n" if run_dir else "") + f"data: {data.source} ({len(train[0])} "
+                 "training images" + (f", {len(val[0])} held out for validation)" if val else ")")
+                 + f", model {cfg.model}")
         log_class_counts(train[1], data.class_names, cfg)
-        ckpt = run.dir / "checkpoint.safetensors"
-        state = TrainState.create(cfg, data.class_names, 0, checkpoint=ckpt if run.resumed else None)
+        ckpt = run_dir / "checkpoint.safetensors" if run_dir else None
+        state = TrainState.create(cfg, data.class_names, 0, checkpoint=ckpt if run and run.resumed else None)
         if state.history:
             log.info(f"resuming after epoch {len(state.history)}")
 
         def write_metrics(row: dict) -> None:
-            write_atomic(run.dir / "metrics.csv", csv_bytes(state.history))
+            write_atomic(run_dir / "metrics.csv", csv_bytes(state.history))
 
         # rank 0 alone writes files, and calls fit's on_epoch
-        with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), run.dir / "tensorboard") as tb:
-            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb], data_parallel=True)
+        tensorboard = run_dir / "tensorboard" if run_dir else None  # job_config refuses it without a run
+        with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), tensorboard) as tb:
+            fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb] if run_dir else [],
+                data_parallel=True, verbose=verbose)
         final = state.final.eval()
         logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
-                                desc="testing" if distributed.is_main() else None)
+                                desc="testing" if distributed.is_main() and verbose else None)
         report = score(logits, data.test_labels, data.class_names, data.test_parts)
+        result = TrainResult(run_dir, final, state.history, report, state.best_epoch)
+        seconds = sum(row["seconds"] for row in state.history)
+        tested = f"test accuracy: {format_scores(report)} (training took {seconds:.0f}s)"
+        if run_dir is None:
+            log.info(tested)
+            return result
         if not distributed.is_main():
-            return TrainResult(run.dir, final, state.history, report, state.best_epoch)  # rank 0 writes the files
+            return result  # rank 0 writes the files
         save_figure(learning_curves({"train": state.history}, best_epochs={"train": state.best_epoch}),
-                    run.dir / "learning_curves.png")
-        written = write_reports(report, run.dir)
+                    run_dir / "learning_curves.png")
+        written = write_reports(report, run_dir)
         results = {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
                    "test_interval": report["interval"],
                    **({"test_parts": report["parts"]} if "parts" in report else {}),
                    "training_images": len(train[1]), "test_images": len(data.test_labels),
                    "val_accuracy": state.result.get("val_accuracy"), "best_epoch": state.best_epoch, "init": state.init,
-                   "train_seconds": sum(row["seconds"] for row in state.history),
+                   "train_seconds": seconds,
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
         results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
-        model_path = run.dir / "model.safetensors"
         meta = model_metadata(final, cfg, data, **results, history=state.history)
-        save_model(model_path, final.cpu(), {**meta, "model_card": model_card({**meta, "version": __version__})})
-        write_json(run.dir / "metrics.json", {**results, "history": state.history, "version": __version__})
-        written.append(write_report(run.dir, data, logits=logits))
-        log.info(f"test accuracy: {format_scores(report)} (training took {results['train_seconds']:.0f}s)\n"
-                 f"model: {model_path}\nreports: {', '.join(str(p) for p in written)}\n"
-                 f"next: fashion-cnn predict IMAGE --model {run.dir}")
-    return TrainResult(run.dir, final, state.history, report, state.best_epoch)
+        save_model(result.model_path, final.cpu(), {**meta, "model_card": model_card({**meta, "version": __version__})})
+        write_json(run_dir / "metrics.json", {**results, "history": state.history, "version": __version__})
+        written.append(write_report(run_dir, data, logits=logits))
+        log.info(f"{tested}\nmodel: {result.model_path}\nreports: {', '.join(str(p) for p in written)}\n"
+                 f"next: fashion-cnn predict IMAGE --model {run_dir}")
+    return result

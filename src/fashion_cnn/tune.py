@@ -32,7 +32,7 @@ from .data import Dataset
 from .datasets import fingerprint
 from .runs import check_output_dir, open_run, start_log, write_atomic, write_json
 from .sweep import check_fits_data, cv_in_folder, cv_record, fmt, job_values
-from .train import History, TrainConfig, TrainingDiverged, job_data
+from .train import History, TrainConfig, TrainingDiverged, job_data, training_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure  # imported where a figure is drawn: the CLI starts without it
@@ -535,8 +535,8 @@ def run_worker(worker: Worker, url: str, base: CVConfig, trials: int, timeout: f
 
 def final_config(options: dict, params: dict) -> dict:
     """The best trial's configuration as `train` options: the study's fixed options and the trial's
-    values, less what only concerns this machine or cross-validation (the final model trains on all
-    training images), every recipe field written out."""
+    values, less what only concerns this machine or cross-validation (the final model trains on the
+    validation images too), every recipe field written out."""
     cfg = dataclasses.asdict(TrainConfig.from_dict(
         {k: v for k, v in {**options, **params}.items() if k in {f.name for f in fields(TrainConfig)}}, None))
     drop = ("out", "device", "threads", "eval_batch_size", "tensorboard", "val_size", "early_stopping")
@@ -576,7 +576,7 @@ def write_report(run_dir: Path, study, url: str, objective: str, options: dict) 
         write_atomic(run_dir / "best_config.toml", toml_text(config, [
             f"fashion-cnn tune: the best of {len(all_trials)} trials of study {study.study_name!r}: trial "
             f"{best.number}, {objective}: {100 * best.value:.2f}%", f"{NO_TEST_SET}.",
-            f"Train the final model on all training images: {command}"]).encode())
+            f"Train the final model on {training_images(config.get('limit'))}: {command}"]).encode())
         importance = importances(study)
         if importance:
             save_figure(importance_figure(importance, counts["complete"]), run_dir / "tune_importance.png")
@@ -588,7 +588,7 @@ def write_report(run_dir: Path, study, url: str, objective: str, options: dict) 
                   "plots: " + ", ".join(str(run_dir / f) for f in ("tune_history.png", "tune_importance.png")
                                         if (run_dir / f).exists()),
                   f"{NO_TEST_SET} ({objective})",
-                  f"next: {command}  (trains on all training images, tests once)"]
+                  f"next: {command}  (trains on {training_images(config.get('limit'))}, tests once)"]
     write_json(run_dir / "tune_results.json", report)
     lines += [f"results: {run_dir / 'tune_results.json'}", f"dashboard: optuna-dashboard {shown(url)}"]
     log.info("\n".join(lines))
