@@ -112,7 +112,8 @@ def test_min_confidence_is_a_probability(value):
 
 def test_calibrate_writes_a_new_file_fitted_on_the_first_test_half(model_file, real_data, tmp_path, capsys):
     out = tmp_path / "calibrated.safetensors"
-    assert main(["calibrate", "--model", str(model_file), "--data-dir", real_data.source, str(out)]) == 0
+    assert main(["calibrate", "--model", str(model_file), "--data-dir", real_data.source, str(out),
+                 "--fit-on-test-images"]) == 0
     assert f"saved {out}" in capsys.readouterr().out
     tensors, meta = load_tensors(out)
     original_tensors, original_meta = load_tensors(model_file)
@@ -120,7 +121,8 @@ def test_calibrate_writes_a_new_file_fitted_on_the_first_test_half(model_file, r
     assert all(torch.equal(tensors[k], original_tensors[k]) for k in tensors)  # the weights, unchanged
     stored = meta.pop("calibration")
     assert meta == original_meta
-    assert stored["fitted_on"] == "Fashion-MNIST test images 1-5,000 of 10,000" and "held out" in stored["note"]
+    assert stored["fitted_on"] == "Fashion-MNIST test images 1-5,000 of 10,000"
+    assert "--fit-on-test-images" in stored["note"]
     model, _ = load_model(model_file)
     logits = predict_logits(model, real_data.test_images[:5000])
     assert stored["temperature"] == pytest.approx(fit_temperature(logits, real_data.test_labels[:5000]), rel=1e-4)
@@ -153,7 +155,7 @@ def test_calibrate_never_reads_a_folder_the_model_file_names(model_file, tmp_pat
                    {"data": str(tmp_path / "secrets"), "add_to": "fashion-mnist"}):
         model = with_config(model_file, tmp_path / "m.safetensors", config)
         out = tmp_path / "out.safetensors"
-        assert main(["calibrate", "--model", str(model), str(out)]) == 1
+        assert main(["calibrate", "--model", str(model), str(out), "--fit-on-test-images"]) == 1
         err = capsys.readouterr().err.strip()
         assert "a model file does not choose what is read: pass --data DIR" in err
         assert len(err.splitlines()) == 1 and not out.exists() and imported == []
@@ -163,8 +165,19 @@ def test_calibrate_reads_fashion_mnist_from_the_usual_places_not_the_model_files
                                                                                          tmp_path, capsys):
     config = {"data": "fashion-mnist", "data_dir": str(tmp_path / "elsewhere")}  # no such folder: not read
     model = with_config(model_file, tmp_path / "m.safetensors", config)
-    assert main(["calibrate", "--model", str(model), str(tmp_path / "out.safetensors")]) == 0
+    assert main(["calibrate", "--model", str(model), str(tmp_path / "out.safetensors"), "--fit-on-test-images"]) == 0
     assert load_tensors(tmp_path / "out.safetensors")[1]["calibration"]["fitted_on"].startswith("Fashion-MNIST")
+
+
+def test_calibrate_refuses_test_images_unless_asked(model_file, tmp_path, capsys, monkeypatch):
+    read = []
+    monkeypatch.setattr(datasets, "load_model_data", lambda *args, **kwargs: read.append(args))
+    out = tmp_path / "out.safetensors"
+    assert main(["calibrate", "--model", str(model_file), str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "saw all its training images" in err
+    assert "--val-size N" in err and "--fit-on-test-images" in err
+    assert not out.exists() and read == []  # refused before any data is read
 
 
 @pytest.mark.parametrize("config, message", [
@@ -186,9 +199,11 @@ def test_calibrate_of_a_model_whose_config_is_not_options_is_a_one_line_error(mo
 def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_same(real_data, tmp_path, capsys):
     from fashion_cnn.train import TrainConfig, train_final
 
-    common = dict(limit=2000, epochs=1, out=str(tmp_path), device="cpu", data_dir=real_data.source)
+    common = dict(limit=2000, epochs=1, out=str(tmp_path), device="cpu", data_dir=real_data.source, threads=1)
     with_val = train_final(TrainConfig(val_size=400, **common), data=real_data).model_path
     without = train_final(TrainConfig(**common), data=real_data).model_path
+    logged = (without.parent / "log.txt").read_text()
+    assert "train with --val-size N" in logged and "test images" not in logged  # the hint: hold images out
     stored = load_tensors(with_val)[1]["calibration"]
     assert stored["fitted_on"] == "validation images 1-200 of 400"
     assert json.loads((with_val.parent / "metrics.json").read_text())["calibration"] == stored
@@ -196,7 +211,10 @@ def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_sa
 
     out = tmp_path / "again.safetensors"
     assert main(["calibrate", "--model", str(with_val), "--data-dir", real_data.source, str(out)]) == 0
-    assert load_tensors(out)[1]["calibration"]["temperature"] == pytest.approx(stored["temperature"], rel=1e-4)
+    refitted = load_tensors(out)[1]
+    assert refitted["calibration"]["temperature"] == pytest.approx(stored["temperature"], rel=1e-4)
+    assert refitted["model_card"]["calibration"]["temperature"] == refitted["calibration"]["temperature"]
+    assert main(["calibrate", "--model", str(without), str(tmp_path / "refused.safetensors")]) == 1
 
 
 def test_a_calibrated_file_is_used_by_the_predictor(model_file, tmp_path):

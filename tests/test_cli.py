@@ -323,6 +323,7 @@ def test_every_option_of_every_command_is_covered():
                ("serve", "--model"), ("serve", "--host"), ("serve", "--port"), ("serve", "--allowed-host"),
                ("export", "--model"),
                ("export", "--force"), ("calibrate", "--model"), ("calibrate", "--force"),
+               ("calibrate", "--fit-on-test-images"),
                ("predict", "--min-confidence"), ("serve", "--min-confidence"),
                *(("calibrate", o) for o in data_options),
                *(("explain", o) for o in ("--model", "--top-k", "--no-invert", "--no-crop", "--framed", "--out",

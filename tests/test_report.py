@@ -354,6 +354,55 @@ def test_markup_escapes_what_is_not_markup_already():
                                                  f"<tbody><tr><td>1</td><td>{cell}</td></tr></tbody></table>")
 
 
+def test_the_report_gives_intervals_and_the_model_card(train_run):
+    page = page_of(train_run)
+    assert page.values["accuracy-low"] <= page.values["accuracy"] <= page.values["accuracy-high"]
+    assert page.values["macro-f1-low"] <= page.values["macro-f1"] <= page.values["macro-f1-high"]
+    metrics = json.loads((train_run / "metrics.json").read_text())
+    assert [page.values["accuracy-low"], page.values["accuracy-high"]] == metrics["test_interval"]["accuracy"]
+    assert "card" in page.ids and "<td>license</td><td>MIT</td>" in (train_run / "report.html").read_text()
+
+
+@pytest.mark.parametrize("fitted_on, unseen, words", [
+    ("test images 1-50 of 100", slice(50, 100), "On test images 51-100 (1-50 fitted the calibration)."),
+    ("validation images 1-200 of 400", slice(0, 100), "On all 100 test images (calibrated on validation images"),
+    ("test images 1-5,000 of 10,000", None, "No calibration error: the calibration was fitted on test images"),
+])
+def test_the_calibration_error_leaves_out_the_images_calibration_was_fitted_on(fitted_on, unseen, words, train_run,
+                                                                                tiny, tmp_path):
+    from conftest import with_calibration
+    from fashion_cnn.calibration import expected_calibration_error, probabilities
+    from fashion_cnn.evaluate import evaluate_file
+    from fashion_cnn.inference import predict_logits
+
+    model = with_calibration(train_run / "model.safetensors", tmp_path / "m.safetensors",
+                             {"temperature": 2.0, "fitted_on": fitted_on})
+    out = tmp_path / "evaluation"
+    evaluate_file(model, tiny, out)
+    page, text = page_of(out), (out / "report.html").read_text()
+    assert words in text
+    if unseen is None:
+        assert "ece" not in page.values
+        return
+    logits = predict_logits(load_model(model)[0], tiny.test_images)
+    by_hand = expected_calibration_error(probabilities(logits[unseen], 2.0), tiny.test_labels[unseen])
+    assert page.values["ece"] == pytest.approx(by_hand, abs=1e-6)
+    compared = Page(report.write_comparison([train_run, out], out=tmp_path / "c.html").read_text())
+    assert compared.values["ece-1"] == pytest.approx(by_hand, abs=1e-6)  # the comparison's ECE alike
+
+
+def test_a_comparison_says_whether_the_difference_is_larger_than_the_noise(train_run, tiny, model_file, tmp_path):
+    from fashion_cnn.evaluate import evaluate_file
+
+    evaluate_file(train_run / "model.safetensors", tiny, tmp_path / "same")  # the same model: no difference
+    evaluate_file(model_file, tiny, tmp_path / "untrained")  # an untrained one: about 10% against 85%
+    path = report.write_comparison([train_run, tmp_path / "same", tmp_path / "untrained"], out=tmp_path / "c.html")
+    page, text = Page(path.read_text()), path.read_text()
+    assert page.values["mcnemar-p-1"] == 1.0
+    assert "difference +0.00 points (0 images only " in text and "within the noise" in text
+    assert page.values["mcnemar-p-2"] < 1e-6 and "larger than the noise" in text
+
+
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory) -> Path:
     data_dir = make_dataset_dir(tmp_path_factory.mktemp("tiny"))

@@ -42,6 +42,13 @@ def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
     logits = predict_logits(model, real_data.test_images)
     assert (logits.argmax(1) == real_data.test_labels).float().mean().item() == pytest.approx(
         meta["test_accuracy"], abs=1e-6)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    low, high = metrics["test_interval"]["accuracy"]
+    assert low < metrics["test_accuracy"] < high and metrics["test_interval"] == report["interval"]
+    card = meta["model_card"]  # the model card: its figures are the run's
+    assert card["accuracy"]["interval"] == [low, high] and card["accuracy"]["test"] == meta["test_accuracy"]
+    assert card["data"].endswith("1,000 training images, 10,000 test images") and card["license"] == "MIT"
+    assert card["calibration"]["fitted_on"] is None and card["recipe"] == meta["config"]
 
     # an identically seeded second run gives the very same weights (compared as weights: a GEMM's rows
     # may depend on how many there are, and so logits on how many images share the batch)

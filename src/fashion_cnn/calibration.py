@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -23,6 +24,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
+from .card import model_card
+from .data import DataError
+from .datasets import printable
 from .models import unknown
 from .runs import ModelFileError
 
@@ -211,21 +215,26 @@ def summary(calibration: dict) -> str:
 def for_validation(model: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
     """The training job's hook: calibrate on the validation split; without one (or too small), nothing."""
     if val is None or len(val[1]) < MIN_IMAGES:
-        log.info("probabilities not calibrated (needs --val-size of at least "
-                 f"{MIN_IMAGES}); `fashion-cnn calibrate --model RUN_DIR OUT` can calibrate on test images")
+        log.info(f"probabilities not calibrated: train with --val-size N (N >= {MIN_IMAGES}, e.g. 5000) to hold "
+                 "out training images that fit a temperature and the threshold for unknown")
         return {}
     result = fit(model, *val, source="validation images")
     log.info("calibrated: " + summary(result["calibration"]))
     return result
 
 
+TEST_FLAG = "--fit-on-test-images"
 TRAINED_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "val_size", "limit")  # what calibrate reads
 
 
-def held_out(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
-    """(images, labels, their name, why these) that the model never trained on: its validation split when
-    it was trained with --val-size, else the test set. config: the options the model was trained with."""
-    if config.val_size:
+def held_out(config: TrainConfig, data, fit_on_test_images: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
+    """(images, labels, their name, a note) that the model never trained on: its validation split when it
+    was trained with --val-size (config: the options it was trained with); the test set only when asked
+    (fit_on_test_images), which the note says. A model trained on every training image is refused without
+    it (check_held_out, which callers run before reading data)."""
+    check_held_out(config, "the model file", fit_on_test_images)
+    if not fit_on_test_images:
         from .train import holdout_split, limited
 
         _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, config.limit),
@@ -235,13 +244,47 @@ def held_out(config: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor, str
 
     fashion_mnist = set(data.checksums) == {f.name for f in FILES.values()}
     return (data.test_images, data.test_labels, "Fashion-MNIST test images" if fashion_mnist else "test images",
-            "the model was trained on every training image, so none was held out")
+            f"fitted on test images as asked ({TEST_FLAG}): these no longer measure the model unseen, and its "
+            "reports leave them out of the calibration error")
 
 
-def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bool = False) -> dict:
+def check_held_out(config: TrainConfig, path: str | Path, fit_on_test_images: bool) -> None:
+    """Refuse, before any data is read, a model that held out none of its training images (config: the
+    options it was trained with) unless the test images are asked for."""
+    if not fit_on_test_images and not config.val_size:
+        raise DataError(f"{path}: the model saw all its training images, so none is left to calibrate on; "
+                        "retrain it with --val-size N (e.g. 5000) to hold some out, or pass "
+                        f"{TEST_FLAG} to fit on test images 1-5,000 (they then stop being unseen)")
+
+
+FITTED_ON_TEST = re.compile(r"test images (\d[\d,]*)-(\d[\d,]*) of (\d[\d,]*)$")
+
+
+def unseen_test_images(meta: dict, n: int) -> tuple[slice | None, str]:
+    """Which of the n test images the model's calibration did not see, and the words for them. (slice(0, n),
+    ...) where it was fitted on other images, or not calibrated; the images after (or before) those it was
+    fitted on where fitted_on names a range of these test images; (None, why) where it names test images
+    that cannot be told apart (another count, or other words): no image is then known unseen."""
+    stored = meta.get("calibration")
+    fitted_on = stored.get("fitted_on") if isinstance(stored, dict) else None
+    every = f"all {n:,} test images"
+    if not isinstance(fitted_on, str) or "test images" not in fitted_on:
+        return slice(0, n), every + (f" (calibrated on {printable(fitted_on)[:100]})" if fitted_on else "")
+    match = FITTED_ON_TEST.search(fitted_on)
+    if match:
+        first, last, total = (int(g.replace(",", "")) for g in match.groups())
+        if total == n and first == 1 and last < n:
+            return slice(last, n), f"test images {last + 1:,}-{n:,} (1-{last:,} fitted the calibration)"
+    return None, f"the calibration was fitted on {printable(fitted_on)[:100]}, which cannot be told apart here"
+
+
+def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bool = False,
+                   fit_on_test_images: bool = False) -> dict:
     """Write a copy of a model file whose metadata holds a calibration fitted on held-out images (see
-    held_out) of `data`; the weights are copied unchanged. Without `data`, Fashion-MNIST when the model was
-    trained on it; a folder the (untrusted) model file names is refused, never read.
+    held_out) of `data`: its validation split, or with fit_on_test_images the test set's first half (a
+    model without a validation split is refused otherwise); the weights are copied unchanged. Without
+    `data`, Fashion-MNIST when the model was trained on it; a folder the (untrusted) model file names is
+    refused, never read.
     An existing OUT is replaced only with force, and the input never."""
     from .runs import check_output_file, load_model, load_tensors, save_tensors
     from .datasets import load_model_data
@@ -259,11 +302,15 @@ def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bo
         trained = TrainConfig.from_dict({k: config[k] for k in TRAINED_OPTIONS if k in config}, "its config")
     except ValueError as e:
         raise ModelFileError(f"{model_path}: corrupt metadata ({e})") from None
+    check_held_out(trained, model_path, fit_on_test_images)
     if data is None:
         data = load_model_data(meta, model_path)  # a model file does not choose what calibrate reads
-    images, labels, source, note = held_out(trained, data)
+    images, labels, source, note = held_out(trained, data, fit_on_test_images)
     meta.update(fit(model, images, labels, source))
     if note:
         meta["calibration"]["note"] = note
+    card = meta.get("model_card")
+    if isinstance(card, dict):  # its calibration and protocol change with this; its known limits stay
+        meta["model_card"] = model_card(meta, *([card["limits"]] if isinstance(card.get("limits"), str) else []))
     save_tensors(out, tensors, meta)
     return meta["calibration"]

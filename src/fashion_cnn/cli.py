@@ -362,7 +362,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     path = resolve_model_path(args.model)
     print(f"model: {path}")
     data = load_job_data(args) if args.data or args.data_dir or args.classes else None  # else see calibrate_file
-    print(summary(calibrate_file(path, args.out, data, args.force)))
+    print(summary(calibrate_file(path, args.out, data, args.force, args.fit_on_test_images)))
     print(f"saved {args.out} (the weights of {path}, with this calibration in its metadata)")
 
 
@@ -584,10 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("calibrate", "fit a model's temperature and its threshold for `unknown` on held-out images, "
                              "into a new model file", cmd_calibrate)
-    p.description = ("Fits on the first half of the model's held-out images (its --val-size validation split, "
-                     "else the first half of the test set), measures on the second half, and writes OUT: the "
-                     "same weights, with the result in its metadata.")
+    p.description = ("Fits on the first half of the model's validation split (train --val-size), measures on "
+                     "the second half, and writes OUT: the same weights, with the result in its metadata. A "
+                     "model trained on every training image is refused unless --fit-on-test-images is given.")
     p.add_argument("out", metavar="OUT", help="the new model file")
+    p.add_argument("--fit-on-test-images", action="store_true",
+                   help="fit on test images 1-5,000 instead (recorded in the file's fitted_on; reports then "
+                        "measure calibration on the other test images only): for a model trained without "
+                        "--val-size, where retraining is not an option")
     p.add_argument("--force", action="store_true", help="replace an existing file at OUT (never the input model)")
     add_model_option(p)
     add_data_options(p)

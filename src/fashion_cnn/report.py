@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 from . import calibration
 from .calibration import ECE_BINS
 from .data import CLASS_NAMES, DataError, Dataset, to_float
+from .evaluate import format_interval, format_mcnemar, mcnemar
 from .inference import predict_logits
 from .plots import fold_boxplot, learning_curves, plain
 from .datasets import preprocessing_counts
@@ -532,8 +533,9 @@ def results_section(test: dict) -> Section:
     accuracy, loss = test["accuracy"], test["loss"]
     macro_f1 = float(np.mean([row["f1"] for row in per_class]))
     images = sum(row["support"] for row in per_class)
-    headline = markup('<p class="headline">accuracy {} · macro-F1 {} · loss {} · {} test images</p>',
-                      value(accuracy, percent(accuracy), "accuracy"), value(macro_f1, f"{macro_f1:.4f}", "macro-f1"),
+    headline = markup('<p class="headline">accuracy {}{} · macro-F1 {}{} · loss {} · {} test images</p>',
+                      value(accuracy, percent(accuracy), "accuracy"), interval_value(test, "accuracy", 100, 1),
+                      value(macro_f1, f"{macro_f1:.4f}", "macro-f1"), interval_value(test, "macro_f1", 1, 3),
                       value(loss, f"{loss:.4f}", "loss"), f"{images:,}")
     rows = [[row["class"]] + [value(row[key], f"{row[key]:.4f}", f"{key}-{i}")
                                    for key in ("precision", "recall", "f1")]
@@ -541,6 +543,18 @@ def results_section(test: dict) -> Section:
             for i, row in enumerate(per_class)]
     return "results", "Test results", join([headline, table(["class", "precision", "recall", "F1", "support"], rows,
                                                              "numbers")])
+
+
+def interval_value(test: dict, key: str, scale: float, digits: int) -> Html | str:
+    """A score's bootstrap interval as evaluate.format_interval writes it, each end a value (data-name
+    accuracy-low, ...); "" for a report without one (made before intervals, or edited)."""
+    if not format_interval(test, key, scale, digits):  # "" unless the interval is two numbers and a level
+        return ""
+    name, interval = key.replace("_", "-"), test["interval"]
+    low, high = (float(x) for x in interval[key])
+    return markup(" ({}% CI {}-{})", f"{100 * float(interval['level']):.0f}",
+                  value(low, f"{scale * low:.{digits}f}", f"{name}-low"),
+                  value(high, f"{scale * high:.{digits}f}", f"{name}-high"))
 
 
 def cell_style(count: int, row_total: int, diagonal: bool) -> str:
@@ -635,15 +649,31 @@ def losses_section(evaluation: Evaluation) -> Section:
 
 
 def calibration_section(evaluation: Evaluation) -> Section:
-    ece = expected_calibration_error(evaluation.probabilities, evaluation.labels)
-    confidence = float(evaluation.probabilities.max(1).mean())
-    accuracy = float((evaluation.predicted == evaluation.labels).mean())
+    """ECE, mean confidence, accuracy and the reliability diagram on the test images the model's calibration
+    did not see (calibration.unseen_test_images); none where those cannot be told."""
+    unseen, which = calibration.unseen_test_images(evaluation.meta, len(evaluation.labels))
+    if unseen is None:
+        return "calibration", "Calibration", markup('<p class="note">No calibration error: {}.</p>', which)
+    probabilities, labels = evaluation.probabilities[unseen], evaluation.labels[unseen]
+    ece = expected_calibration_error(probabilities, labels)
+    confidence = float(probabilities.max(1).mean())
+    accuracy = float((probabilities.argmax(1) == labels).mean())
     headline = markup('<p class="headline">expected calibration error {} ({} equal-width bins) · mean confidence '
-                      '{} · accuracy {}</p>', value(ece, f"{ece:.4f}", "ece"), ECE_BINS,
+                      '{} · accuracy {}</p><p class="note">On {}.</p>', value(ece, f"{ece:.4f}", "ece"), ECE_BINS,
                       value(confidence, percent(confidence), "confidence"),
-                      value(accuracy, percent(accuracy), "prediction-accuracy"))
-    diagram = image(reliability_diagram(evaluation.probabilities, evaluation.labels), "reliability diagram")
+                      value(accuracy, percent(accuracy), "prediction-accuracy"), which)
+    diagram = image(reliability_diagram(probabilities, labels), "reliability diagram")
     return "calibration", "Calibration", join([headline, diagram])
+
+
+def card_section(meta: dict) -> Section | None:
+    """The model file's model card (card.py), as it stores it; None for a file without one."""
+    card = meta.get("model_card")
+    if not isinstance(card, dict):
+        return None
+    rows = [[key.replace("_", " "), text if isinstance(text, str) else markup("<code>{}</code>", json.dumps(text))]
+            for key, text in card.items()]
+    return "card", "Model card", table(None, rows, "facts")
 
 
 def gallery_data(evaluation: Evaluation) -> str:
@@ -806,7 +836,7 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | 
     if run.test:
         sections += [results_section(run.test), confusion_section(run.test, evaluation, class_names)]
     if evaluation is not None:
-        sections += [losses_section(evaluation), calibration_section(evaluation)]
+        sections += [losses_section(evaluation), calibration_section(evaluation), card_section(evaluation.meta)]
     arch = (evaluation.meta.get("architecture") if evaluation else None) or run.config.get("model", "")
     html_text = page(f"fashion-cnn {run.job}: {run.name}", f"{arch} · {written_by()}", sections, evaluation)
     write_atomic(path, html_text.encode())
@@ -816,12 +846,17 @@ def write_report(run_dir: str | Path, data: Dataset | None = None, model: str | 
 # --- several runs --------------------------------------------------------------------------------
 
 def cached_calibration(run: Run) -> float | None:
-    """ECE from the run's kept per-example results, without the model or the data."""
+    """ECE from the run's kept per-example results, without the model or the data, on the test images its
+    calibration did not see (None where there are no results, or no such images are known)."""
     tensors, kept = read_kept(run.path / PREDICTIONS)
     if kept is None:
         return None
-    return expected_calibration_error(calibrated(tensors["logits"], kept["model_meta"], run.path / PREDICTIONS),
-                                      tensors["labels"].numpy())
+    labels = tensors["labels"].numpy()
+    unseen, _ = calibration.unseen_test_images(kept["model_meta"], len(labels))
+    if unseen is None:
+        return None
+    return expected_calibration_error(calibrated(tensors["logits"], kept["model_meta"], run.path / PREDICTIONS)[unseen],
+                                      labels[unseen])
 
 
 def summary_row(k: int, run: Run, label: Html) -> list[object]:
@@ -843,6 +878,33 @@ def summary_row(k: int, run: Run, label: Html) -> list[object]:
         f"{seconds:.0f} s" if seconds else "–", machine_of(run) or "–",
     ]
     return shown
+
+
+def right_answers(tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    """Whether kept per-example results got each test image right."""
+    return (tensors["logits"].argmax(1) == tensors["labels"]).numpy()
+
+
+def paired_section(runs: list[Run], labels: list[str]) -> Section | None:
+    """Each run against the first on the same test images (from their kept per-example results): McNemar's
+    test says whether their accuracies differ by more than the noise. None where fewer than two runs kept
+    results. labels: the runs' names in the comparison (run_labels)."""
+    kept = [(label, read_kept(run.path / PREDICTIONS)[0]) for run, label in zip(runs, labels)]
+    kept = [(label, tensors) for label, tensors in kept if tensors]
+    if len(kept) < 2:
+        return None
+    (first, reference), rows = kept[0], []
+    for k, (label, tensors) in enumerate(kept[1:], 1):
+        if torch.equal(tensors["labels"], reference["labels"]):
+            test = mcnemar(right_answers(tensors), right_answers(reference))
+            verdict = value(test["p"], format_mcnemar(test, label, first), f"mcnemar-p-{k}")
+        else:
+            verdict = "not the same test images: no paired test"
+        rows.append([markup("<b>{}</b>", label), verdict])
+    note = markup("<p>Each run against <b>{}</b> on the same test images: McNemar's test (mid-p) on the images "
+                  "exactly one of the two got right; below p = 0.05 the difference is larger than the noise.</p>",
+                  first)
+    return "paired", "Paired comparison", join([note, table(["run", f"against {first}"], rows)])
 
 
 def run_labels(runs: list[Run]) -> list[str]:
@@ -901,6 +963,7 @@ def comparison_sections(runs: list[Run], best: int | None) -> list[Section | Non
                                else "–" for k in tested] for i, name in enumerate(names)]
         sections.append(("per-class", "Per-class F1 on the test set",
                          table(["class"] + [labels[k] for k in tested], rows, "numbers")))
+    sections.append(paired_section(runs, labels))
     commands = [[markup("<b>{}</b><br><small>{}</small>", label, r.path), markup("<code>{}</code>", command_line(r, None))]
                 for label, r in zip(labels, runs)]
     sections.append(("commands", "Commands", table(None, commands, "facts")))

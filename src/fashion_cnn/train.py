@@ -28,6 +28,7 @@ from .data import DataError, Dataset, class_counts, to_float
 from .datasets import fingerprint, load_dataset, test_set_problem
 from .inference import loss_and_accuracy
 from . import calibration
+from .card import model_card
 from . import machine
 from .finetune import check_init, init_architecture, start_from_init
 from .models import count_parameters, create_model, get_spec, spec_of
@@ -819,13 +820,16 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
                     run_dir / "learning_curves.png")
         written = write_reports(report, run_dir)
         results = {"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+                   "test_interval": report["interval"],
                    **({"test_parts": report["parts"]} if "parts" in report else {}),
+                   "training_images": len(train[1]), "test_images": len(data.test_labels),
                    "val_accuracy": state.result.get("val_accuracy"), "best_epoch": state.best_epoch, "init": state.init,
                    "train_seconds": seconds,
                    "train_cpu_seconds": sum(row["cpu_seconds"] for row in state.history),
                    "machine": machine_name(next(final.parameters()).device)}
         results.update(calibration.for_validation(final, val))  # temperature and unknown threshold, in the model file
-        save_model(result.model_path, final.cpu(), model_metadata(final, cfg, data, **results, history=state.history))
+        meta = model_metadata(final, cfg, data, **results, history=state.history)
+        save_model(result.model_path, final.cpu(), {**meta, "model_card": model_card({**meta, "version": __version__})})
         write_json(run_dir / "metrics.json", {**results, "history": state.history, "version": __version__})
         written.append(write_report(run_dir, data, logits=logits))
         log.info(f"{tested}\nmodel: {result.model_path}\nreports: {', '.join(str(p) for p in written)}\n"

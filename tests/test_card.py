@@ -1,0 +1,28 @@
+"""The model card: built from a model file's metadata, and carried by the shipped model."""
+
+from fashion_cnn.card import model_card
+from fashion_cnn.predict import resolve_model_path
+from fashion_cnn.runs import load_tensors
+
+
+def test_the_shipped_model_carries_a_card_whose_figures_are_its_own():
+    _, meta = load_tensors(resolve_model_path(None))
+    card = meta["model_card"]
+    low, high = card["accuracy"]["interval"]
+    assert card["accuracy"]["test"] == meta["test_accuracy"] and low < meta["test_accuracy"] < high
+    assert [low, high] == meta["test_interval"]["accuracy"] and card["accuracy"]["level"] == 0.95
+    assert card["calibration"]["temperature"] == meta["calibration"]["temperature"]
+    # honest about its calibration: fitted on test images, as its metadata says, and why
+    fitted_on = "Fashion-MNIST test images 1-5,000 of 10,000"
+    assert card["calibration"]["fitted_on"] == meta["calibration"]["fitted_on"] == fitted_on
+    assert "fitted on Fashion-MNIST test images 1-5,000" in card["evaluation"]
+    assert "--val-size" in card["limits"] and card["license"] == "MIT"
+    assert "60,000 training images, 10,000 test images" in card["data"]
+    assert card == model_card(meta, card["limits"])  # nothing in it that its metadata does not say
+
+
+def test_a_card_from_untrusted_metadata_is_built_without_failing():
+    card = model_card({"config": "x", "data": [1], "calibration": {"unknown": 3, "fitted_on": "test images"},
+                       "test_interval": 5, "training_images": "many"})
+    assert card["data"] == "not recorded: its training images" and card["accuracy"]["interval"] is None
+    assert card["calibration"]["fitted_on"] == "test images" and "are not unseen" in card["evaluation"]

@@ -1,0 +1,62 @@
+"""Evaluation's numbers an expert can check: bootstrap intervals of accuracy and macro-F1, and McNemar's paired
+test of two models on the same test images."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from fashion_cnn.cli import main
+from fashion_cnn.evaluate import bootstrap_interval, format_mcnemar, mcnemar
+
+
+def answers(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of n images and a model's answers, right with probability `accuracy`."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 10, n)
+    return truth, np.where(rng.random(n) < accuracy, truth, rng.integers(0, 10, n))
+
+
+def test_the_interval_brackets_the_scores_and_is_seeded():
+    truth, pred = answers(2_000, 0.9, seed=1)
+    interval = bootstrap_interval(truth, pred, 10)
+    (low, high), (f1_low, f1_high) = interval["accuracy"], interval["macro_f1"]
+    assert low < (pred == truth).mean() < high and f1_low < f1_score(truth, pred, average="macro") < f1_high
+    assert 0.02 < high - low < 0.035  # about 4 standard errors, sqrt(0.9 * 0.1 / 2,000) = 0.0067 each
+    assert bootstrap_interval(truth, pred, 10) == interval  # seeded: the same every time
+    assert bootstrap_interval(truth, pred, 10, seed=1) != interval
+    other_truth, other_pred = answers(2_000, 0.9, seed=2)
+    assert bootstrap_interval(other_truth, other_pred, 10)["accuracy"] != interval["accuracy"]
+
+
+def test_mcnemar_by_hand_identical_and_clearly_different_models():
+    right = np.random.default_rng(0).random(1_000) < 0.9
+    same = mcnemar(right, right)
+    assert same == {"difference": 0.0, "only_a": 0, "only_b": 0, "p": 1.0, "noise": True}
+    assert format_mcnemar(same).endswith("p = 1: within the noise")
+
+    a, b = np.zeros(10, bool), np.zeros(10, bool)
+    a[:3], b[3:] = True, True  # 3 images only a got right, 7 only b
+    # mid-p: 2 * (P(X <= 3) - P(X = 3) / 2) for X ~ Binomial(10, 1/2) = 2 * (176 - 60) / 1024
+    assert mcnemar(a, b)["p"] == pytest.approx(2 * (176 - 60) / 1024) and mcnemar(a, b)["noise"]
+
+    better = right.copy()
+    better[np.flatnonzero(~right)[:40]] = True  # right on 40 more images, wrong on none it had right
+    test = mcnemar(right, better)
+    assert test["p"] < 1e-6 and not test["noise"] and test["difference"] == pytest.approx(-0.04)
+    assert "larger than the noise" in format_mcnemar(test)
+    with pytest.raises(ValueError, match="same test images"):
+        mcnemar(right, right[:10])
+
+
+def test_evaluate_prints_and_writes_the_interval(model_file, real_data, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(model_file), "--data-dir", real_data.source, "--out", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test accuracy:"))
+    report = json.loads((out / "test_report.json").read_text())
+    low, high = (100 * x for x in report["interval"]["accuracy"])
+    assert re.fullmatch(rf"test accuracy: {100 * report['accuracy']:.2f}% \(95% CI {low:.1f}-{high:.1f}\), "
+                        r"macro-F1 [\d.]+ \(95% CI [\d.]+-[\d.]+\), on 10,000 images", line)
+    assert low <= 100 * report["accuracy"] <= high and report["interval"]["resamples"] == 1000
