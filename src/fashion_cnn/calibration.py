@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .card import model_card
 from .data import DataError
-from .datasets import printable
+from .terminal import printable
 from .models import unknown
 from .runs import ModelFileError
 

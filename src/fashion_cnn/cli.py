@@ -68,7 +68,7 @@ VALIDATION_GROUP = "validation"
 RUN_GROUP = "run and output"
 RESOURCES_GROUP = "resources"
 OPTION_GROUPS = {
-    DATA_GROUP: ("data", "classes", "test_fraction", "data_dir", "add_to", "limit"),
+    DATA_GROUP: ("data", "classes", "test_fraction", "data_dir", "add_to", "framed", "limit"),
     RECIPE_GROUP: ("model", "init", "freeze_backbone", "class_weights", "start_lr", "end_lr", "steps"),
     VALIDATION_GROUP: ("folds", "split_seed", "val_size", "early_stopping"),
     RUN_GROUP: ("out", "seed", "tensorboard", "config", "resume"),
