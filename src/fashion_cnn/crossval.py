@@ -22,8 +22,8 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
 from .runs import csv_bytes, write_atomic, write_json
-from .train import (AT_LEAST_0, History, TrainConfig, TrainState, fit, holdout_split, job_config, job_data, limited,
-                    log_class_counts, opt, start_job)
+from .train import (AT_LEAST_0, History, TrainConfig, TrainState, duration_seconds, fit, holdout_split, job_config,
+                    job_data, limited, log_class_counts, opt, start_job)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -114,12 +114,15 @@ class CVResult:
 
 
 def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None, data: Dataset | None = None,
-                   on_epoch: Iterable[Callable[[dict[int, History]], None]] = ()) -> CVResult:
+                   on_epoch: Iterable[Callable[[dict[int, History]], None]] = (),
+                   time_limit: float | None = None) -> CVResult:
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size; under
     torchrun, the folds spread over the processes, with the numbers one process gives (same --threads).
 
     on_epoch: called after every epoch with the histories of the folds so far (fold number -> rows), the
     ones finished before a resume included: the seam for reporting progress, e.g. to a pruner.
+    time_limit: the seconds training may take, divided equally over the folds (fit); by default all of
+    --budget (budget.py, which also chooses the recipe, passes what the budget leaves for training).
     """
     from .evaluate import evaluate_model
     from .plots import fold_boxplot, learning_curves, save_figure
@@ -144,6 +147,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         if few and cfg.folds > 1:
             log.info(f"fewer images than folds in class {', '.join(few)}: some folds validate none of them")
         started = time.perf_counter()
+        limit = duration_seconds(cfg.budget) if time_limit is None else time_limit
         histories: dict[int, History] = {}
         states: dict[int, TrainState] = {}
         macro_f1: dict[int, float] = {}
@@ -172,7 +176,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                     fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
                         keys=(fold - 1,), checkpoint=ckpt,
                         on_epoch=[*([write_metrics] if world.is_main else []), report, *tb],
-                        desc=f"fold {fold}/{len(splits)} ")
+                        desc=f"fold {fold}/{len(splits)} ", time_limit=None if limit is None else limit / len(splits))
             # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
             macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
                                             cfg.eval_batch_size)["macro_f1"]
@@ -198,7 +202,9 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         save_figure(curves, run.dir / "learning_curves.png")
         save_figure(fold_boxplot(summary["fold_accuracies"]), run.dir / "fold_accuracies.png")
         log.info(f"accuracy: mean {100 * summary['mean']:.3f}% std {100 * summary['std']:.3f}% (n={len(splits)}), "
-                 f"macro-F1 mean {summary['macro_f1_mean']:.4f}\n"
+                 f"macro-F1 mean {summary['macro_f1_mean']:.4f}"
+                 + (f"; the {cfg.budget} budget was divided over the {len(splits)} folds" if cfg.budget else "")
+                 + "\n"
                  f"results: {run.dir / 'cv_results.json'}, {run.dir / 'metrics.csv'}\n"
                  f"curves: {run.dir / 'learning_curves.png'}, {run.dir / 'fold_accuracies.png'}\n"
                  f"report: {write_report(run.dir, data)}\n"
@@ -208,11 +214,12 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
 
 def train_command(cfg: CVConfig) -> str:
     """The `fashion-cnn train` command with this run's recipe: the options that differ from the defaults
-    (a model's recipe counts as its defaults), less those that only mean something in cross-validation."""
+    (a model's recipe counts as its defaults), less those that only mean something in cross-validation, and
+    --budget, whose choice (--model, --epochs) it spells out instead."""
     defaults = asdict(TrainConfig(model=cfg.model))
     words = ["fashion-cnn", "train"] + (["--model", cfg.model] if cfg.model != "baseline" else [])
     for name, value in asdict(cfg).items():
-        if name in defaults and value != defaults[name] and name not in ("val_size", "early_stopping"):
+        if name in defaults and value != defaults[name] and name not in ("val_size", "early_stopping", "budget"):
             flag = "--" + name.replace("_", "-")
             words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
     return shlex.join(words)
