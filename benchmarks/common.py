@@ -19,7 +19,7 @@ from server_harness import server_process  # noqa: E402,F401  (re-exported for s
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 from fashion_cnn.runs import write_json  # noqa: E402
-from fashion_cnn.machine import cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
+from fashion_cnn.machine import cpu_model, cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
 
 
 # --- the machine: what else is running ---------------------------------------------------------------
@@ -94,6 +94,20 @@ def measured(fn) -> tuple[object, dict]:
 
 def median_seconds(fn, repeats: int) -> float:
     return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+def provenance() -> dict:
+    """What a result file says about how it was made: the command, the commit (with "-dirty" where files
+    differ from it), the CPU, the load average and the date."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"command": " ".join(["python", *sys.argv]),
+            "commit": commit + ("-dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else ""),
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "load_average": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def save_result(out: Path, name: str, result: dict) -> None:
