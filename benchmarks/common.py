@@ -19,7 +19,8 @@ from server_harness import server_process  # noqa: E402,F401  (re-exported for s
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
 
 from fashion_cnn.runs import write_json  # noqa: E402
-from fashion_cnn.machine import cpu_model, cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
+from fashion_cnn.machine import cpu_snapshot, other_cpu_share, own_cpu_seconds  # noqa: E402,F401  (re-exported)
+from fashion_cnn.machine import cpu_model  # noqa: E402
 
 
 # --- the machine: what else is running ---------------------------------------------------------------

@@ -102,7 +102,8 @@ def frontier_figure(points: list[dict], seeds: int) -> Figure:
                         yerr=[100 * (p["test_accuracy"]["std"] or 0) for p in mine], color=f"C{k}", marker="o",
                         capsize=3, label=recipe)
             for p in mine:
-                note = f"{p['epochs']} ep" + (f", {p['seeds']} seed{'s' * (p['seeds'] > 1)}" if p["seeds"] < seeds else "")
+                fewer = f", {p['seeds']} seed{'s' * (p['seeds'] > 1)}" if p["seeds"] < seeds else ""
+                note = f"{p['epochs']} ep{fewer}"
                 ax.annotate(note, (p[key]["mean"], 100 * p["test_accuracy"]["mean"]), textcoords="offset points",
                             xytext=(5, -10), fontsize=8)
         for (name, accuracy), style in zip(REFERENCES.items(), ("--", ":")):

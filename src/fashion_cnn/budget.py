@@ -266,8 +266,8 @@ def choose(frontier: Frontier, costs: dict[str, Cost], seconds: float) -> Choice
             continue
         epochs = min(measured[-1], math.floor((seconds - cost.once) / cost.epoch))
         if epochs >= measured[0]:
-            choices.append(Choice(recipe, epochs, frontier.expected(recipe, epochs),
-                                  frontier.expected(recipe, epochs, frontier.score_key), cost.once + epochs * cost.epoch))
+            score = frontier.expected(recipe, epochs, frontier.score_key)
+            choices.append(Choice(recipe, epochs, frontier.expected(recipe, epochs), score, cost.once + epochs * cost.epoch))
     return max(choices, key=lambda c: (c.score, -c.seconds), default=None)
 
 
