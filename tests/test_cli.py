@@ -197,6 +197,7 @@ BAD_OPTIONS = [
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),
     (["--early-stopping", "-1"], "--early-stopping must be 0 or more"),
+    (["--budget", "5"], "--budget must be a duration such as 90s, 5m, 1h or 1h30m, got '5'"),
     (["--config", "/nonexistent.toml"], "no such file"),
     (["--config", "LIST.json"], "LIST.json: not a table of options"),
     (["--config", "DEEP.json"], "DEEP.json: not valid JSON (nested too deeply)"),

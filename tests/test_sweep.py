@@ -105,3 +105,12 @@ def test_metric_plot_log_axis_for_learning_rates_and_the_best_point_starred():
     # the curves chart: one mean line and one band (the folds' spread) per point
     curves = sweep_curves(points).axes[1]
     assert len(curves.get_lines()) == 3 and len(curves.collections) == 3
+
+
+@pytest.mark.parametrize("job", ["sweep", "tune"])
+def test_a_budget_is_refused_where_no_recipe_is_chosen_for_it(job, tmp_path, capsys):
+    grid = ["--lr", "0.01", "0.1"] if job == "sweep" else []
+    assert main([job, *grid, "--budget", "5m", "--out", str(tmp_path / "runs")]) == 1
+    assert f"--budget is for train and cv, which choose the recipe that fits it; a {job} runs the options" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

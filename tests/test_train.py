@@ -329,3 +329,33 @@ def test_a_recipes_mirror_averaging_goes_with_its_flips():
     # tune trials of the fast model with flips off kept the recipe's tta, and scored 81-82% instead of 89%
     assert not TrainConfig(model="fast", flip=False).tta
     assert TrainConfig(model="fast", flip=False, tta=True).tta  # what the user sets wins
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
+                                           ("1.5m", 90), ("2H5M10S", 7510), ("1m30s", 90)])
+def test_durations_a_budget_takes(text, seconds):
+    assert train.duration_seconds(text) == seconds
+    assert TrainConfig(budget=text).budget == text
+
+
+@pytest.mark.parametrize("text", ["", "5", "5x", "m", "0s", "0m0s", "-5m", "1m1h", "5 m", "1e3s", "nan", None, 5])
+def test_what_is_not_a_duration(text):
+    assert train.duration_seconds(text) is None
+    if isinstance(text, str):  # None: no budget; a number: "must be text"
+        with pytest.raises(ValueError, match=r"^--budget must be a duration such as 90s, 5m, 1h or 1h30m, got "):
+            TrainConfig(budget=text)
+
+
+def test_fit_stops_after_the_epoch_that_leaves_no_time_for_another(tmp_path, capsys):
+    cfg = TrainConfig(epochs=3, batch_size=64, device="cpu")
+    state = train.TrainState.create(cfg, 10, 0)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    train.fit(state, cfg, tiny_split(), time_limit=1e-9, checkpoint=ckpt)
+    assert len(state.history) == 1 and state.stopped and state.best_epoch is None and state.final is state.model
+    assert "stopping: another epoch" in capsys.readouterr().err
+    resumed = train.TrainState.create(cfg, 10, 0, checkpoint=ckpt)
+    assert resumed.done(cfg)  # a resume (a cv fold's) does not train past the limit again
+
+    state = train.TrainState.create(cfg, 10, 0)
+    train.fit(state, cfg, tiny_split(), time_limit=3600)
+    assert len(state.history) == 3 and not state.stopped

@@ -213,22 +213,34 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"sample grid saved to {args.samples}")
 
 
-def cmd_cv(args: argparse.Namespace) -> None:
+def job_from_args(config_cls: type, args: argparse.Namespace) -> tuple[object, dict]:
+    """The config a `train` or `cv` command runs with, and what else its job takes: with --budget (unless
+    resuming, which keeps the saved choice), the recipe and epochs budget.plan_job chose, the data it
+    loaded, and the time it leaves for training."""
     from . import distributed
-    from .crossval import CVConfig, cross_validate
+    from .budget import plan_job
 
     with distributed.agreed():  # under torchrun, a bad option stops every process and is reported once
-        cfg = job_config_from_args(CVConfig, args)
-    cross_validate(cfg, resume=args.resume, verbose=2)
+        cfg = job_config_from_args(config_cls, args)
+    if cfg is None or cfg.budget is None or args.resume is not None:
+        return cfg, {}
+    values, given = given_options(config_cls, args)
+    plan = plan_job(config_cls, {**values, **given})
+    return plan.config, {"data": plan.data, "time_limit": plan.time_limit}
+
+
+def cmd_cv(args: argparse.Namespace) -> None:
+    from .crossval import CVConfig, cross_validate
+
+    cfg, job = job_from_args(CVConfig, args)
+    cross_validate(cfg, resume=args.resume, verbose=2, **job)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import distributed
     from .train import TrainConfig, train_final
 
-    with distributed.agreed():
-        cfg = job_config_from_args(TrainConfig, args)
-    train_final(cfg, resume=args.resume, verbose=2)
+    cfg, job = job_from_args(TrainConfig, args)
+    train_final(cfg, resume=args.resume, verbose=2, **job)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -380,6 +392,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    from .budget import frontier_lines, load_frontier
     from .models import REGISTRY, count_parameters, create_model
 
     for spec in REGISTRY.values():
@@ -387,6 +400,7 @@ def cmd_models(args: argparse.Namespace) -> None:
               f"{spec.description}")
         if spec.recipe:
             print(f"{'':<10} recipe: " + ", ".join(f"{k}={v}" for k, v in spec.recipe.items()))
+    print("\n" + "\n".join(frontier_lines(load_frontier())))
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -601,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file at OUT")
     add_model_option(p)
 
-    command("models", "list the registered models and their recipes", cmd_models)
+    command("models", "list the registered models, their recipes, and the frontier of accuracy against "
+                      "training time that `--budget` chooses from", cmd_models)
     return parser
 
 

@@ -21,8 +21,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from . import distributed, tensorboard_log
 from .data import Dataset, class_counts
 from .runs import PROGRESS_LINE, check_verbose, csv_bytes, write_atomic, write_json
-from .train import (AT_LEAST_0, History, Out, TrainConfig, TrainState, fit, holdout_split, job_config, job_data,
-                    limited, log_class_counts, machine_name, opt, resolve_device, start_job, training_images)
+from .train import (AT_LEAST_0, History, Out, TrainConfig, TrainState, duration_seconds, fit, holdout_split,
+                    job_config, job_data, limited, log_class_counts, machine_name, opt, resolve_device, start_job,
+                    training_images)
 
 log = logging.getLogger("fashion_cnn")
 
@@ -114,7 +115,7 @@ class CVResult:
 
 def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None, data: Dataset | None = None,
                    on_epoch: Iterable[Callable[[dict[int, History]], None]] = (), *, out: Out = ...,
-                   verbose: int = 1) -> CVResult:
+                   verbose: int = 1, time_limit: float | None = None) -> CVResult:
     """Run (or resume) k-fold cross-validation, or one validation split with folds=1 and val_size; under
     torchrun, the folds spread over the processes, with the numbers one process gives (same --threads).
 
@@ -125,6 +126,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
     interrupted job cannot be resumed).
     verbose: what the terminal shows: 0 nothing, 1 progress bars and a line per epoch and per fold, 2 the
     whole log (the CLI's); a run directory's log.txt holds the whole log either way.
+    time_limit: the seconds training may take, divided equally over the folds (fit); by default all of
+    --budget (budget.py, which also chooses the recipe, passes what the budget leaves for training).
     """
     from .evaluate import evaluate_model
     from .plots import fold_boxplot, learning_curves, save_figure
@@ -151,6 +154,7 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
         few = [name for name, n in zip(data.class_names, class_counts(labels, len(data.class_names))) if n < cfg.folds]
         if few and cfg.folds > 1:
             log.info(f"fewer images than folds in class {', '.join(few)}: some folds validate none of them")
+        limit = duration_seconds(cfg.budget) if time_limit is None else time_limit
         histories: dict[int, History] = {}
         states: dict[int, TrainState] = {}
         macro_f1: dict[int, float] = {}
@@ -180,7 +184,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                     fit(state, cfg, (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx]),
                         keys=(fold - 1,), checkpoint=ckpt,
                         on_epoch=[*([write_metrics] if world.is_main and run_dir else []), report, *tb],
-                        desc=f"fold {fold}/{len(splits)} ", verbose=verbose)
+                        desc=f"fold {fold}/{len(splits)} ", verbose=verbose,
+                        time_limit=None if limit is None else limit / len(splits))
             # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
             macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
                                             cfg.eval_batch_size, desc="evaluating" if verbose else None)["macro_f1"]
@@ -216,7 +221,9 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                                  best_epochs={f"fold {k}": r["best_epoch"] for k, r in folds.items()})
         save_figure(curves, run_dir / "learning_curves.png")
         save_figure(fold_boxplot(summary["fold_accuracies"]), run_dir / "fold_accuracies.png")
-        log.info(f"{scores}\n"
+        log.info(f"{scores}"
+                 + (f"; the {cfg.budget} budget was divided over the {len(splits)} folds" if cfg.budget else "")
+                 + "\n"
                  f"results: {run_dir / 'cv_results.json'}, {run_dir / 'metrics.csv'}\n"
                  f"curves: {run_dir / 'learning_curves.png'}, {run_dir / 'fold_accuracies.png'}\n"
                  f"report: {write_report(run_dir, data)}\n"
@@ -226,11 +233,12 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
 
 def train_command(cfg: CVConfig) -> str:
     """The `fashion-cnn train` command with this run's recipe: the options that differ from the defaults
-    (a model's recipe counts as its defaults), less those that only mean something in cross-validation."""
+    (a model's recipe counts as its defaults), less those that only mean something in cross-validation, and
+    --budget, whose choice (--model, --epochs) it spells out instead."""
     defaults = asdict(TrainConfig(model=cfg.model))
     words = ["fashion-cnn", "train"] + (["--model", cfg.model] if cfg.model != "baseline" else [])
     for name, value in asdict(cfg).items():
-        if name in defaults and value != defaults[name] and name not in ("val_size", "early_stopping"):
+        if name in defaults and value != defaults[name] and name not in ("val_size", "early_stopping", "budget"):
             flag = "--" + name.replace("_", "-")
             words += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
     return shlex.join(words)

@@ -126,6 +126,9 @@ def job_values(job: str, values: dict | None, resume: str | Path | None) -> dict
         values = read_config(resume)
         if values.get("job") != job:
             raise ValueError(f"{resume}: a {values.get('job')!r} run, not a {job} run")
+    if (values or {}).get("budget") is not None:  # it would only cut each run short, with the recipe unchosen
+        raise ValueError(f"--budget is for train and cv, which choose the recipe that fits it; a {job} runs the "
+                         "options it is given: set --epochs instead")
     return {k: v for k, v in (values or {}).items() if k != "job"}
 
 

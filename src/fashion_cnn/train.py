@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -53,6 +54,21 @@ AT_LEAST_1 = check("at least 1", lambda v: v >= 1)
 POSITIVE = check("a positive number", lambda v: v > 0)  # (NaN and infinity fail validate's number check)
 FRACTION = check("in [0, 1)", lambda v: 0 <= v < 1)
 PROBABILITY = check("in [0, 1]", lambda v: 0 <= v <= 1)
+DURATION_PATTERN = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration_seconds(text: object) -> float | None:
+    """The seconds in a duration such as "90s", "5m", "1h" or "1h30m" (hours, minutes, seconds, in that
+    order, each optional); None for anything else, zero included. A bare number is refused: seconds or
+    minutes, a reader could not tell."""
+    match = DURATION_PATTERN.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if not match or not any(match.groups()):
+        return None
+    seconds = sum(float(value) * unit for value, unit in zip(match.groups(), (3600, 60, 1)) if value)
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+DURATION = check("a duration such as 90s, 5m, 1h or 1h30m", lambda v: duration_seconds(v) is not None)
 
 
 def opt(default, help: str, valid: dict | None = None, choices: tuple | None = None):
@@ -145,6 +161,11 @@ class TrainConfig:
                                  "keep the best epoch's weights (0: off)", AT_LEAST_0)
     tensorboard: bool = opt(False, "also write TensorBoard event files into the run directory (needs "
                                    "fashion-cnn[tensorboard]); view with `tensorboard --logdir runs`")
+    budget: str | None = opt(None, "the wall-clock time the job may take, e.g. 90s, 5m or 1h30m: train and cv "
+                                   "choose the recipe and --epochs that fit it on this machine (measured in a few "
+                                   "seconds; `fashion-cnn models` shows the recipes' accuracy against time), and "
+                                   "training stops after the epoch that uses it up (default: no limit, the "
+                                   "recipe's epochs)", DURATION)
 
     def __post_init__(self) -> None:
         """Fill the unset recipe fields, so a config is complete (and saved complete) once built; then
@@ -462,9 +483,13 @@ def console_logging() -> Iterator[None]:
 
 def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = None, *, keys: tuple = (),
         checkpoint: Path | None = None, on_epoch: Iterable[Callable[[dict], None]] = (), desc: str = "",
-        data_parallel: bool = False, verbose: int = 1) -> History:
-    """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping);
-    validate on `val` and save a checkpoint after every epoch; returns the history.
+        data_parallel: bool = False, verbose: int = 1, time_limit: float | None = None) -> History:
+    """Train state.model from the epoch after state.history to cfg.epochs (or until early stopping, or
+    the time limit); validate on `val` and save a checkpoint after every epoch; returns the history.
+
+    time_limit: the seconds this model's training may take, a resumed run's earlier epochs included:
+    after an epoch, training stops (as early stopping does, the model kept as it is) when another epoch
+    as long as that one would end past it.
 
     verbose: 0 no progress bars, and called outside a job, no epoch lines on the terminal either; 1
     progress bars on a terminal, and the epoch lines (a job's log decides where they go).
@@ -499,6 +524,7 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     scheduled = cfg.schedule != "constant" or cfg.warmup > 0
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
+    spent = sum(row["seconds"] for row in history)  # before a resume
     epochs = tqdm(desc=f"{desc}epochs", total=cfg.epochs, initial=len(history), unit="epoch", leave=False,
                   disable=bars)
     with console_logging() if verbose else contextlib.nullcontext(), epochs, \
@@ -541,13 +567,24 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
             if val is not None:
                 row["val_loss"], row["val_accuracy"] = evaluate(state.evaluated, *val, cfg.eval_batch_size)
             history.append(row)
+            stopping = ""
             if cfg.early_stopping:
                 state.track_best(row["val_loss"], cfg.early_stopping)
+                stopping = f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""
+            took = time.perf_counter() - t0  # validation included
+            spent += took
+            over = time_limit is not None and not state.done(cfg) and spent + took > time_limit
+            if time_limit is not None and parallel:  # rank 0's clock decides: the processes stop together
+                over = distributed.broadcast_json(over)
+            if over:
+                state.stopped = True
+                stopping = (f"; stopping: another epoch (~{took:.0f}s) would end past the time limit ({spent:.0f}s "
+                            f"of {time_limit:.0f}s spent); the model is kept as it is after {len(history)} of "
+                            f"{cfg.epochs} epochs")
             if writes:
                 log.info(f"{desc}epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in row.items() if k not in NOT_METRICS)
-                    + f" ({row['seconds']:.1f}s)" + (f"; stopping: best epoch {state.best_epoch}" if state.stopped else ""),
-                    extra=PROGRESS_LINE)
+                    + f" ({row['seconds']:.1f}s)" + stopping, extra=PROGRESS_LINE)
                 if checkpoint is not None:
                     state.save(checkpoint, cfg)
                 for callback in on_epoch:
@@ -758,7 +795,8 @@ class TrainResult:
 
 
 def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None,
-                data: Dataset | None = None, *, out: Out = ..., verbose: int = 1) -> TrainResult:
+                data: Dataset | None = None, *, out: Out = ..., verbose: int = 1,
+                time_limit: float | None = None) -> TrainResult:
     """Train on the whole training set (less --val-size), evaluate once on the test set, save the model.
 
     resume: an interrupted train run's directory, continued with its saved config (`cfg`, if given, may
@@ -769,6 +807,8 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
     result only, and an interrupted job cannot be resumed).
     verbose: what the terminal shows: 0 nothing, 1 progress bars and a line per epoch, 2 the whole log
     (the CLI's); a run directory's log.txt holds the whole log either way.
+    time_limit: the seconds training may take (fit), by default all of --budget (budget.py, which also
+    chooses the recipe, passes what the budget leaves once the job has started and testing is allowed for).
     """
     from .evaluate import format_scores, score, write_reports
     from .inference import predict_logits
@@ -803,7 +843,8 @@ def train_final(cfg: TrainConfig | None = None, resume: str | Path | None = None
         tensorboard = run_dir / "tensorboard" if run_dir else None  # job_config refuses it without a run
         with tensorboard_log.epoch_log(cfg.tensorboard and distributed.is_main(), tensorboard) as tb:
             fit(state, cfg, train, val, keys=(0,), checkpoint=ckpt, on_epoch=[write_metrics, *tb] if run_dir else [],
-                data_parallel=True, verbose=verbose)
+                data_parallel=True, verbose=verbose,
+                time_limit=duration_seconds(cfg.budget) if time_limit is None else time_limit)
         final = state.final.eval()
         logits = predict_logits(final, data.test_images, cfg.eval_batch_size,
                                 desc="testing" if distributed.is_main() and verbose else None)
