@@ -24,7 +24,8 @@ POINTS = [point("baseline", 1, 0.85, 0.05), point("baseline", 10, 0.9075, 0.5),
 def frontier_file(tmp_path, monkeypatch):
     """A measured frontier in which the baseline scales down to one epoch and the fast model to two."""
     path = tmp_path / "frontier.json"
-    path.write_text(json.dumps({"machine": "a test machine", "date": "2026-12-07", "points": POINTS}))
+    path.write_text(json.dumps({"run": {"finished": "2026-12-07T12:00:00+00:00"}, "machine": "a test machine",
+                                "points": POINTS}))
     monkeypatch.setattr(budget, "FRONTIER_FILE", path)
     return path
 

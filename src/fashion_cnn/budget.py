@@ -144,7 +144,7 @@ def load_frontier(path: Path | None = None) -> Frontier:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path}: not a frontier file ({e})") from None
     return Frontier(check_frontier(doc, path), f"measured by benchmarks/frontier.py on {doc.get('machine')}, "
-                    f"{(doc.get('run') or {}).get('finished')} ({path})", measured=True)
+                    f"{str((doc.get('run') or {}).get('finished', '?'))[:10]} ({path})", measured=True)
 
 
 def frontier_lines(frontier: Frontier) -> list[str]:
