@@ -72,7 +72,7 @@ OPTION_GROUPS = {
     RECIPE_GROUP: ("model", "init", "freeze_backbone", "class_weights", "start_lr", "end_lr", "steps"),
     VALIDATION_GROUP: ("folds", "split_seed", "val_size", "early_stopping"),
     RUN_GROUP: ("out", "seed", "tensorboard", "config", "resume"),
-    RESOURCES_GROUP: ("device", "threads", "eval_batch_size"),
+    RESOURCES_GROUP: ("budget", "device", "threads", "eval_batch_size"),
 }
 
 
