@@ -18,11 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-
 from common import HERE, save_result
 from sample_images import digits, framings, resized
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import FOREGROUND, preprocess
+
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.data.images import FOREGROUND, preprocess
 
 NEARLY_EMPTY = 20  # as datasets.NEARLY_EMPTY, which the code before this measurement lacks
 SIDES = (8, 16, 48, 96)

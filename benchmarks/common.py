@@ -15,14 +15,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from sample_images import (CANVAS, Scene, folder_name, render_photo, write_digits_folder,  # noqa: E402,F401  (re-exported)
-                           write_photo_folder)
-from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 from postgres import PostgresServer  # noqa: E402,F401  (re-exported for tune_fast.py)
+from sample_images import CANVAS, Scene, folder_name, render_photo, write_digits_folder, write_photo_folder  # noqa: E402,F401  (re-exported)
+from server_harness import server_process  # noqa: E402,F401  (re-exported for serve_load.py)
 
-from fashion_cnn.runs import write_json  # noqa: E402
-from fashion_cnn.machine import (cpu_model, cpu_snapshot, other_cpu_share, own_cpu_seconds,  # noqa: E402,F401
-                                 usable_cpus)  # (some re-exported)
+from fashion_cnn.io import write_json
+from fashion_cnn.machine import cpu_model, cpu_snapshot, other_cpu_share, own_cpu_seconds, usable_cpus
 
 # The run starts when its script imports this module (at the top, before any work): what save_result
 # records about the machine's load covers the whole run.
@@ -76,7 +74,8 @@ def tutorial_fold1(n: int):
     """(train indices, validation indices) of fold 1 of the tutorial's KFold(5, shuffle=True,
     random_state=1): the split the speed benchmarks use, and fold 1 of `fashion-cnn cv` on Fashion-MNIST."""
     import numpy as np
-    from fashion_cnn.crossval import kfold_splits
+
+    from fashion_cnn.jobs.crossval import kfold_splits
 
     return kfold_splits(np.zeros(n, np.int64), 5, 1, stratify=False)[0]
 

@@ -23,10 +23,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from fashion_cnn.data import find_data_dir
-from fashion_cnn.machine import cpu_model, usable_cpus
 from common import HERE, others_busy_now, run_keras, save_result
+
+from fashion_cnn.data.fmnist import find_data_dir
+from fashion_cnn.machine import cpu_model, usable_cpus
 
 CONFIGS = ("default", "threads1", "keras")
 LABELS = {"default": "fashion-cnn, default", "threads1": "fashion-cnn, --threads 1", "keras": "Keras/TF"}

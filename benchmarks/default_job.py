@@ -43,7 +43,7 @@ def main() -> None:
     busy_before = others_busy_now()
     start, load_before = cpu_snapshot(), os.getloadavg()
     with tempfile.TemporaryDirectory() as runs:
-        cli = [sys.executable, "-m", "fashion_cnn.cli"]
+        cli = [sys.executable, "-m", "fashion_cnn.app.cli"]
         steps = {job: run_measured(cli + [job, "--out", runs] + args.job_args) for job in ("cv", "train")}
         results = job_results(Path(runs))
     total = sum(s["seconds"] for s in steps.values())

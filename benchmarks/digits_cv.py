@@ -18,11 +18,20 @@ import time
 from pathlib import Path
 
 import torch
+from common import (
+    HERE,
+    cpu_snapshot,
+    measured,
+    other_cpu_share,
+    others_busy_now,
+    own_cpu_seconds,
+    save_result,
+    write_digits_folder,
+)
 
-from common import (HERE, cpu_snapshot, measured, other_cpu_share, others_busy_now, own_cpu_seconds, save_result,
-                    write_digits_folder)
-from fashion_cnn.crossval import CVConfig, cross_validate
-from fashion_cnn.datasets import load_dataset
+from fashion_cnn.config import CVConfig
+from fashion_cnn.data.folders import load_dataset
+from fashion_cnn.jobs.crossval import cross_validate
 
 MODELS = ("baseline", "fast")
 

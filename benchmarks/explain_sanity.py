@@ -35,19 +35,29 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import HERE, save_result
 from scipy import ndimage
 from scipy.stats import spearmanr
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from common import HERE, save_result
-from fashion_cnn.data import load_fashion_mnist, to_float
-from fashion_cnn.explain import (METHOD, LayerMap, class_activation, evidence_on_object, heatmaps, mass_in, object_mask,
-                                 randomise, stages, to_input_grid)
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.models import create_model, spec_of
-from fashion_cnn.predict import FOREGROUND, SIZE, resolve_model_path
-from fashion_cnn.runs import load_model
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.data.images import FOREGROUND, SIZE, to_float
+from fashion_cnn.evaluation.explain import (
+    METHOD,
+    LayerMap,
+    class_activation,
+    evidence_on_object,
+    heatmaps,
+    mass_in,
+    object_mask,
+    randomise,
+    stages,
+    to_input_grid,
+)
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.models.files import load_model, resolve_model_path
+from fashion_cnn.models.registry import create_model, spec_of
 
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)
 NEAR = (1, 2)  # pixels around the garment (FOREGROUND) counted as its outline

@@ -26,15 +26,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    HERE,
+    cpu_snapshot,
+    folder_name,
+    measured,
+    other_cpu_share,
+    others_busy_now,
+    own_cpu_seconds,
+    save_result,
+    write_photo_folder,
+)
 
-from common import (HERE, cpu_snapshot, folder_name, measured, other_cpu_share, others_busy_now, own_cpu_seconds,
-                    save_result, write_photo_folder)
-from fashion_cnn.data import Dataset, load_fashion_mnist
-from fashion_cnn.datasets import class_mapping, load_dataset
-from fashion_cnn.evaluate import evaluate_model
-from fashion_cnn.predict import packaged_model
-from fashion_cnn.runs import load_model
-from fashion_cnn.train import TrainConfig, train_final
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.data.fmnist import Dataset, load_fashion_mnist
+from fashion_cnn.data.folders import class_mapping, load_dataset
+from fashion_cnn.evaluation.metrics import evaluate_model
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.files import load_model, packaged_model
 
 SIZES = (20, 50, 200)  # training photos per class
 # name -> options of `fashion-cnn train` (as TrainConfig fields); epochs fewer than the recipes' where said

@@ -27,13 +27,15 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from common import measured, others_busy_now, save_result
 from matplotlib.figure import Figure
 
-from common import measured, others_busy_now, save_result
-from fashion_cnn import budget
-from fashion_cnn.models import get_spec
-from fashion_cnn.plots import save_figure
-from fashion_cnn.train import TrainConfig, job_data, train_final
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.jobs import budget
+from fashion_cnn.jobs.common import job_data
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.registry import get_spec
+from fashion_cnn.reporting.plots import save_figure
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = ["baseline:2,5,10", "fast:6,12,18", "strong:10,25,50"]

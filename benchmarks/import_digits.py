@@ -19,12 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import (
+    HERE,
+    cpu_snapshot,
+    folder_name,
+    other_cpu_share,
+    others_busy_now,
+    own_cpu_seconds,
+    save_result,
+    seconds,
+    write_digits_folder,
+    write_photo_folder,
+)
 
-from common import (HERE, cpu_snapshot, folder_name, other_cpu_share, others_busy_now, own_cpu_seconds, seconds,
-                    save_result, write_digits_folder, write_photo_folder)
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.datasets import load_dataset
-from fashion_cnn.predict import preprocess
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.data.folders import load_dataset
+from fashion_cnn.data.images import preprocess
 
 
 def write_photos(root: Path, n: int) -> None:

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from common import HERE, save_result
-from fashion_cnn.lrfind import LRFindConfig, lr_find
+
+from fashion_cnn.jobs.lrfind import LRFindConfig, lr_find
 
 
 def main() -> None:

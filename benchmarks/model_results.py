@@ -17,10 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-from fashion_cnn.models import count_parameters, create_model
-from fashion_cnn.runs import write_atomic
 from common import save_result
-from fashion_cnn.train import TrainConfig, train_final
+
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.io import write_atomic
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.registry import count_parameters, create_model
 
 RESULTS = Path(__file__).parent / "results"
 SHIPPED = Path(__file__).parents[1] / "src" / "fashion_cnn" / "weights" / "default.safetensors"

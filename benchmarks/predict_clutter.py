@@ -23,12 +23,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import (Predictor, crop_box, has_light_background, load_image, pad_and_resize,
-                                 preprocess_views, remove_background, to_grayscale)
-from fashion_cnn.runs import write_atomic
 from common import CANVAS, HERE, Scene, render_photo, save_result
+
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.data.images import (
+    crop_box,
+    has_light_background,
+    load_image,
+    pad_and_resize,
+    preprocess_views,
+    remove_background,
+    to_grayscale,
+)
+from fashion_cnn.evaluation.predict import Predictor
+from fashion_cnn.io import write_atomic
 
 KINDS = {
     "plain": Scene(),

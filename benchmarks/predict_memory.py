@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from common import save_result
+from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 # VmHWM, the peak resident size of this process image (ru_maxrss would carry over the parent's at fork).

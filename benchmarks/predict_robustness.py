@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import Predictor
-from fashion_cnn.runs import write_atomic
 from common import CANVAS, HERE, render_photo, save_result
+
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.evaluation.predict import Predictor
+from fashion_cnn.io import write_atomic
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import render_photo, save_result
 from PIL import Image
 
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import Predictor
-from common import render_photo, save_result
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.evaluation.predict import Predictor
 
 HERE = Path(__file__).resolve().parent
 

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from fashion_cnn.data import find_data_dir, load_fashion_mnist, to_float
-from fashion_cnn.inference import loss_and_accuracy
-from fashion_cnn.models import create_model
-from fashion_cnn.train import TrainConfig, make_optimizer, make_step
 from common import HERE, run_keras, save_result, tutorial_fold1
+
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.data.fmnist import find_data_dir, load_fashion_mnist
+from fashion_cnn.data.images import to_float
+from fashion_cnn.evaluation.inference import loss_and_accuracy
+from fashion_cnn.models.registry import create_model
+from fashion_cnn.training.loop import make_optimizer, make_step
 
 
 def baseline_from_keras(weights: np.lib.npyio.NpzFile) -> torch.nn.Module:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import save_result, server_process
 from PIL import Image
 
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import Predictor, resolve_model_path
-from common import save_result, server_process
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.evaluation.predict import Predictor
+from fashion_cnn.models.files import resolve_model_path
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 200  # distinct test images, cycled through

@@ -12,14 +12,15 @@ the card says so; fixing it needs the model retrained with a validation split (`
 from __future__ import annotations
 
 import torch
-
 from common import save_result
-from fashion_cnn.card import model_card
-from fashion_cnn.evaluate import score
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import load_model, load_tensors, save_tensors
-from fashion_cnn.train import load_data
 from model_results import RESULTS, SHIPPED
+
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.evaluation.metrics import score
+from fashion_cnn.io import load_tensors, save_tensors
+from fashion_cnn.jobs.common import load_data
+from fashion_cnn.models.card import model_card
+from fashion_cnn.models.files import load_model
 
 # Measured on photos rendered from test items (docs/benchmarks/photos.md, benchmarks/results/predict_clutter.json,
 # upright_turn.json) and on images of no class it knows (docs/benchmarks/unknown.md).

@@ -22,13 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    HERE,
+    cpu_snapshot,
+    median_seconds,
+    other_cpu_share,
+    others_busy_now,
+    run_keras,
+    save_result,
+    seconds,
+    tutorial_fold1,
+)
 
-from fashion_cnn.data import find_data_dir, load_fashion_mnist
-from fashion_cnn.inference import predict_logits
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.data.fmnist import find_data_dir, load_fashion_mnist
+from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.machine import cpu_model, flush_denormals
-from fashion_cnn.train import TrainConfig, TrainState, fit
-from common import (HERE, save_result, cpu_snapshot, median_seconds, other_cpu_share, others_busy_now, run_keras, seconds,
-                    tutorial_fold1)
+from fashion_cnn.training.loop import TrainState, fit
 
 SIDES = ("keras", "fashion_cnn")
 
@@ -87,7 +97,7 @@ def run_fashion_cnn(data, train_idx: np.ndarray, val_idx: np.ndarray, epochs: in
         "history": history,
         "val_accuracy": history[-1]["val_accuracy"],
         "predict_seconds": median_seconds(predict, 5),
-        "predict_method": "fashion_cnn.inference.predict_logits(model, uint8 images, 1000)",
+        "predict_method": "fashion_cnn.evaluation.inference.predict_logits(model, uint8 images, 1000)",
         "latency_ms": 1000 * median_seconds(one, 200),
         "latency_method": "predict_logits(model, one uint8 image, 1), the public API (scaling included)",
     }

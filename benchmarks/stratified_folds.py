@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, own_cpu_seconds, save_result
-from fashion_cnn import crossval
-from fashion_cnn.crossval import CVConfig, cross_validate
-from fashion_cnn.data import load_fashion_mnist
+
+from fashion_cnn.config import CVConfig
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.jobs import crossval
+from fashion_cnn.jobs.crossval import cross_validate
 
 
 def main() -> None:

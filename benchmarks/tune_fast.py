@@ -23,7 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import PostgresServer, cpu_snapshot, other_cpu_share, others_busy_now, run_measured, run_measured_together, save_result
+from common import (
+    PostgresServer,
+    cpu_snapshot,
+    other_cpu_share,
+    others_busy_now,
+    run_measured,
+    run_measured_together,
+    save_result,
+)
 
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "fashion_cnn"]

@@ -1,7 +1,7 @@
 """How often does `predict` answer "unknown": for Fashion-MNIST test images (wrongly) and for pictures
 that are not clothing (rightly)?
 
-In-distribution images are the model's held-out images (`calibration.held_out`: for the shipped model the
+In-distribution images are the model's held-out images (`calibrate.held_out`: for the shipped model the
 10,000 test images): the first half is what its temperature and threshold were fitted on, the second half
 is only measured, as 28x28 arrays and as rendered photos. Out-of-distribution sets are generated: scikit-
 learn's 8x8 digits (framed like MNIST, and as ink-on-paper photos), uniform and Gaussian noise (28x28 and
@@ -26,15 +26,17 @@ from typing import Callable
 
 import numpy as np
 import torch
+from common import CANVAS, HERE, render_photo, save_result
 from PIL import Image, ImageDraw
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from fashion_cnn import calibration
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.predict import Predictor, png_bytes
-from fashion_cnn.runs import write_atomic
-from common import CANVAS, HERE, render_photo, save_result
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.data.images import png_bytes
+from fashion_cnn.evaluation import calibration
+from fashion_cnn.evaluation.predict import Predictor
+from fashion_cnn.io import write_atomic
+from fashion_cnn.jobs import calibrate
 
 WIDTH, HEIGHT = CANVAS
 RESAMPLES = 200
@@ -276,7 +278,7 @@ def main() -> None:
     t, rule = predictor.temperature, predictor.unknown_rule
 
     data = load_fashion_mnist()
-    images, labels, source, _ = calibration.held_out(predictor.meta, data)
+    images, labels, source, _ = calibrate.held_out(predictor.meta, data)
     half = len(labels) // 2
     fit_unknown, fit_logits = run(predictor, list(images[:half].numpy()))
     held_unknown, held_logits = run(predictor, list(images[half:].numpy()))

@@ -4,7 +4,7 @@ Renders N Fashion-MNIST test items as 300x400 JPEG photos (tests/sample_images.p
 kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is classified as
 `predict` does it (from the view the model is surer of, the object turned upright or as it stands, where
 the crop turns it), by the mean of both views' logits, and from one view: `predict.preprocess`'s (turned
-upright), and with `predict.upright_angle` replaced by one that turns only when the turn makes the
+upright), and with `images.upright_angle` replaced by one that turns only when the turn makes the
 object's bounding box smaller by at least a margin (--margins; 1 means never turn). For each variant and
 kind: agreement with the class the model gives the original 28x28 item, accuracy, and the share the
 model file's rule calls unknown. Saves upright_turn.json in --out.
@@ -18,19 +18,20 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 from common import HERE, Scene, render_photo, save_result
-from fashion_cnn import predict
-from fashion_cnn.data import load_fashion_mnist
+
+from fashion_cnn.data import images
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.evaluation import predict
 
 KINDS = {"plain": Scene(), "turned": Scene(rotation=20),
          "all": Scene(distractor=True, texture=True, shadow=True, lighting=True, rotation=20)}
 
 
 def upright_angle_with_margin(margin: float):
-    """predict.upright_angle, but 0 unless the turn shrinks the box's area by at least `margin`."""
+    """images.upright_angle, but 0 unless the turn shrinks the box's area by at least `margin`."""
     def upright_angle(obj: np.ndarray) -> float:
-        degrees, area = predict.turned_box_areas(obj)
+        degrees, area = images.turned_box_areas(obj)
         best = int(np.argmin(area))
         return float(degrees[best]) if area[best] <= (1 - margin) * area[0] else 0.0
     return upright_angle
@@ -53,12 +54,12 @@ def main() -> None:
     photos = {name: [render_photo(item, np.random.default_rng([args.seed, k, i]), scene)
                      for i, item in enumerate(originals)]
               for k, (name, scene) in enumerate(KINDS.items())}
-    as_is = predict.upright_angle
+    as_is = images.upright_angle
     variants = {"predict (surer view)": None, "mean of both views": None, "upright view": as_is,
                 **{f"upright view, margin {m:g}": upright_angle_with_margin(m) for m in args.margins}}
     result = {"n": args.n, "seed": args.seed, "model": str(predictor.path), "variants": {}}
     for variant, angle in variants.items():
-        predict.upright_angle = angle or as_is
+        images.upright_angle = angle or as_is
         row = {}
         for name, kind in photos.items():
             if variant == "predict (surer view)":
@@ -66,7 +67,7 @@ def main() -> None:
                 classes = np.array([p.probabilities for p in got]).argmax(1)
                 unknown = np.array([p.unknown for p in got])
             else:
-                views = [predict.preprocess_views(p) for p in kind]
+                views = [images.preprocess_views(p) for p in kind]
                 logits = predictor.logits(np.stack([v[0] for v in views]))
                 if variant == "mean of both views":  # where there is one view, the mean is that view's
                     logits = (logits + predictor.logits(np.stack([v[-1] for v in views]))) / 2
@@ -77,7 +78,7 @@ def main() -> None:
         print(f"{variant:<27} " + " | ".join(f"{name} agreement {100 * r['agreement']:.1f}%, accuracy "
                                                f"{100 * r['accuracy']:.1f}%, unknown {100 * r['unknown']:.1f}%"
                                                for name, r in row.items()), flush=True)
-    predict.upright_angle = as_is
+    images.upright_angle = as_is
     save_result(args.out / "upright_turn.json", result)
     print(f"saved {args.out / 'upright_turn.json'}")
 

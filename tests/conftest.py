@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashion_cnn.data import DEBIAN_DIR, FILES, has_all_files
+from fashion_cnn.data.fmnist import DEBIAN_DIR, FILES, has_all_files
 
 
 def machine_line() -> str:
@@ -17,8 +17,8 @@ def machine_line() -> str:
 
     import torch
 
-    from fashion_cnn.fastpath import native_library
     from fashion_cnn.machine import cpu_model
+    from fashion_cnn.models.fastpath import native_library
 
     kernel = "in use" if native_library() else "not in use (torch ops)"
     return (f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch kernels {torch.backends.cpu.get_cpu_capability()};"
@@ -91,7 +91,7 @@ def real_data():
     """The real Fashion-MNIST (Debian's copy, which `make test` installs)."""
     if not has_all_files(DEBIAN_DIR):
         pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from fashion_cnn.data import load_fashion_mnist
+    from fashion_cnn.data.fmnist import load_fashion_mnist
 
     return load_fashion_mnist(DEBIAN_DIR)
 
@@ -108,9 +108,9 @@ def model_file(tmp_path_factory) -> Path:
     """An untrained baseline saved as a model file: made in milliseconds, and deterministic."""
     import torch
 
-    from fashion_cnn.data import CLASS_NAMES
-    from fashion_cnn.models import create_model
-    from fashion_cnn.runs import save_model
+    from fashion_cnn.data.fmnist import CLASS_NAMES
+    from fashion_cnn.models.files import save_model
+    from fashion_cnn.models.registry import create_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
@@ -120,7 +120,7 @@ def model_file(tmp_path_factory) -> Path:
 
 def with_calibration(model: Path, out: Path, calibration: dict) -> Path:
     """A copy of a model file whose metadata holds `calibration` (what `fashion-cnn calibrate` adds)."""
-    from fashion_cnn.runs import load_tensors, save_tensors
+    from fashion_cnn.io import load_tensors, save_tensors
 
     tensors, meta = load_tensors(model)
     save_tensors(out, tensors, {**meta, "calibration": calibration})
@@ -132,7 +132,8 @@ def stage(request, monkeypatch) -> str:
     """Run a test with the C kernel for the first stage (conv_pool.c), and again with the torch ops
     that stand in for it where no C compiler is available; on the CPU, which these paths are for, also
     where there is a GPU (--device auto would take it)."""
-    from fashion_cnn import fastpath, train
+    from fashion_cnn.models import fastpath
+    from fashion_cnn.training import loop as train
 
     real_resolve = train.resolve_device
     monkeypatch.setattr(train, "resolve_device", lambda name: real_resolve("cpu" if name == "auto" else name))

@@ -55,7 +55,7 @@ def main() -> None:
                         help="of the valid files mutated (over 1024 exercises the early shrink)")
     args = parser.parse_args()
 
-    from fashion_cnn.predict import prepare
+    from fashion_cnn.evaluation.predict import prepare
 
     vm_size = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm_size + args.memory_mb * 2**20, resource.RLIM_INFINITY))

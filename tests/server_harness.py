@@ -53,7 +53,7 @@ def served(model: str | Path, host: str = "127.0.0.1", timeout: float = 60, fd_l
     command = [sys.executable, "-m", "fashion_cnn", "serve", "--model", str(model),
                "--host", host, "--port", str(port)]
     if run_options:
-        command = [sys.executable, "-c", "import json, sys; from fashion_cnn.serve import run; "
+        command = [sys.executable, "-c", "import json, sys; from fashion_cnn.app.serve import run; "
                    "run(sys.argv[1], host=sys.argv[2], port=int(sys.argv[3]), **json.loads(sys.argv[4]))",
                    str(model), host, str(port), json.dumps(run_options)]
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: nobody reads it, and pipes fill up

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fashion_cnn.augment import make_augment, random_crop, random_erase, random_flip
+from fashion_cnn.training.augment import make_augment, random_crop, random_erase, random_flip
 
 
 def gen(seed: int = 0) -> torch.Generator:

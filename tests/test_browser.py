@@ -20,8 +20,9 @@ from PIL import Image
 pytest.importorskip("fastapi_offline")
 
 from conftest import tiny_arrays, with_calibration  # noqa: E402
-from fashion_cnn.predict import Predictor  # noqa: E402
 from server_harness import server_process  # noqa: E402
+
+from fashion_cnn.evaluation.predict import Predictor
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium waits on services it cannot reach offline.

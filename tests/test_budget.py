@@ -2,11 +2,11 @@ import json
 import time
 
 import pytest
-
 from conftest import make_dataset_dir
-from fashion_cnn import budget
-from fashion_cnn.budget import Cost, Frontier, choose, load_frontier
-from fashion_cnn.cli import main
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.jobs import budget
+from fashion_cnn.jobs.budget import Cost, Frontier, choose, load_frontier
 
 
 def point(recipe: str, epochs: int, accuracy: float, minutes: float, val: float | None = None) -> dict:

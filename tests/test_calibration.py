@@ -7,14 +7,25 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import with_calibration
-from fashion_cnn import calibration, datasets
-from fashion_cnn.calibration import (UnknownRule, calibrate_logits, choose_threshold, expected_calibration_error,
-                                     fit_temperature, from_metadata, min_confidence_rule, ood_score, probabilities)
-from fashion_cnn.cli import main
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.runs import ModelFileError, load_model, load_tensors, save_tensors
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.data import folders as datasets
+from fashion_cnn.evaluation import calibration
+from fashion_cnn.evaluation.calibration import (
+    UnknownRule,
+    calibrate_logits,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    from_metadata,
+    min_confidence_rule,
+    ood_score,
+    probabilities,
+)
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.io import ModelFileError, load_tensors, save_tensors
+from fashion_cnn.models.files import load_model
 
 
 def sampled(n: int, temperature: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +208,8 @@ def test_calibrate_of_a_model_whose_config_is_not_options_is_a_one_line_error(mo
 
 
 def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_same(real_data, tmp_path, capsys):
-    from fashion_cnn.train import TrainConfig, train_final
+    from fashion_cnn.config import TrainConfig
+    from fashion_cnn.jobs.final import train_final
 
     common = dict(limit=2000, epochs=1, out=str(tmp_path), device="cpu", data_dir=real_data.source, threads=1)
     with_val = train_final(TrainConfig(val_size=400, **common), data=real_data).model_path
@@ -218,7 +230,7 @@ def test_training_with_a_validation_split_calibrates_and_calibrate_refits_the_sa
 
 
 def test_a_calibrated_file_is_used_by_the_predictor(model_file, tmp_path):
-    from fashion_cnn.predict import Predictor
+    from fashion_cnn.evaluation.predict import Predictor
 
     path = with_calibration(model_file, tmp_path / "m.safetensors",
                             {"temperature": 2.0, "unknown": {"score": "max_logit", "threshold": 0.0}})

@@ -1,8 +1,8 @@
 """The model card: built from a model file's metadata, and carried by the shipped model."""
 
-from fashion_cnn.card import model_card
-from fashion_cnn.predict import resolve_model_path
-from fashion_cnn.runs import load_tensors
+from fashion_cnn.io import load_tensors
+from fashion_cnn.models.card import model_card
+from fashion_cnn.models.files import resolve_model_path
 
 
 def test_the_shipped_model_carries_a_card_whose_figures_are_its_own():

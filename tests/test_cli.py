@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_cnn import crossval, evaluate, train
-from fashion_cnn.cli import build_parser, main
-from fashion_cnn.crossval import CVConfig
-from fashion_cnn.lrfind import OPTIONS as LRFIND_OPTIONS
-from fashion_cnn.train import TrainConfig
+from fashion_cnn.app.cli import build_parser, main
+from fashion_cnn.config import CVConfig, TrainConfig
+from fashion_cnn.jobs import common, crossval, evaluate as evaluate_job
+from fashion_cnn.jobs.lrfind import OPTIONS as LRFIND_OPTIONS
+from fashion_cnn.training import loop as train
 
 
 def test_help_lists_commands_options_choices_and_real_defaults():
@@ -107,8 +107,8 @@ def test_evaluate_reads_the_models_data_set_only_where_it_is_a_known_one(tiny_da
         f"fashion-cnn: error: {model}: trained on {tiny_data_dir}, a folder; a model file does not choose what is "
         "read: pass --data DIR (that folder, if you trust the file)")
     threads = []
-    real = evaluate.predict_logits
-    monkeypatch.setattr(evaluate, "predict_logits",
+    real = evaluate_job.predict_logits
+    monkeypatch.setattr(evaluate_job, "predict_logits",
                         lambda *a, **k: threads.append(torch.get_num_threads()) or real(*a, **k))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -269,8 +269,8 @@ def reads(monkeypatch):
     seen = set()
     internal = {getattr(cls, name).__code__ for cls in (TrainConfig, CVConfig) for name in vars(cls)
                 if callable(getattr(cls, name)) and hasattr(getattr(cls, name), "__code__")}
-    internal |= {train.TrainConfig.from_dict.__func__.__code__, crossval.train_command.__code__,
-                 train.resumed_config.__code__}
+    internal |= {TrainConfig.from_dict.__func__.__code__, crossval.train_command.__code__,
+                 common.resumed_config.__code__}
     names = {f.name for f in dataclasses.fields(CVConfig)}
 
     def tracking(self, name):
@@ -346,7 +346,7 @@ def test_every_option_of_every_command_is_covered():
 
 
 def test_serve_passes_its_options_on(monkeypatch, tmp_path):
-    from fashion_cnn import serve
+    from fashion_cnn.app import serve
 
     called = {}
     monkeypatch.setattr(serve, "run", lambda model, host, port, min_confidence, allowed_hosts: called.update(

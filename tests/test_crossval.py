@@ -5,12 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_killed_at
-from fashion_cnn import crossval, fastpath, machine, train
-from fashion_cnn.crossval import CVConfig, cross_validate, kfold_splits
-from fashion_cnn.data import load_fashion_mnist
 from test_train import BUSY
+
+from fashion_cnn import machine
+from fashion_cnn.config import CVConfig
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.jobs import crossval
+from fashion_cnn.jobs.crossval import cross_validate, kfold_splits
+from fashion_cnn.models import fastpath
+from fashion_cnn.training import loop as train
 
 
 def test_out_none_keeps_nothing_on_disk_and_verbose_0_prints_nothing(real_data, tmp_path, monkeypatch, capsys):

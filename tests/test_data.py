@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
-from fashion_cnn import data
-from fashion_cnn.data import DataError, IdxFile, read_idx
 
+from fashion_cnn.data import fmnist as data
+from fashion_cnn.data.fmnist import DataError, IdxFile, read_idx
 
 # --- the IDX reader ---------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 import dataclasses
 import gzip
 import hashlib
-import json
 import importlib
+import json
 import os
 import re
 import shutil
@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
 from PIL import Image
 from safetensors import safe_open
-
-from conftest import idx_bytes, make_dataset_dir, tiny_arrays, write_idx_gz
-from fashion_cnn import datasets, predict
-from fashion_cnn.cli import main
-from fashion_cnn.data import CLASS_NAMES, DataError, load_fashion_mnist, to_float, to_uint8
-from fashion_cnn.datasets import describe, load_dataset
-from fashion_cnn.evaluate import format_scores
-from fashion_cnn.predict import preprocess
-from fashion_cnn.runs import load_tensors, save_tensors
 from sample_images import digits, png_bytes, render_photo, write_digits_folder
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.data import folders as datasets
+from fashion_cnn.data.fmnist import CLASS_NAMES, DataError, load_fashion_mnist
+from fashion_cnn.data.folders import describe, load_dataset
+from fashion_cnn.data.images import preprocess, to_float, to_uint8
+from fashion_cnn.evaluation.metrics import format_scores
+from fashion_cnn.io import load_tensors, save_tensors
 
 
 @pytest.fixture
@@ -257,8 +257,8 @@ def test_a_file_rewritten_with_its_size_and_mtime_is_read_again(digits_dir, monk
 
 
 def test_a_file_changed_within_the_clock_tick_of_its_read_is_read_again(digits_dir, monkeypatch):
-    reads, real_read, real_scan = [], predict.read_limited, datasets.scan
-    monkeypatch.setattr(predict, "read_limited", lambda path: reads.append(path) or real_read(path))
+    reads, real_read, real_scan = [], datasets.read_limited, datasets.scan
+    monkeypatch.setattr(datasets, "read_limited", lambda path: reads.append(path) or real_read(path))
     monkeypatch.setattr(datasets, "SETTLE_NS", 60 * 10**9)  # a clock that ticks every minute: however slow the
     ctime = [time.time_ns()]  # import, every file it reads could still change within the tick it was read in
 
@@ -293,7 +293,7 @@ def test_bad_files_are_reported_and_skipped(digits_dir, decodes, monkeypatch):
     (digits_dir / "2" / "truncated.png").write_bytes(noise[:len(noise) // 2])
     (digits_dir / "5" / "text.jpg").write_text("not an image")
     (digits_dir / "5" / "big.png").write_bytes(good + b"\0" * 2000)
-    monkeypatch.setattr(importlib.import_module("fashion_cnn.predict"), "MAX_BYTES", 1500)
+    monkeypatch.setattr(importlib.import_module("fashion_cnn.evaluation.predict"), "MAX_BYTES", 1500)
     ds = load_dataset(digits_dir)
     reasons = dict(ds.skipped)
     assert reasons.keys() == {"2/empty.png", "2/truncated.png", "5/text.jpg", "5/big.png"}

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_dataset_dir
 
 import fashion_cnn
-from conftest import make_dataset_dir
-from fashion_cnn import crossval, distributed, fastpath
-from fashion_cnn.cli import main
-from fashion_cnn.runs import load_model
+from fashion_cnn.app.cli import main
+from fashion_cnn.jobs import crossval
+from fashion_cnn.models import fastpath
+from fashion_cnn.models.files import load_model
+from fashion_cnn.training import distributed
 
 SRC = Path(fashion_cnn.__file__).resolve().parent
 HARNESS = Path(__file__).with_name("torchrun_harness.py")

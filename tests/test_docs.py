@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_images import render_photo, write_photo_folder
 
 import fashion_cnn
-from fashion_cnn.data import CLASS_NAMES
-from fashion_cnn.predict import packaged_model
-from sample_images import render_photo, write_photo_folder
+from fashion_cnn.data.fmnist import CLASS_NAMES
+from fashion_cnn.models.files import packaged_model
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

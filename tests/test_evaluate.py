@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from fashion_cnn.cli import main
-from fashion_cnn.evaluate import bootstrap_interval, format_mcnemar, mcnemar
+from fashion_cnn.app.cli import main
+from fashion_cnn.evaluation.metrics import bootstrap_interval, format_mcnemar, mcnemar
 
 
 def answers(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

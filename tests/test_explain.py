@@ -9,16 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import tiny_arrays, with_calibration
-from fashion_cnn.cli import main
-from fashion_cnn.data import to_float
-from fashion_cnn.explain import cam_layer, evidence_on_object, heatmaps, overlay, randomise, stages
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.models import create_model, list_models
-from fashion_cnn.predict import packaged_model
+from PIL import Image
 from test_predict import encode, garment, write, write_bad_files
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.data.images import to_float
+from fashion_cnn.evaluation.explain import cam_layer, evidence_on_object, heatmaps, overlay, randomise, stages
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.models.files import packaged_model
+from fashion_cnn.models.registry import create_model, list_models
 
 
 def images(n: int = 6) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_the_map_decomposes_the_class_logit_over_the_layers_positions(name):
     """What makes HiResCAM faithful here: after the cam layer these models are piecewise linear without
     bias until the logits, so the map (before its ReLU) sums to the logit less its bias, for any weights.
     (The baseline's dense layer has a bias: within 7% there, on the trained model.)"""
-    from fashion_cnn.explain import class_activation
+    from fashion_cnn.evaluation.explain import class_activation
 
     model = randomise(create_model(name), seed=0).eval()  # no zero anywhere: biases and shifts included
     x = torch.from_numpy(images(4))[:, None]
@@ -199,7 +199,7 @@ def test_the_trained_model_puts_more_evidence_on_the_garment_than_a_randomised_o
     second class 0.03 (Guided Grad-CAM's, which hardly depend on the class, 0.81 in the benchmark)."""
     from scipy.stats import spearmanr
 
-    from fashion_cnn.runs import load_model
+    from fashion_cnn.models.files import load_model
 
     def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.mean([spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b)]))
@@ -285,8 +285,8 @@ def test_bad_inputs_get_the_lines_predict_gives(model_file, tmp_path, capsys):
 
 
 def test_an_unknown_image_is_explained_by_its_best_guess(model_file, tmp_path):
-    from fashion_cnn.explain import explain_predictions
-    from fashion_cnn.predict import Predictor
+    from fashion_cnn.evaluation.explain import explain_predictions
+    from fashion_cnn.evaluation.predict import Predictor
 
     strict = with_calibration(model_file, tmp_path / "strict.safetensors",
                               {"temperature": 1.0, "unknown": {"score": "max_probability", "threshold": 0.99}})
@@ -304,7 +304,7 @@ def test_the_api_returns_heat_maps_when_asked(model_file):
     pytest.importorskip("fastapi_offline")
     from fastapi.testclient import TestClient
 
-    from fashion_cnn.serve import create_app
+    from fashion_cnn.app.serve import create_app
 
     client = TestClient(create_app(model_file))
     files = [("files", ("item.png", encode(garment(), "PNG"), "image/png")),

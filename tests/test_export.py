@@ -14,10 +14,11 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from conftest import with_calibration  # noqa: E402
-from fashion_cnn import export  # noqa: E402
-from fashion_cnn.cli import main  # noqa: E402
-from fashion_cnn.data import CLASS_NAMES  # noqa: E402
-from fashion_cnn.predict import Predictor  # noqa: E402
+
+from fashion_cnn.app import export
+from fashion_cnn.app.cli import main
+from fashion_cnn.data.fmnist import CLASS_NAMES
+from fashion_cnn.evaluation.predict import Predictor
 
 
 @pytest.fixture(scope="module")

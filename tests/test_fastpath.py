@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_cnn import fastpath
-from fashion_cnn.models import create_model, get_spec, list_models
+from fashion_cnn.models import fastpath
+from fashion_cnn.models.registry import create_model, get_spec, list_models
 
 
 def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,7 @@ def test_fast_inference_matches_module(stage):
 
 
 def test_predict_logits_keeps_test_time_augmentation():
-    from fashion_cnn.inference import predict_logits
+    from fashion_cnn.evaluation.inference import predict_logits
 
     torch.manual_seed(0)
     model = create_model("baseline").eval()

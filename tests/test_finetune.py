@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_killed_at, tiny_arrays
-from fashion_cnn import train
-from fashion_cnn.data import CLASS_NAMES, load_fashion_mnist
-from fashion_cnn.finetune import PACKAGED
-from fashion_cnn.models import REGISTRY, create_model
-from fashion_cnn.predict import packaged_model
-from fashion_cnn.runs import ModelFileError, load_model, save_model
-from fashion_cnn.train import TrainConfig, TrainState, balanced_weights, fit, train_final
+
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.data.fmnist import CLASS_NAMES, load_fashion_mnist
+from fashion_cnn.io import ModelFileError
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.files import PACKAGED, load_model, packaged_model, save_model
+from fashion_cnn.models.registry import REGISTRY, create_model
+from fashion_cnn.training import loop as train
+from fashion_cnn.training.loop import TrainState, balanced_weights, fit
 
 
 def saved_model(path: Path, name: str, class_names=CLASS_NAMES, seed: int = 123) -> Path:
@@ -103,7 +104,7 @@ def test_freeze_backbone_trains_the_head_alone(init_file):
 
 def test_frozen_backbone_stays_in_eval_mode_while_training():
     model = create_model("fast")
-    from fashion_cnn.finetune import freeze_backbone
+    from fashion_cnn.models.registry import freeze_backbone
 
     freeze_backbone(model)
     model.train()
@@ -177,7 +178,8 @@ def test_class_weights_auto_reach_the_step_from_the_training_labels(model, monke
 
 
 def test_train_and_cv_log_the_class_counts_of_the_images_they_train_on(tiny_data_dir, tmp_path):
-    from fashion_cnn.crossval import CVConfig, cross_validate
+    from fashion_cnn.config import CVConfig
+    from fashion_cnn.jobs.crossval import cross_validate
 
     data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
     result = train_final(TrainConfig(limit=150, val_size=20, epochs=1, device="cpu", out=str(tmp_path)), data=data)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzzing import encode, mutants, picture, seeds
 from PIL import Image
 
-from fashion_cnn.cli import main
-from fashion_cnn.predict import Predictor
-from fuzzing import encode, mutants, picture, seeds
+from fashion_cnn.app.cli import main
+from fashion_cnn.evaluation.predict import Predictor
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # Pillow on odd tags; predict.py too
 
@@ -61,7 +61,7 @@ def client(model_file):
     pytest.importorskip("fastapi_offline")
     from fastapi.testclient import TestClient
 
-    from fashion_cnn.serve import create_app
+    from fashion_cnn.app.serve import create_app
 
     with TestClient(create_app(model_file)) as client:
         yield client

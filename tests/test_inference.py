@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fashion_cnn.data import to_float
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.models import create_model
+from fashion_cnn.data.images import to_float
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.models.registry import create_model
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pytest
-
-from fashion_cnn.cli import main
-from fashion_cnn.lrfind import OPTIONS, SMOOTHING, lr_find_figure, suggest
 from test_cli import reads  # noqa: F401  (the fixture)
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.jobs.lrfind import OPTIONS, SMOOTHING, lr_find_figure, suggest
 
 
 def range_test(data_dir, out, *extra) -> list[str]:

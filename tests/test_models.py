@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_arrays
 
 import fashion_cnn
-from fashion_cnn import fastpath
-from fashion_cnn.models import REGISTRY, count_parameters, create_model
-from fashion_cnn.runs import load_model
-from fashion_cnn.train import TrainConfig, make_optimizer, make_step
-
-from conftest import tiny_arrays
+from fashion_cnn.config import TrainConfig
+from fashion_cnn.models import fastpath
+from fashion_cnn.models.files import load_model
+from fashion_cnn.models.registry import REGISTRY, count_parameters, create_model
+from fashion_cnn.training.loop import make_optimizer, make_step
 
 SHIPPED = Path(fashion_cnn.__file__).parent / "weights" / "default.safetensors"
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from fashion_cnn.cli import main
-from fashion_cnn.data import CLASS_NAMES
-from fashion_cnn.evaluate import format_scores
-from fashion_cnn.predict import packaged_model, predict
-from fashion_cnn.runs import load_model
 from sample_images import write_digits_folder, write_photo_folder
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.data.fmnist import CLASS_NAMES
+from fashion_cnn.evaluation.metrics import format_scores
+from fashion_cnn.evaluation.predict import predict
+from fashion_cnn.models.files import load_model, packaged_model
 
 DIGITS = ["1", "4", "7"]
 
@@ -78,7 +78,7 @@ def test_every_command_on_a_three_class_folder(digits3, tmp_path, capsys):
     pytest.importorskip("fastapi_offline")
     from fastapi.testclient import TestClient
 
-    from fashion_cnn.serve import create_app
+    from fashion_cnn.app.serve import create_app
 
     with TestClient(create_app(run_dir)) as client:
         assert client.get("/model").json()["class_names"] == DIGITS

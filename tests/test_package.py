@@ -18,11 +18,11 @@ import importlib, pkgutil, sys, types
 import fashion_cnn
 assert "torch" not in sys.modules, "import fashion_cnn loaded torch"
 from fashion_cnn import Predictor
-assert "fashion_cnn.train" not in sys.modules and "sklearn" not in sys.modules, "prediction loaded training"
+assert "fashion_cnn.training.loop" not in sys.modules and "sklearn" not in sys.modules, "prediction loaded training"
 before = {name: getattr(fashion_cnn, name) for name in fashion_cnn.__all__}
-for module in pkgutil.iter_modules(fashion_cnn.__path__):
-    if module.name != "__main__":
-        importlib.import_module("fashion_cnn." + module.name)
+for module in pkgutil.walk_packages(fashion_cnn.__path__, "fashion_cnn."):
+    if module.name != "fashion_cnn.__main__":
+        importlib.import_module(module.name)
 for name, value in before.items():
     now = getattr(fashion_cnn, name)
     assert not isinstance(now, types.ModuleType), f"fashion_cnn.{name} is a module"

@@ -6,7 +6,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from fashion_cnn.plots import confusion_matrix_figure, fold_boxplot, learning_curves, samples_figure, save_figure
+from fashion_cnn.reporting.plots import (
+    confusion_matrix_figure,
+    fold_boxplot,
+    learning_curves,
+    samples_figure,
+    save_figure,
+)
 
 
 def rows(epochs: int, validation: bool = True) -> list[dict]:
@@ -21,7 +27,7 @@ def rows(epochs: int, validation: bool = True) -> list[dict]:
 
 def test_importing_and_plotting_leaves_the_users_matplotlib_alone():
     script = ("import matplotlib; before = matplotlib.get_backend(); "
-              "import fashion_cnn.plots as p; fig = p.learning_curves([{'epoch': 1, 'loss': 1, 'accuracy': 0.5}]); "
+              "import fashion_cnn.reporting.plots as p; fig = p.learning_curves([{'epoch': 1, 'loss': 1, 'accuracy': 0.5}]); "
               "import matplotlib.pyplot as plt; "
               "print(before == matplotlib.get_backend(), len(plt.get_fignums()))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()

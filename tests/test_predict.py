@@ -21,19 +21,27 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from sample_images import digits, framings, lighting, resized, texture
 from scipy import ndimage
 
-from fashion_cnn.cli import main
-from fashion_cnn.data import CLASS_NAMES
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.models import create_model
-from fashion_cnn.datasets import NEARLY_EMPTY
-from fashion_cnn.predict import (ImageError, Predictor, load_image, pad_and_resize, predict, preprocess,
-                                 preprocess_picture, preprocess_views, resolve_model_path)
-from sample_images import digits, framings, lighting, resized, texture
-from fashion_cnn.runs import ModelFileError, load_model, save_model
+from fashion_cnn.app.cli import main
+from fashion_cnn.data.fmnist import CLASS_NAMES
+from fashion_cnn.data.folders import NEARLY_EMPTY
+from fashion_cnn.data.images import (
+    ImageError,
+    load_image,
+    pad_and_resize,
+    preprocess,
+    preprocess_picture,
+    preprocess_views,
+)
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.evaluation.predict import Predictor, predict
+from fashion_cnn.io import ModelFileError
+from fashion_cnn.models.files import load_model, resolve_model_path, save_model
+from fashion_cnn.models.registry import create_model
 
-predict_module = importlib.import_module("fashion_cnn.predict")  # the package's `predict` is the function
+predict_module = importlib.import_module("fashion_cnn.evaluation.predict")  # the package's `predict` is the function
 
 
 def garment(width: int = 120, height: int = 160) -> Image.Image:
@@ -76,7 +84,8 @@ def reference() -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained_model(real_data, tmp_path_factory) -> Path:
     """A baseline trained for a few seconds: good enough (~80% test accuracy) to check behaviour."""
-    from fashion_cnn.train import TrainConfig, train_final
+    from fashion_cnn.config import TrainConfig
+    from fashion_cnn.jobs.final import train_final
 
     out = tmp_path_factory.mktemp("runs")
     return train_final(TrainConfig(limit=4000, epochs=2, out=str(out), device="cpu"), data=real_data).model_path
@@ -495,7 +504,7 @@ def test_each_bad_file_gets_one_error_line_and_the_others_are_still_predicted(mo
 
 def test_the_pixel_limit_is_an_error_not_a_warning(tmp_path):
     bomb = write(tmp_path / "bomb.png", png_claiming_size(8_000, 6_000))  # 48 MP: Pillow would only warn
-    check = ("from fashion_cnn.predict import ImageError, load_image\n"
+    check = ("from fashion_cnn.evaluation.predict import ImageError, load_image\n"
              "try:\n    load_image(__import__('sys').argv[1])\nexcept ImageError as e:\n    print(e)")
     # a fresh interpreter: pytest's own warning capture would mask what users see
     done = subprocess.run([sys.executable, "-c", check, str(bomb)], capture_output=True, text=True)
@@ -718,7 +727,7 @@ def float_tiff(pixels: np.ndarray, compression: str = "tiff_adobe_deflate") -> b
 def run_with_memory_cap(code: str, *args: str, cap_mb: int = 700) -> subprocess.CompletedProcess:
     """code in a fresh interpreter whose address space may grow by only cap_mb after its imports: an
     allocation past that is a MemoryError there, not gigabytes taken from this machine."""
-    capped = ("import resource, sys\nfrom fashion_cnn.predict import ImageError, preprocess\n"
+    capped = ("import resource, sys\nfrom fashion_cnn.evaluation.predict import ImageError, preprocess\n"
               "size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
               f"resource.setrlimit(resource.RLIMIT_AS, (size + {cap_mb} * 2**20, resource.RLIM_INFINITY))\n"
               + code)

@@ -14,16 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_dataset_dir, tiny_arrays, write_idx_gz
-from fashion_cnn import report
-from fashion_cnn.cli import main
-from fashion_cnn.crossval import CVConfig, cross_validate
-from fashion_cnn.data import FILES, load_fashion_mnist
-from fashion_cnn.evaluate import evaluate_model, write_reports
-from fashion_cnn.models import create_model
-from fashion_cnn.runs import load_model, load_tensors, save_model
-from fashion_cnn.train import TrainConfig, train_final
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.config import CVConfig, TrainConfig
+from fashion_cnn.data.fmnist import FILES, load_fashion_mnist
+from fashion_cnn.evaluation.metrics import evaluate_model
+from fashion_cnn.io import load_tensors
+from fashion_cnn.jobs.crossval import cross_validate
+from fashion_cnn.jobs.evaluate import write_reports
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.files import load_model, save_model
+from fashion_cnn.models.registry import create_model
+from fashion_cnn.reporting import report
 
 
 class Page(HTMLParser):
@@ -147,7 +150,7 @@ def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
 def test_calibration_is_that_of_the_kept_predictions(train_run, tiny):
     tensors, meta = load_tensors(train_run / report.PREDICTIONS)
     model, _ = load_model(train_run / "model.safetensors")
-    from fashion_cnn.inference import predict_logits
+    from fashion_cnn.evaluation.inference import predict_logits
 
     assert torch.equal(tensors["logits"], predict_logits(model, tiny.test_images))
     assert torch.equal(tensors["labels"], tiny.test_labels)
@@ -200,7 +203,7 @@ def test_kept_predictions_are_reused_until_the_model_changes(train_run, tiny, tm
     report.write_report(run_dir, tiny)
     tensors, kept = load_tensors(run_dir / report.PREDICTIONS)
     fresh, _ = load_model(run_dir / "model.safetensors")
-    from fashion_cnn.inference import predict_logits
+    from fashion_cnn.evaluation.inference import predict_logits
 
     assert torch.equal(tensors["logits"], predict_logits(fresh, tiny.test_images))
 
@@ -371,9 +374,10 @@ def test_the_report_gives_intervals_and_the_model_card(train_run):
 def test_the_calibration_error_leaves_out_the_images_calibration_was_fitted_on(fitted_on, unseen, words, train_run,
                                                                                 tiny, tmp_path):
     from conftest import with_calibration
-    from fashion_cnn.calibration import expected_calibration_error, probabilities
-    from fashion_cnn.evaluate import evaluate_file
-    from fashion_cnn.inference import predict_logits
+
+    from fashion_cnn.evaluation.calibration import expected_calibration_error, probabilities
+    from fashion_cnn.evaluation.inference import predict_logits
+    from fashion_cnn.jobs.evaluate import evaluate_file
 
     model = with_calibration(train_run / "model.safetensors", tmp_path / "m.safetensors",
                              {"temperature": 2.0, "fitted_on": fitted_on})
@@ -392,7 +396,7 @@ def test_the_calibration_error_leaves_out_the_images_calibration_was_fitted_on(f
 
 
 def test_a_comparison_says_whether_the_difference_is_larger_than_the_noise(train_run, tiny, model_file, tmp_path):
-    from fashion_cnn.evaluate import evaluate_file
+    from fashion_cnn.jobs.evaluate import evaluate_file
 
     evaluate_file(train_run / "model.safetensors", tiny, tmp_path / "same")  # the same model: no difference
     evaluate_file(model_file, tiny, tmp_path / "untrained")  # an untrained one: about 10% against 85%

@@ -10,7 +10,6 @@ from test_browser import browser, firefox  # noqa: F401  (fixtures)
 from test_report import tiny, train_run  # noqa: F401  (fixtures)
 
 
-
 def cells_to_open(run_dir) -> list[tuple[int, int, int]]:
     """(true, predicted, count): the fullest diagonal cell and the fullest confusion."""
     matrix = json.loads((run_dir / "test_report.json").read_text())["confusion_matrix"]

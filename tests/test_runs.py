@@ -4,9 +4,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fashion_cnn.models import create_model
-from fashion_cnn.runs import (ModelFileError, RunError, create_run_dir, load_checkpoint, load_model, load_tensors, open_run,
-                              read_config, save_checkpoint, save_model, save_tensors, write_atomic)
+from fashion_cnn.io import ModelFileError, load_tensors, save_tensors, write_atomic
+from fashion_cnn.models.files import load_model, save_model
+from fashion_cnn.models.registry import create_model
+from fashion_cnn.training.runs import (
+    RunError,
+    create_run_dir,
+    load_checkpoint,
+    open_run,
+    read_config,
+    save_checkpoint,
+)
 
 
 def test_model_round_trip(tmp_path):

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,12 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi_offline")
-from fastapi.testclient import TestClient  # noqa: E402
-
 from conftest import tiny_arrays  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 from server_harness import free_port, served, server_process  # noqa: E402
-from fashion_cnn.predict import Predictor, as_json  # noqa: E402
-from fashion_cnn.serve import FileResult, create_app  # noqa: E402
+
+from fashion_cnn.app.serve import FileResult, create_app
+from fashion_cnn.evaluation.predict import Predictor, as_json
 
 MAX_FILES, MAX_BYTES, MAX_BODY = 3, 50_000, 120_000
 
@@ -176,7 +175,7 @@ def test_an_internal_failure_is_a_json_500_and_the_server_goes_on(model_file, mo
 def test_start_up_names_the_model_it_serves(model_file, monkeypatch, capsys):
     import uvicorn
 
-    from fashion_cnn import serve
+    from fashion_cnn.app import serve
 
     served = []
 
@@ -223,9 +222,9 @@ def test_the_page_and_the_docs_have_no_inline_script(client):
 
 
 def test_model_metadata_names_no_file_system_path(tmp_path):
-    from fashion_cnn.data import CLASS_NAMES
-    from fashion_cnn.models import create_model
-    from fashion_cnn.runs import save_model
+    from fashion_cnn.data.fmnist import CLASS_NAMES
+    from fashion_cnn.models.files import save_model
+    from fashion_cnn.models.registry import create_model
 
     path = tmp_path / "model.safetensors"
     save_model(path, create_model("baseline"), {
@@ -251,7 +250,7 @@ def test_a_422_quotes_a_nameless_file_part_only_in_part(client):
 
 
 def test_non_finite_probabilities_are_an_error_not_a_500(client, monkeypatch):
-    import fashion_cnn.predict as predict_module
+    import fashion_cnn.evaluation.predict as predict_module
 
     monkeypatch.setattr(predict_module, "predict_logits", lambda model, x: torch.full((len(x), 10), torch.nan))
     response = client.post("/predict", files=upload(("a.jpg", photo())))
@@ -395,7 +394,7 @@ def test_a_request_head_must_arrive_within_the_header_timeout(model_file):
 
 def test_a_request_body_must_keep_a_minimum_rate(model_file):
     """A body is due body_timeout seconds after its head, plus a second for each MIN_BODY_RATE bytes."""
-    from fashion_cnn.connections import MIN_BODY_RATE
+    from fashion_cnn.app.connections import MIN_BODY_RATE
 
     with server_process(model_file, body_timeout=1.0) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -498,7 +497,7 @@ def test_a_burst_of_a_thousand_connections_is_answered(model_file):
 def test_only_requests_addressed_to_this_server_are_answered(model_file):
     """Any Host was answered: a page whose name was made to resolve to 127.0.0.1 (DNS rebinding) could
     read /model. IP addresses, localhost and the names given are answered, with or without a port."""
-    from fashion_cnn.serve import host_names
+    from fashion_cnn.app.serve import host_names
 
     with TestClient(create_app(model_file, hosts=host_names("127.0.0.1", ["fashion.lan"]))) as client:
         for host in ("127.0.0.1", "127.0.0.1:8000", "localhost:8000", "LOCALHOST.", "[::1]:8000", "10.1.2.3",

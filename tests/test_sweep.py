@@ -2,11 +2,12 @@ import csv
 import json
 
 import pytest
-
 from conftest import run_killed_at
-from fashion_cnn import sweep as sweep_module, train
-from fashion_cnn.cli import build_parser, main
-from fashion_cnn.sweep import grid_points, metric_against_value, split_grid, sweep, sweep_curves
+
+from fashion_cnn.app.cli import build_parser, main
+from fashion_cnn.jobs import sweep as sweep_module
+from fashion_cnn.jobs.sweep import grid_points, metric_against_value, split_grid, sweep, sweep_curves
+from fashion_cnn.training import loop as train
 
 
 def test_a_grid_of_several_options_in_help_order_each_point_checked():

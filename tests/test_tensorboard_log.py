@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from fashion_cnn.cli import main
+from fashion_cnn.app.cli import main
 
 pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard extra")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

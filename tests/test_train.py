@@ -7,16 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_killed_at, tiny_arrays
-from fashion_cnn import train
-from fashion_cnn.fastpath import native_library
-from fashion_cnn.inference import predict_logits
-from fashion_cnn.cli import main
-from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint, write_json
-from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.train import TrainConfig, lr_scale, train_final
 
+from fashion_cnn.app.cli import main
+from fashion_cnn.config import TrainConfig, duration_seconds
+from fashion_cnn.data.fmnist import load_fashion_mnist
+from fashion_cnn.evaluation.inference import predict_logits
+from fashion_cnn.io import write_json
+from fashion_cnn.jobs import common
+from fashion_cnn.jobs.final import train_final
+from fashion_cnn.models.fastpath import native_library
+from fashion_cnn.models.files import load_model
+from fashion_cnn.training import loop as train
+from fashion_cnn.training.loop import lr_scale
+from fashion_cnn.training.runs import load_checkpoint, save_checkpoint
 
 BUSY = "this job will run slower than on a quiet machine"  # a warning, which every verbose but 0 shows
 
@@ -168,17 +172,17 @@ def test_cuda_resume_gives_the_uninterrupted_runs_weights(real_data, tmp_path, m
 
 def test_threads_set_from_the_config_and_from_the_saved_one_on_resume(tmp_path):
     default = torch.get_num_threads()
-    with train.start_job(TrainConfig(threads=1, out=str(tmp_path)), "train", None) as run:
+    with common.start_job(TrainConfig(threads=1, out=str(tmp_path)), "train", None) as run:
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == default  # the caller's count is back
-    cfg = train.job_config(TrainConfig, None, run.dir)
-    with train.start_job(cfg, "train", run.dir):
+    cfg = common.job_config(TrainConfig, None, run.dir)
+    with common.start_job(cfg, "train", run.dir):
         assert cfg.threads == 1 and torch.get_num_threads() == 1
 
 
 def test_resume_refuses_a_config_json_changed_since_its_checkpoint(tmp_path, capsys):
     cfg = TrainConfig(epochs=3, out=str(tmp_path / "runs"), device="cpu")
-    with train.start_job(cfg, "train", None) as run:
+    with common.start_job(cfg, "train", None) as run:
         train.TrainState.create(cfg, 10, 0).save(run.dir / "checkpoint.safetensors", cfg)
     before = sorted(run.dir.iterdir())
     capsys.readouterr()
@@ -193,7 +197,7 @@ def test_resume_refuses_a_config_json_changed_since_its_checkpoint(tmp_path, cap
         assert sorted(run.dir.iterdir()) == before
     # more epochs under a constant learning rate, which `--resume RUN --epochs 5` may ask for too
     write_json(run.dir / "config.json", {"job": "train", **dataclasses.asdict(cfg), "epochs": 5})
-    assert train.job_config(TrainConfig, None, run.dir).epochs == 5
+    assert common.job_config(TrainConfig, None, run.dir).epochs == 5
 
 
 def test_schedules_warm_up_then_decay():
@@ -334,13 +338,13 @@ def test_a_recipes_mirror_averaging_goes_with_its_flips():
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
                                            ("1.5m", 90), ("2H5M10S", 7510), ("1m30s", 90)])
 def test_durations_a_budget_takes(text, seconds):
-    assert train.duration_seconds(text) == seconds
+    assert duration_seconds(text) == seconds
     assert TrainConfig(budget=text).budget == text
 
 
 @pytest.mark.parametrize("text", ["", "5", "5x", "m", "0s", "0m0s", "-5m", "1m1h", "5 m", "1e3s", "nan", None, 5])
 def test_what_is_not_a_duration(text):
-    assert train.duration_seconds(text) is None
+    assert duration_seconds(text) is None
     if isinstance(text, str):  # None: no budget; a number: "must be text"
         with pytest.raises(ValueError, match=r"^--budget must be a duration such as 90s, 5m, 1h or 1h30m, got "):
             TrainConfig(budget=text)

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from fashion_cnn.jobs import common
+
 optuna = pytest.importorskip("optuna", reason="tune needs the tune extra: pip install 'fashion-cnn[tune]'")
 
 from conftest import run_killed_at  # noqa: E402
-from fashion_cnn import train, tune as tune_module  # noqa: E402
-from fashion_cnn.cli import main  # noqa: E402
-from fashion_cnn.crossval import CVConfig  # noqa: E402
-from fashion_cnn.tune import Dimension, parse_dimension, progress_reporter, search_space, tune  # noqa: E402
 from postgres import PostgresServer, PostgresUnavailable  # noqa: E402
+
+from fashion_cnn.app.cli import main
+from fashion_cnn.config import CVConfig
+from fashion_cnn.jobs import tune as tune_module
+from fashion_cnn.jobs.tune import Dimension, parse_dimension, progress_reporter, search_space, tune
+from fashion_cnn.training import loop as train
 
 TESTS = Path(__file__).resolve().parent
 
@@ -192,6 +196,7 @@ def test_poor_trials_are_pruned_and_the_study_goes_on(tiny_data_dir, tmp_path, m
                                           (["--space", "lr"], "write NAME=RANGE"),
                                           (["--space", "lr=1:0.1"], "low end must be below"),
                                           (["--space", "lr=0.001:1e300:log"], "within float32's range"),
+                                          (["--space", "batch_size=16:big"], "--space batch_size: 'big' is not a whole number"),
                                           (["--space", "model=evilnet"], "--space model: unknown model 'evilnet'"),
                                           (["--storage", "postgresql://nobody@/none?host=/nonexistent"],
                                            "cannot open"),
@@ -395,7 +400,7 @@ def test_a_worker_with_other_data_is_refused_and_studies_keep_their_fingerprints
 
     import optuna
 
-    data = train.load_data(str(tiny_data_dir))
+    data = common.load_data(str(tiny_data_dir))
     study = optuna.create_study()
     tune_module.same_data(study, data)
     assert study.user_attrs["data_sha256"] == hashlib.sha256(

@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 
-from fashion_cnn.cli import main
+from fashion_cnn.app.cli import main
 
 args = sys.argv[1:]
 if os.environ["RANK"] == "1":

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import importlib
 
-from .version import __version__
+from fashion_cnn.version import __version__
 
 _EXPORTS = {
-    "crossval": ("CVConfig", "CVResult", "cross_validate", "kfold_splits"),
-    "data": ("CLASS_NAMES", "DataError", "Dataset", "FashionMNIST", "load_fashion_mnist"),
-    "datasets": ("load_dataset",),
-    "evaluate": ("evaluate_model",),
-    "inference": ("predict_logits",),
-    "models": ("count_parameters", "create_model", "list_models"),
-    "plots": ("confusion_matrix_figure", "fold_boxplot", "learning_curves", "save_figure"),
-    # (not predict.predict: `fashion_cnn.predict` is the module, which Python's import sets on the package)
-    "predict": ("ImageError", "Prediction", "Predictor"),
-    "runs": ("ModelFileError", "load_model", "save_model"),
-    "train": ("TrainConfig", "TrainResult", "TrainState", "fit", "train_final"),
+    "config": ("CVConfig", "TrainConfig",),
+    "data.fmnist": ("CLASS_NAMES", "DataError", "Dataset", "FashionMNIST", "load_fashion_mnist",),
+    "data.folders": ("load_dataset",),
+    "data.images": ("ImageError",),
+    "evaluation.inference": ("predict_logits",),
+    "evaluation.metrics": ("evaluate_model",),
+    "evaluation.predict": ("Prediction", "Predictor",),
+    "io": ("ModelFileError",),
+    "jobs.crossval": ("CVResult", "cross_validate", "kfold_splits",),
+    "jobs.final": ("TrainResult", "train_final",),
+    "models.files": ("load_model", "save_model",),
+    "models.registry": ("count_parameters", "create_model", "list_models",),
+    "reporting.plots": ("confusion_matrix_figure", "fold_boxplot", "learning_curves", "save_figure",),
+    "training.loop": ("TrainState", "fit",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF) + ["__version__"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from fashion_cnn.app.cli import main
 
 sys.exit(main())

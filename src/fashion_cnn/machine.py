@@ -176,7 +176,7 @@ def describe_load(others: float, usable: int) -> str:
 @functools.cache
 def default_threads() -> int:
     """torch's own thread count (one per core, or OMP_NUM_THREADS), as it was before the first job."""
-    import torch
+    import torch  # torch costs seconds of start-up: `--help` and the CLI's first lines go without it
 
     return torch.get_num_threads()
 
@@ -186,7 +186,7 @@ class JobThreads:
     whose results do not depend on it moves to one per free core as the load changes (adapt)."""
 
     def __init__(self, requested: int, meter: LoadMeter) -> None:
-        import torch
+        import torch  # torch costs seconds of start-up: `--help` and the CLI's first lines go without it
 
         self.auto = requested == 0
         self.most = requested or default_threads()
@@ -208,7 +208,7 @@ class JobThreads:
     def adapt(self) -> None:
         """Set torch's threads from the load, at most every CHECK_SECONDS: only for a caller whose results
         are the same on any number of threads."""
-        import torch
+        import torch  # torch costs seconds of start-up: `--help` and the CLI's first lines go without it
 
         now = time.monotonic()
         if not self.auto or now < self.next_check:
@@ -250,7 +250,7 @@ def threads_for_job(requested: int) -> Iterator[JobThreads]:
     """A job's threads (start_job_threads) for the length of the block; after it, the caller's thread
     count again, and no job for adapt_threads to follow (fit called outside a job keeps its threads)."""
     global _job
-    import torch
+    import torch  # torch costs seconds of start-up: `--help` and the CLI's first lines go without it
 
     before = torch.get_num_threads()
     try:
@@ -303,7 +303,7 @@ def flush_denormals() -> None:
     later inherit it, but OpenMP threads started earlier keep theirs, and a share of the work computed
     without the flag would make results depend on what the process did before the job.
     """
-    import torch
+    import torch  # torch costs seconds of start-up: `--help` and the CLI's first lines go without it
 
     torch.set_flush_denormal(True)
     gomp = openmp_runtime()

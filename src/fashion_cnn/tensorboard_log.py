@@ -28,7 +28,7 @@ def epoch_log(enabled: bool, log_dir: Path) -> Iterator[list[Callable[[dict], No
     if not enabled:
         yield []
         return
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard's extra, only with --tensorboard
 
     writer = SummaryWriter(str(log_dir))
 

@@ -1,0 +1,1 @@
+"""Evaluation: batched inference, metrics, calibration and 'unknown', prediction on images, explanations."""
