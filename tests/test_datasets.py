@@ -293,7 +293,7 @@ def test_bad_files_are_reported_and_skipped(digits_dir, decodes, monkeypatch):
     (digits_dir / "2" / "truncated.png").write_bytes(noise[:len(noise) // 2])
     (digits_dir / "5" / "text.jpg").write_text("not an image")
     (digits_dir / "5" / "big.png").write_bytes(good + b"\0" * 2000)
-    monkeypatch.setattr(importlib.import_module("fashion_cnn.evaluation.predict"), "MAX_BYTES", 1500)
+    monkeypatch.setattr(importlib.import_module("fashion_cnn.data.images"), "MAX_BYTES", 1500)
     ds = load_dataset(digits_dir)
     reasons = dict(ds.skipped)
     assert reasons.keys() == {"2/empty.png", "2/truncated.png", "5/text.jpg", "5/big.png"}

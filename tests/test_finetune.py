@@ -11,6 +11,7 @@ from conftest import run_killed_at, tiny_arrays
 
 from fashion_cnn.config import TrainConfig
 from fashion_cnn.data.fmnist import CLASS_NAMES, load_fashion_mnist
+from fashion_cnn.evaluation.metrics import format_scores
 from fashion_cnn.io import ModelFileError
 from fashion_cnn.jobs.final import train_final
 from fashion_cnn.models.files import PACKAGED, load_model, packaged_model, save_model
@@ -189,7 +190,7 @@ def test_train_and_cv_log_the_class_counts_of_the_images_they_train_on(tiny_data
     assert "training images per class: " + ", ".join(f"{n} {c}" for n, c in zip(data.class_names, counts)) in log
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["test_macro_f1"] == result.test["macro_f1"]
-    assert f"macro-F1 {result.test['macro_f1']:.4f}, on 100 images" in log
+    assert format_scores(result.test) in log and result.test["images"] == 100
 
     cv = cross_validate(CVConfig(limit=150, folds=2, epochs=1, device="cpu", out=str(tmp_path)), data=data)
     log = (cv.run_dir / "log.txt").read_text()

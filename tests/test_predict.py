@@ -42,6 +42,8 @@ from fashion_cnn.models.files import load_model, resolve_model_path, save_model
 from fashion_cnn.models.registry import create_model
 
 predict_module = importlib.import_module("fashion_cnn.evaluation.predict")  # the package's `predict` is the function
+images_module = importlib.import_module("fashion_cnn.data.images")  # decoding's limits
+files_module = importlib.import_module("fashion_cnn.models.files")  # where the shipped model is found
 
 
 def garment(width: int = 120, height: int = 160) -> Image.Image:
@@ -504,7 +506,7 @@ def test_each_bad_file_gets_one_error_line_and_the_others_are_still_predicted(mo
 
 def test_the_pixel_limit_is_an_error_not_a_warning(tmp_path):
     bomb = write(tmp_path / "bomb.png", png_claiming_size(8_000, 6_000))  # 48 MP: Pillow would only warn
-    check = ("from fashion_cnn.evaluation.predict import ImageError, load_image\n"
+    check = ("from fashion_cnn.data.images import ImageError, load_image\n"
              "try:\n    load_image(__import__('sys').argv[1])\nexcept ImageError as e:\n    print(e)")
     # a fresh interpreter: pytest's own warning capture would mask what users see
     done = subprocess.run([sys.executable, "-c", check, str(bomb)], capture_output=True, text=True)
@@ -515,7 +517,7 @@ def test_the_pixel_limit_is_an_error_not_a_warning(tmp_path):
 
 
 def test_files_over_the_size_limit_are_refused_unread(monkeypatch, tmp_path):
-    monkeypatch.setattr(predict_module, "MAX_BYTES", 1000)
+    monkeypatch.setattr(images_module, "MAX_BYTES", 1000)
     noise = np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8)
     path = write(tmp_path / "big.png", encode(Image.fromarray(noise), "PNG"))
     with pytest.raises(ImageError, match=f"^{path}: over the 1,000-byte limit$"):
@@ -581,7 +583,7 @@ def shipped(model_file, tmp_path, monkeypatch) -> Path:
     path = tmp_path / "shipped" / "default.safetensors"
     path.parent.mkdir()
     path.write_bytes(model_file.read_bytes())
-    monkeypatch.setattr(predict_module, "packaged_model", lambda: path)
+    monkeypatch.setattr(files_module, "packaged_model", lambda: path)
     return path
 
 
@@ -618,13 +620,13 @@ def test_a_run_of_an_unregistered_architecture_leaves_plain_predict_working(mode
 
 
 def test_a_missing_shipped_model_is_explained(monkeypatch):
-    monkeypatch.setattr(predict_module, "packaged_model", lambda: None)
+    monkeypatch.setattr(files_module, "packaged_model", lambda: None)
     with pytest.raises(ModelFileError, match="shipped with the package is missing.*--model"):
         resolve_model_path()
 
 
 def test_the_package_ships_its_model():
-    packaged = predict_module.packaged_model()
+    packaged = files_module.packaged_model()
     assert packaged is not None and packaged.name == "default.safetensors"
     assert resolve_model_path() == packaged
 
@@ -727,7 +729,7 @@ def float_tiff(pixels: np.ndarray, compression: str = "tiff_adobe_deflate") -> b
 def run_with_memory_cap(code: str, *args: str, cap_mb: int = 700) -> subprocess.CompletedProcess:
     """code in a fresh interpreter whose address space may grow by only cap_mb after its imports: an
     allocation past that is a MemoryError there, not gigabytes taken from this machine."""
-    capped = ("import resource, sys\nfrom fashion_cnn.evaluation.predict import ImageError, preprocess\n"
+    capped = ("import resource, sys\nfrom fashion_cnn.data.images import ImageError, preprocess\n"
               "size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
               f"resource.setrlimit(resource.RLIMIT_AS, (size + {cap_mb} * 2**20, resource.RLIM_INFINITY))\n"
               + code)
@@ -897,7 +899,7 @@ def wall_photo(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def shipped_predictor() -> Predictor:
-    path = predict_module.packaged_model()
+    path = files_module.packaged_model()
     if path is None:
         pytest.skip("no shipped model")
     return Predictor(path)
