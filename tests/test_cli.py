@@ -193,6 +193,8 @@ BAD_OPTIONS = [
     (["--init", "FILE"], "not a readable safetensors file"),
     (["--init", "FIFO"], "FIFO: not a regular file (a FIFO, device or socket)"),
     (["--freeze-backbone"], "--freeze-backbone trains the head of an --init model: give --init too"),
+    (["--head-warmup", "0.2"], "--head-warmup is for fine-tuning an --init model: give --init too"),
+    (["--backbone-lr", "2"], "--backbone-lr must be in (0, 1], got 2"),
     (["--out", "FILE"], "a file, not a folder"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be at least 1"),
     (["--val-size", "-1"], "--val-size must be 0 or more"),

@@ -2,14 +2,16 @@
 
 import hashlib
 import json
+import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_killed_at, tiny_arrays
 
-from fashion_cnn.config import TrainConfig
+from fashion_cnn.config import TRANSFER_BACKBONE_LR, TRANSFER_WARMUP, TrainConfig
 from fashion_cnn.data.fmnist import CLASS_NAMES, load_fashion_mnist
 from fashion_cnn.evaluation.metrics import format_scores
 from fashion_cnn.io import ModelFileError
@@ -134,6 +136,70 @@ def test_finetune_run_records_its_init_and_resumes_exactly_without_it(tiny_data_
     for (name, p), q in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), name
     assert load_model(resumed.model_path)[1]["init"] == meta["init"]
+
+
+def test_new_classes_get_the_transfer_recipe_by_default_and_the_log_says_so(tmp_path, caplog):
+    init = saved_model(tmp_path / "fast.safetensors", "fast")
+    cfg = TrainConfig(init=str(init), epochs=10, device="cpu")
+    with caplog.at_level(logging.INFO, logger="fashion_cnn"):
+        new = TrainState.create(cfg, ["cat", "dog"], 0)
+    assert (new.init["head_warmup"], new.init["backbone_lr"]) == (TRANSFER_WARMUP, TRANSFER_BACKBONE_LR)
+    warmup = round(10 * TRANSFER_WARMUP)
+    assert (f"transfer recipe: the head alone for {warmup} of 10 epochs, then all layers, the backbone at "
+            f"{TRANSFER_BACKBONE_LR:g} x --lr") in caplog.text
+    head = {id(p) for p in new.model.fc.parameters()}
+    for group in new.optimizer.param_groups:
+        backbone = {id(p) for p in group["params"]}.isdisjoint(head)
+        assert group["lr"] == pytest.approx(cfg.lr * (TRANSFER_BACKBONE_LR if backbone else 1))
+
+    same = TrainState.create(cfg, CLASS_NAMES, 0)  # the same classes: fine-tuning as before
+    assert (same.init["head_warmup"], same.init["backbone_lr"]) == (0.0, 1.0)
+    assert all(group["lr"] == cfg.lr for group in same.optimizer.param_groups)
+    given = TrainState.create(replace(cfg, head_warmup=0.0, backbone_lr=1.0), ["cat", "dog"], 0)
+    assert (given.init["head_warmup"], given.init["backbone_lr"]) == (0.0, 1.0)  # options win
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.5])
+def test_head_warmup_trains_the_head_alone_first_then_all_layers(tmp_path, warmup):
+    init = saved_model(tmp_path / "fast.safetensors", "fast")
+    cfg = TrainConfig(init=str(init), epochs=2, batch_size=32, head_warmup=warmup, device="cpu", threads=1)
+    state = TrainState.create(cfg, ["a", "b", "c"], 0)
+    _, before = split_state(state.model)
+    bodies = []
+    fit(state, cfg, tiny_split(64, classes=3), on_epoch=[lambda row: bodies.append(split_state(state.model)[1])],
+        verbose=0)
+    unchanged = [all(torch.equal(body[k], v) for k, v in before.items()) for body in bodies]
+    assert unchanged == ([True, False] if warmup else [False, False])  # weights and batch-norm statistics
+
+
+def test_backbone_lr_scales_the_backbones_steps_alone(tmp_path):
+    init = saved_model(tmp_path / "fast.safetensors", "fast")
+    moved = {}
+    for backbone_lr in (1.0, 0.1):
+        cfg = TrainConfig(init=str(init), epochs=1, batch_size=64, momentum=0.0, nesterov=False, weight_decay=0.0,
+                          schedule="constant", warmup=0.0, head_warmup=0.0, backbone_lr=backbone_lr, device="cpu",
+                          threads=1, ema=0.0)
+        state = TrainState.create(cfg, ["a", "b", "c"], 0)
+        weight = state.model.layers[0][0].weight
+        start = weight.detach().clone()
+        fit(state, cfg, tiny_split(64, classes=3), verbose=0)  # one plain SGD step
+        moved[backbone_lr] = weight.detach() - start
+    assert moved[1.0].abs().max() > 0
+    torch.testing.assert_close(moved[0.1], 0.1 * moved[1.0], rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("killed_in", [1, 2])
+def test_transfer_recipe_resumes_exactly(tiny_data_dir, tmp_path, monkeypatch, killed_in):
+    data = load_fashion_mnist(tiny_data_dir, download=False, check=False)
+    data.class_names = [f"c{k}" for k in range(10)]  # a new head
+    init = saved_model(tmp_path / "init.safetensors", "fast")
+    cfg = TrainConfig(init=str(init), epochs=3, batch_size=50, head_warmup=0.34, limit=100, device="cpu",
+                      threads=1, out=str(tmp_path / "runs"))  # the head alone in epoch 1
+    reference = train_final(cfg, data=data, verbose=0)
+    run_killed_at(monkeypatch, train, "save_checkpoint", killed_in, lambda: train_final(cfg, data=data, verbose=0))
+    resumed = train_final(resume=max((tmp_path / "runs").iterdir()), data=data, verbose=0)
+    for (name, p), q in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
 
 
 @pytest.mark.skipif(packaged_model() is None, reason="no packaged model")

@@ -68,6 +68,10 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "onecycle": lambda t: 1.0 - t,  # linear to zero (airbench's triangle, with the warm-up)
 }
 DEVICES = ("auto", "cpu", "cuda")
+# Fine-tuning onto classes the --init model does not know (a new head): chosen on validation data,
+# benchmarks/transfer.py (docs/benchmarks/own-data.md)
+TRANSFER_WARMUP = 0.2
+TRANSFER_BACKBONE_LR = 0.1
 CLASS_WEIGHTS = ("none", "auto")
 
 
@@ -133,6 +137,16 @@ class TrainConfig:
                                  "data has others")
     freeze_backbone: bool = opt(False, "with --init: train only the classifier head; the rest, batch-norm "
                                        "statistics included, stays as --init has it")
+    head_warmup: float | None = opt(None, "with --init: the fraction of the epochs that train the classifier head "
+                                          "alone (the rest frozen, batch norm as --init has it) before all layers "
+                                          f"train; default: {TRANSFER_WARMUP:g} when the data has classes --init does "
+                                          "not know (a new head, whose random start would otherwise pull apart the "
+                                          "features the model learnt), else 0", FRACTION)
+    backbone_lr: float | None = opt(None, "with --init: the learning rate of all layers but the classifier head, "
+                                          f"as a fraction of --lr; default: {TRANSFER_BACKBONE_LR:g} when the data has "
+                                          "classes --init does not know (the new head learns at the full rate, the "
+                                          "learnt features change gently), else 1",
+                                    check("in (0, 1]", lambda v: 0 < v <= 1))
     out: str = opt(RUNS_ROOT, "each run writes into a new directory under this one")
     eval_batch_size: int = opt(1000, "evaluation needs no gradients, so large batches are cheap", AT_LEAST_1)
     val_size: int = opt(0, "hold out this many training images (stratified) to validate on after every "
@@ -190,6 +204,12 @@ class TrainConfig:
             raise ValueError(tensorboard_log.MISSING)
         if self.freeze_backbone and not self.init:
             raise ValueError("--freeze-backbone trains the head of an --init model: give --init too")
+        for flag, value in (("--head-warmup", self.head_warmup), ("--backbone-lr", self.backbone_lr)):
+            if value is not None and not self.init:
+                raise ValueError(f"{flag} is for fine-tuning an --init model: give --init too")
+        if self.freeze_backbone and (self.head_warmup or self.backbone_lr is not None):
+            raise ValueError("--freeze-backbone trains the head alone throughout: leave out --head-warmup and "
+                             "--backbone-lr, which are for training all layers")
         if self.add_to and (self.data is None or self.data.lower() == self.add_to):
             raise ValueError(f"--add-to {self.add_to} adds images of your own to it: give them with --data DIR")
 

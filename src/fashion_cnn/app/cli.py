@@ -72,7 +72,7 @@ RUN_GROUP = "run and output"
 RESOURCES_GROUP = "resources"
 OPTION_GROUPS = {
     DATA_GROUP: ("data", "classes", "test_fraction", "data_dir", "add_to", "framed", "limit"),
-    RECIPE_GROUP: ("model", "init", "freeze_backbone", "class_weights", "start_lr", "end_lr", "steps"),
+    RECIPE_GROUP: ("model", "init", "freeze_backbone", "head_warmup", "backbone_lr", "class_weights", "start_lr", "end_lr", "steps"),
     VALIDATION_GROUP: ("folds", "split_seed", "val_size", "early_stopping"),
     RUN_GROUP: ("out", "seed", "tensorboard", "config", "resume"),
     RESOURCES_GROUP: ("budget", "device", "threads", "eval_batch_size"),

@@ -245,7 +245,7 @@ def supports(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
-    if [id(p) for p in group["params"]] != [id(p) for p in model.parameters()]:
+    if [id(p) for p in group["params"]] != [id(p) for p in model.parameters()] or model.frozen_backbone:
         return False
     return (group["momentum"] > 0 and group["dampening"] == 0 and not group["nesterov"]
             and group["weight_decay"] == 0 and not group["maximize"])

@@ -238,10 +238,11 @@ def strong(num_classes: int) -> nn.Module:
     return channels_last(ResNet(num_classes))
 
 
-def freeze_backbone(model: nn.Module) -> None:
-    """Only the head's parameters train; the rest stays in eval mode (models.Classifier.train)."""
+def freeze_backbone(model: nn.Module, frozen: bool = True) -> None:
+    """Only the head's parameters train, and the rest stays in eval mode (models.Classifier.train); or,
+    with `frozen` False, every parameter trains again."""
     head = spec_of(model).head
     for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[0] == head)
-    model.frozen_backbone = True
+        p.requires_grad_(not frozen or name.split(".")[0] == head)
+    model.frozen_backbone = frozen
     model.train(model.training)

@@ -26,10 +26,11 @@ from fashion_cnn.config import SCHEDULES, TrainConfig
 from fashion_cnn.data.folders import fingerprint
 from fashion_cnn.data.images import to_float
 from fashion_cnn.evaluation.inference import loss_and_accuracy
-from fashion_cnn.models.registry import create_model, spec_of
+from fashion_cnn.io import load_meta
+from fashion_cnn.models.registry import create_model, freeze_backbone, spec_of
 from fashion_cnn.training import distributed
 from fashion_cnn.training.augment import make_augment
-from fashion_cnn.training.finetune import start_from_init
+from fashion_cnn.training.finetune import head_warmup_epochs, start_from_init
 from fashion_cnn.training.runs import (
     PROGRESS_LINE,
     load_checkpoint,
@@ -60,16 +61,20 @@ def make_model(cfg: TrainConfig, num_classes: int, *keys: int) -> torch.nn.Modul
     return create_model(cfg.model, num_classes=num_classes, tta=cfg.tta).to(resolve_device(cfg.device))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, backbone_lr: float = 1.0) -> torch.optim.Optimizer:
     """SGD or AdamW over the parameters that train (a frozen backbone's do not). Weight decay applies to
     conv and linear weights: decaying biases and batch-norm scales only shrinks what batch norm then
-    scales back up. Without decay, one plain group: the baseline's fast path (fastpath.supports) takes
-    exactly that."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": params, "weight_decay": 0.0}]
-    if cfg.weight_decay:
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    scales back up. backbone_lr: the learning rate of all but the head, as a fraction of cfg.lr
+    (fine-tuning onto new classes). Without decay or a backbone rate, one plain group: the baseline's
+    fast path (fastpath.supports) takes exactly that."""
+    head = spec_of(model).head
+    kinds: dict[tuple[bool, bool], list] = {}  # (decayed, a backbone parameter at its own rate) -> parameters
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            kinds.setdefault((bool(cfg.weight_decay) and p.ndim > 1,
+                              backbone_lr != 1 and name.split(".")[0] != head), []).append(p)
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
+               "lr": cfg.lr * (backbone_lr if backbone else 1)} for (decayed, backbone), params in kinds.items()]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -153,10 +158,13 @@ class TrainState:
         names = [str(k) for k in range(classes)] if isinstance(classes, int) else list(classes)
         model = make_model(cfg, len(names), *keys)
         resuming = checkpoint is not None and checkpoint.exists()
-        init = start_from_init(model, cfg, names, load=not resuming) if cfg.init else None
+        init = None
+        if cfg.init:
+            saved = load_meta(checkpoint)["progress"].get("init") if resuming else None
+            init = start_from_init(model, cfg, names, saved)
         ema = EMA(model, cfg.ema) if cfg.ema else None
         best = copy.deepcopy(model).requires_grad_(False) if cfg.early_stopping else None
-        state = cls(model, make_optimizer(model, cfg), ema, best, init=init)
+        state = cls(model, make_optimizer(model, cfg, (init or {}).get("backbone_lr", 1.0)), ema, best, init=init)
         if resuming:
             state.load(checkpoint)
         return state
@@ -286,8 +294,11 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
     n, batch_size = len(images), cfg.batch_size
     parallel = data_parallel and distributed.world().size > 1
     weights = balanced_weights(labels, model.num_classes).to(device) if cfg.class_weights == "auto" else None
-    step = (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing,
-                                                                       cfg.amp, weights)
+    def new_step() -> Callable:  # again when the head warm-up ends: the baseline's fast step trains all or nothing
+        return (distributed.data_parallel_step if parallel else make_step)(model, optimizer, cfg.label_smoothing,
+                                                                           cfg.amp, weights)
+    step = new_step()
+    head_warmup = head_warmup_epochs(cfg, state.init)
     evaluate = distributed.loss_and_accuracy if parallel else loss_and_accuracy
     bars = None if distributed.is_main() and verbose else True  # tqdm's disable: on a terminal, for rank 0 only
     writes = distributed.is_main() or not parallel
@@ -305,6 +316,9 @@ def fit(state: TrainState, cfg: TrainConfig, train: Split, val: Split | None = N
         for epoch in range(len(history), cfg.epochs):
             if state.stopped:
                 break
+            if head_warmup and model.frozen_backbone != (epoch < head_warmup):
+                freeze_backbone(model, epoch < head_warmup)  # the head alone first, then all layers
+                step = new_step()
             model.train()
             generator = torch.Generator().manual_seed(derived_seed(cfg.seed, *keys, epoch))
             order = torch.randperm(n, generator=generator).to(device)
