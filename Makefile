@@ -54,8 +54,10 @@ cv: setup
 	$(CLI) cv $(ARGS)
 	$(CLI) train $(ARGS)
 
+# Two pytest workers (pytest-xdist): on 2 cores one runs while the other waits on a child process, a server,
+# a browser or a sleep; worksteal evens out the long tests. ARGS="-n 0" runs them in this process instead.
 test: setup-test
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist worksteal $(ARGS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link, anchor or image.
 docs: setup $(VENV)/.installed-test
