@@ -14,7 +14,7 @@ from fashion_cnn.fastpath import native_library
 from fashion_cnn.inference import predict_logits
 from fashion_cnn.runs import load_checkpoint, load_model, save_checkpoint
 from fashion_cnn.data import load_fashion_mnist
-from fashion_cnn.train import TrainConfig, lr_scale, train_final
+from fashion_cnn.train import TrainConfig, TrainResult, lr_scale, train_final
 
 
 def small_train(tmp_path) -> TrainConfig:
@@ -22,7 +22,7 @@ def small_train(tmp_path) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def small_run(real_data, tmp_path_factory) -> train.TrainResult:
+def small_run(real_data, tmp_path_factory) -> TrainResult:
     """One seeded small_train run on the real data: what the exactness tests compare their runs with,
     trained once for all of them."""
     return train_final(small_train(tmp_path_factory.mktemp("small")), data=real_data)
