@@ -15,7 +15,7 @@ from fashion_cnn.data.fmnist import load_fashion_mnist
 from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.io import write_json
 from fashion_cnn.jobs import common
-from fashion_cnn.jobs.final import train_final
+from fashion_cnn.jobs.final import TrainResult, train_final
 from fashion_cnn.models.fastpath import native_library
 from fashion_cnn.models.files import load_model
 from fashion_cnn.training import loop as train
@@ -29,9 +29,15 @@ def small_train(tmp_path) -> TrainConfig:
     return TrainConfig(limit=1000, epochs=2, out=str(tmp_path / "runs"))
 
 
-def test_final_model_saved_and_reloads_identically(real_data, tmp_path):
-    result = train_final(small_train(tmp_path), data=real_data)
-    run_dir = result.run_dir
+@pytest.fixture(scope="module")
+def small_run(real_data, tmp_path_factory) -> TrainResult:
+    """One seeded small_train run on the real data: what the exactness tests compare their runs with,
+    trained once for all of them."""
+    return train_final(small_train(tmp_path_factory.mktemp("small")), data=real_data)
+
+
+def test_final_model_saved_and_reloads_identically(real_data, small_run, tmp_path):
+    run_dir = small_run.run_dir
     for name in ("config.json", "metrics.csv", "metrics.json", "learning_curves.png", "log.txt",
                  "model.safetensors", "confusion_matrix.png", "per_class.txt", "test_report.json"):
         assert (run_dir / name).is_file(), name
@@ -91,9 +97,9 @@ def test_verbose_1_prints_a_line_per_epoch_and_the_run_log_keeps_everything(real
         train_final(TrainConfig(limit=300, epochs=1), data=real_data, out=None, verbose=3)
 
 
-def test_resume_final_training_is_exact(real_data, tmp_path, monkeypatch):
+def test_resume_final_training_is_exact(real_data, small_run, tmp_path, monkeypatch):
     cfg = small_train(tmp_path)
-    reference, _ = load_model(train_final(cfg, data=real_data).model_path)
+    reference, _ = load_model(small_run.model_path)
 
     # killed during the second epoch
     run_killed_at(monkeypatch, train, "save_checkpoint", 2, lambda: train_final(cfg, data=real_data))
