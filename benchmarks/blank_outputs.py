@@ -13,7 +13,6 @@ version of the code alike (the one before the fallbacks included). Saves blank_o
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,7 +40,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
     args = parser.parse_args()
 
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
     images, _ = digits(margin=0)
     images = images[np.linspace(0, len(images) - 1, min(args.digits, len(images))).astype(int)]
     rows = {}
@@ -60,8 +58,8 @@ def main() -> None:
         for kind, results in by_kind.items():
             rows[f"Fashion-MNIST training items, {kind}"] = counts(results)
             print(f"Fashion-MNIST training items, {kind}: {rows[f'Fashion-MNIST training items, {kind}']}")
-    save_result(args.out, "blank_outputs.json", {"started": started, "nearly_empty_below": NEARLY_EMPTY,
-                                                  "digits": len(images), "items": args.items, "kinds": rows})
+    save_result(args.out / "blank_outputs.json", {"nearly_empty_below": NEARLY_EMPTY, "digits": len(images),
+                                                   "items": args.items, "kinds": rows})
 
 
 if __name__ == "__main__":

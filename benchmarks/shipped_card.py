@@ -48,7 +48,7 @@ def main() -> None:
     save_tensors(SHIPPED, tensors, meta)
     again, _ = load_tensors(SHIPPED)
     assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
-    save_result(RESULTS, "shipped_card.json", {**figures, "model_card": meta["model_card"]})
+    save_result(RESULTS / "shipped_card.json", {**figures, "model_card": meta["model_card"]})
     print(f"{SHIPPED}: model card added, weights bit-identical; accuracy {report['accuracy']:.4f}, "
           f"95% CI {report['interval']['accuracy']}")
 

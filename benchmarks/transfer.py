@@ -26,7 +26,6 @@ import argparse
 import math
 import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,7 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
     args = parser.parse_args()
-    started, cpu0 = time.strftime("%Y-%m-%d %H:%M:%S"), own_cpu_seconds()
+    cpu0 = own_cpu_seconds()
     fashion = load_fashion_mnist(download=False)
     with tempfile.TemporaryDirectory() as tmp:
         base_data = classes_of(fashion, BASE_CLASSES, slice(0, BASE_PER_CLASS), slice(0, TEST_PER_CLASS))
@@ -142,7 +141,7 @@ def main() -> None:
                           f"{100 * row['accuracy']['std']:.1f}% ({row['train_cpu_s']['mean']:.0f} CPU s a run)",
                           flush=True)
     save_result(args.out / "transfer.json", {
-        "started": started, "threads": torch.get_num_threads(), "seeds": list(SEEDS), "min_steps": STEPS,
+        "threads": torch.get_num_threads(), "seeds": list(SEEDS), "min_steps": STEPS,
         "defaults": {"head_warmup": TRANSFER_WARMUP, "backbone_lr": TRANSFER_BACKBONE_LR},
         "base_model": {"classes": base_data.class_names, "per_class": BASE_PER_CLASS, "epochs": BASE_EPOCHS,
                        "test_accuracy": base.test_accuracy, "cost": cost},
