@@ -1,6 +1,7 @@
 """The package: `import fashion_cnn` is cheap, and every name it exports is what its docs say, whatever
 was imported before."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,10 @@ def test_make_cv_passes_cv_only_options_to_cv_alone(tmp_path):
 
     def make(*variables: str) -> list[str]:
         calls.unlink(missing_ok=True)
+        # under `make test ARGS=...` the outer make's variables arrive through MAKEFLAGS: not this make's
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         subprocess.run(["make", "-s", "-o", "setup", "cv", f"CLI={cli}", *variables], cwd=ROOT, check=True,
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, env=env)
         return calls.read_text().splitlines()
 
     assert make("ARGS=--folds 3 --epochs 5 --split-seed=4 --val-size 10 --early-stopping 2 --flip") == [
