@@ -56,7 +56,8 @@ from fashion_cnn.evaluation.explain import (
     to_input_grid,
 )
 from fashion_cnn.evaluation.inference import predict_logits
-from fashion_cnn.models.files import load_model, resolve_model_path
+from fashion_cnn.models.files import load_model
+from fashion_cnn.models.locate import resolve_model_path
 from fashion_cnn.models.registry import create_model, spec_of
 
 THRESHOLDS = (FOREGROUND, 0.1, 0.2, 0.3)

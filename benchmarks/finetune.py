@@ -43,7 +43,8 @@ from fashion_cnn.data.fmnist import Dataset, load_fashion_mnist
 from fashion_cnn.data.folders import class_mapping, load_dataset
 from fashion_cnn.evaluation.metrics import evaluate_model
 from fashion_cnn.jobs.final import train_final
-from fashion_cnn.models.files import load_model, packaged_model
+from fashion_cnn.models.files import load_model
+from fashion_cnn.models.locate import packaged_model
 
 SIZES = (20, 50, 200)  # training photos per class
 # name -> options of `fashion-cnn train` (as TrainConfig fields); epochs fewer than the recipes' where said

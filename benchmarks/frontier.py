@@ -34,7 +34,7 @@ from fashion_cnn.config import TrainConfig
 from fashion_cnn.jobs import budget
 from fashion_cnn.jobs.common import job_data
 from fashion_cnn.jobs.final import train_final
-from fashion_cnn.models.registry import get_spec
+from fashion_cnn.models.specs import get_spec
 from fashion_cnn.reporting.plots import save_figure
 
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ from PIL import Image
 
 from fashion_cnn.data.fmnist import load_fashion_mnist
 from fashion_cnn.evaluation.predict import Predictor
-from fashion_cnn.models.files import resolve_model_path
+from fashion_cnn.models.locate import resolve_model_path
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 200  # distinct test images, cycled through

@@ -2,7 +2,7 @@
 
 from fashion_cnn.io import load_tensors
 from fashion_cnn.models.card import model_card
-from fashion_cnn.models.files import resolve_model_path
+from fashion_cnn.models.locate import resolve_model_path
 
 
 def test_the_shipped_model_carries_a_card_whose_figures_are_its_own():

@@ -13,7 +13,7 @@ import torch
 from fashion_cnn.app.cli import build_parser, main
 from fashion_cnn.config import CVConfig, TrainConfig
 from fashion_cnn.jobs import common, crossval, evaluate as evaluate_job
-from fashion_cnn.jobs.lrfind import OPTIONS as LRFIND_OPTIONS
+from fashion_cnn.jobs.options import LR_FIND_OPTIONS
 from fashion_cnn.training import loop as train
 
 
@@ -32,6 +32,48 @@ def test_help_lists_commands_options_choices_and_real_defaults():
 def commands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+HEAVY = {"torch", "matplotlib", "scipy", "sklearn"}  # seconds of imports, which --help must not wait for
+
+
+def imported(importtime: str) -> set[str]:
+    """The top-level packages that `python -X importtime` reports on stderr."""
+    return {line.rpartition("|")[2].strip().partition(".")[0] for line in importtime.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["cv", "--help"]])
+def test_help_starts_without_torch_or_matplotlib(argv):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "fashion_cnn", *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: fashion-cnn"), done.stderr[-2000:]
+    assert "fashion_cnn" in imported(done.stderr)  # (the report is read)
+    assert not imported(done.stderr) & HEAVY
+
+
+HELP_OF_EVERY_COMMAND = """
+import contextlib, io, sys
+from fashion_cnn.app.cli import main
+for argv in ([], *([name] for name in sys.argv[1:])):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main([*argv, "--help"])
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code)
+    assert out.getvalue().startswith("usage: fashion-cnn"), argv
+print(" ".join(sorted({m.partition(".")[0] for m in sys.modules})))
+"""
+
+
+def test_no_help_loads_torch_or_matplotlib():
+    """Every --help is built from modules that load neither (config, models.specs, models.locate,
+    jobs.options): it appears at once, not after seconds of imports."""
+    done = subprocess.run([sys.executable, "-c", HELP_OF_EVERY_COMMAND, *commands()], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = set(done.stdout.split())
+    assert "fashion_cnn" in loaded and not loaded & HEAVY
 
 
 def test_every_option_of_every_command_says_what_it_does():
@@ -335,7 +377,7 @@ def test_every_option_of_every_command_is_covered():
                ("predict", "--force"),
                ("sweep", "--config"), ("sweep", "--resume"), *(("tune", o) for o in (
                    "--config", "--resume", "--space", "--trials", "--timeout", "--storage", "--study")),
-               *(("lr-find", o) for o in job_flags_of(LRFIND_OPTIONS))}
+               *(("lr-find", o) for o in job_flags_of(LR_FIND_OPTIONS))}
     # data and evaluate: test_short_cli_run, test_data_command, test_data_samples_is_checked_..., and in tests/test_datasets.py
     # test_data_command_on_a_folder and test_data_and_evaluate_take_the_jobs_data_options, --add-to in
     # tests/test_own_data.py test_add_to_fashion_mnist; evaluate --force: tests/test_report.py;
@@ -410,6 +452,16 @@ def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_model(tiny_data_di
     assert "training diverged in epoch 1" in capsys.readouterr().err
     [run] = (tmp_path / "runs").iterdir()
     assert not (run / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where there is no GPU")
+@pytest.mark.parametrize("argv", [["train"], ["cv"], ["sweep", "--lr", "0.01", "0.1"], ["tune"], ["lr-find"],
+                                  ["train", "--budget", "1m"]])
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(argv, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main([*argv, "--device", "cuda", "--data-dir", str(tiny_data_dir), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == "fashion-cnn: error: --device cuda: no CUDA device is available\n"
+    assert not out.exists()
 
 
 def test_python_dash_m_runs_the_cli():

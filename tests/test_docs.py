@@ -17,7 +17,7 @@ from sample_images import render_photo, write_photo_folder
 
 import fashion_cnn
 from fashion_cnn.data.fmnist import CLASS_NAMES
-from fashion_cnn.models.files import packaged_model
+from fashion_cnn.models.locate import packaged_model
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

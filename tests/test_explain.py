@@ -17,8 +17,9 @@ from fashion_cnn.app.cli import main
 from fashion_cnn.data.images import to_float
 from fashion_cnn.evaluation.explain import cam_layer, evidence_on_object, heatmaps, overlay, randomise, stages
 from fashion_cnn.evaluation.inference import predict_logits
-from fashion_cnn.models.files import packaged_model
-from fashion_cnn.models.registry import create_model, list_models
+from fashion_cnn.models.locate import packaged_model
+from fashion_cnn.models.registry import create_model
+from fashion_cnn.models.specs import list_models
 
 
 def images(n: int = 6) -> np.ndarray:

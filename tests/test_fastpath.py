@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from fashion_cnn.models import fastpath
-from fashion_cnn.models.registry import create_model, get_spec, list_models
+from fashion_cnn.models.registry import BUILDERS, create_model
+from fashion_cnn.models.specs import list_models
 
 
 def batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +96,8 @@ def test_fast_step_only_where_it_computes_the_same_update():
     assert fastpath.fast_step(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
                               label_smoothing=0.1) is None
     # the registry's specs choose the fast paths: only the baseline names them
-    assert [name for name in list_models() if get_spec(name).fast_step] == ["baseline"]
-    assert [name for name in list_models() if get_spec(name).fast_logits] == ["baseline"]
+    assert [name for name in list_models() if BUILDERS[name].fast_step] == ["baseline"]
+    assert [name for name in list_models() if BUILDERS[name].fast_logits] == ["baseline"]
 
 
 def test_fast_inference_matches_module(stage):

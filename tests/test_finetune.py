@@ -16,8 +16,10 @@ from fashion_cnn.data.fmnist import CLASS_NAMES, load_fashion_mnist
 from fashion_cnn.evaluation.metrics import format_scores
 from fashion_cnn.io import ModelFileError
 from fashion_cnn.jobs.final import train_final
-from fashion_cnn.models.files import PACKAGED, load_model, packaged_model, save_model
-from fashion_cnn.models.registry import REGISTRY, create_model
+from fashion_cnn.models.files import load_model, save_model
+from fashion_cnn.models.locate import PACKAGED, packaged_model
+from fashion_cnn.models.registry import create_model
+from fashion_cnn.models.specs import SPECS
 from fashion_cnn.training import loop as train
 from fashion_cnn.training.loop import TrainState, balanced_weights, fit
 
@@ -28,7 +30,7 @@ def saved_model(path: Path, name: str, class_names=CLASS_NAMES, seed: int = 123)
     return path
 
 
-@pytest.fixture(params=sorted(REGISTRY))
+@pytest.fixture(params=sorted(SPECS))
 def init_file(request, tmp_path) -> Path:
     """An untrained model of each registered architecture as a model file, with Fashion-MNIST's classes."""
     return saved_model(tmp_path / f"{request.param}.safetensors", request.param)
@@ -40,7 +42,7 @@ def tiny_split(n: int = 128, classes: int = 10):
 
 
 def head_name(model) -> str:
-    return REGISTRY[model.arch].head
+    return SPECS[model.arch].head
 
 
 def split_state(model) -> tuple[dict, dict]:
@@ -55,8 +57,8 @@ def test_the_architecture_comes_from_the_init_file_and_a_different_model_is_refu
     _, meta = load_model(init_file)
     cfg = TrainConfig(init=str(init_file), device="cpu")
     assert cfg.model == meta["architecture"]
-    assert cfg.epochs == REGISTRY[cfg.model].recipe.get("epochs", 10)  # the model's own recipe
-    other = next(name for name in REGISTRY if name != cfg.model)
+    assert cfg.epochs == SPECS[cfg.model].recipe.get("epochs", 10)  # the model's own recipe
+    other = next(name for name in SPECS if name != cfg.model)
     with pytest.raises(ValueError, match=f"is a '{cfg.model}' model, not '{other}'"):
         train_final(TrainConfig(model=other, init=str(init_file), out=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()  # refused before a run directory exists
@@ -205,7 +207,7 @@ def test_transfer_recipe_resumes_exactly(tiny_data_dir, tmp_path, monkeypatch, k
 @pytest.mark.skipif(packaged_model() is None, reason="no packaged model")
 def test_init_packaged_is_the_shipped_model():
     cfg = TrainConfig(init=PACKAGED, device="cpu")
-    assert cfg.model == "strong" and cfg.ema == REGISTRY["strong"].recipe["ema"]
+    assert cfg.model == "strong" and cfg.ema == SPECS["strong"].recipe["ema"]
     state = TrainState.create(cfg, [name.replace("/", "-") for name in CLASS_NAMES], 0)
     assert state.init["head"] == "kept" and state.init["path"] == str(packaged_model())
 

@@ -6,7 +6,8 @@ import pytest
 from test_cli import reads  # noqa: F401  (the fixture)
 
 from fashion_cnn.app.cli import main
-from fashion_cnn.jobs.lrfind import OPTIONS, SMOOTHING, lr_find_figure, suggest
+from fashion_cnn.jobs.lrfind import SMOOTHING, lr_find_figure, suggest
+from fashion_cnn.jobs.options import LR_FIND_OPTIONS
 
 
 def range_test(data_dir, out, *extra) -> list[str]:
@@ -50,7 +51,7 @@ def test_bad_range_test_options(argv, message, tiny_data_dir, tmp_path, capsys):
 
 def test_every_range_test_option_acts(reads, tiny_data_dir, tmp_path):  # noqa: F811
     assert main(range_test(tiny_data_dir, tmp_path / "runs", "--steps", "10")) == 0
-    assert set(OPTIONS) - {"start_lr", "end_lr", "steps"} <= reads  # the range's own: the test above
+    assert set(LR_FIND_OPTIONS) - {"start_lr", "end_lr", "steps"} <= reads  # the range's own: the test above
 
 
 def test_the_plot_shows_the_raw_loss_and_a_smoothed_curve_that_does_not_lag():

@@ -10,7 +10,8 @@ import fashion_cnn
 from fashion_cnn.config import TrainConfig
 from fashion_cnn.models import fastpath
 from fashion_cnn.models.files import load_model
-from fashion_cnn.models.registry import REGISTRY, count_parameters, create_model
+from fashion_cnn.models.registry import BUILDERS, count_parameters, create_model
+from fashion_cnn.models.specs import SPECS
 from fashion_cnn.training.loop import make_optimizer, make_step
 
 SHIPPED = Path(fashion_cnn.__file__).parent / "weights" / "default.safetensors"
@@ -31,18 +32,22 @@ def test_baseline_he_uniform_init():
         assert torch.all(layer.bias == 0)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_spec_has_a_builder_and_every_builder_a_spec():
+    assert set(BUILDERS) == set(SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_model_builds_with_documented_parameter_count(name):
     model = create_model(name)
-    documented = re.search(r"\(([\d,]+) parameters\)", REGISTRY[name].description).group(1)
+    documented = re.search(r"\(([\d,]+) parameters\)", SPECS[name].description).group(1)
     assert count_parameters(model) == int(documented.replace(",", ""))
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_spec_names_the_final_linear_layer_as_the_head(name):
     model = create_model(name, num_classes=3).eval()
-    head = getattr(model, REGISTRY[name].head)
+    head = getattr(model, SPECS[name].head)
     assert isinstance(head, torch.nn.Linear) and head.out_features == 3
     x = torch.rand(2, 1, 28, 28)
     features = []
@@ -51,9 +56,9 @@ def test_spec_names_the_final_linear_layer_as_the_head(name):
     torch.testing.assert_close(logits, head(features[0]))  # nothing after it: it makes the logits
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_recipe_names_config_fields_and_fills_unset_ones(name):
-    recipe = REGISTRY[name].recipe
+    recipe = SPECS[name].recipe
     assert set(recipe) <= {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(model=name, epochs=3)
     assert cfg.epochs == 3  # what the user sets wins
@@ -71,7 +76,7 @@ def test_baseline_defaults_are_the_tutorials():
     assert fastpath.supports(baseline, make_optimizer(baseline, cfg))  # the hand-derived CPU step still runs
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_trains_a_few_steps_with_falling_loss(name):
     cfg = TrainConfig(model=name)
     torch.manual_seed(0)
@@ -97,7 +102,7 @@ def test_tta_averages_image_and_mirror_in_eval_only():
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model yet")
 def test_shipped_model_loads_and_scores_as_reported(real_data):
     model, meta = load_model(SHIPPED)
-    assert meta["architecture"] in REGISTRY and model.tta == meta["tta"]
+    assert meta["architecture"] in SPECS and model.tta == meta["tta"]
     logits = model(real_data.test_images[:2000].unsqueeze(1).float() / 255)
     accuracy = (logits.argmax(1) == real_data.test_labels[:2000]).float().mean().item()
     assert accuracy >= meta["test_accuracy"] - 0.015, (accuracy, meta["test_accuracy"])

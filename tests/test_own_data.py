@@ -15,7 +15,8 @@ from fashion_cnn.app.cli import main
 from fashion_cnn.data.fmnist import CLASS_NAMES
 from fashion_cnn.evaluation.metrics import format_scores
 from fashion_cnn.evaluation.predict import predict
-from fashion_cnn.models.files import load_model, packaged_model
+from fashion_cnn.models.files import load_model
+from fashion_cnn.models.locate import packaged_model
 
 DIGITS = ["1", "4", "7"]
 

@@ -38,12 +38,13 @@ from fashion_cnn.data.images import (
 from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.evaluation.predict import Predictor, predict
 from fashion_cnn.io import ModelFileError
-from fashion_cnn.models.files import load_model, resolve_model_path, save_model
+from fashion_cnn.models.files import load_model, save_model
+from fashion_cnn.models.locate import resolve_model_path
 from fashion_cnn.models.registry import create_model
 
 predict_module = importlib.import_module("fashion_cnn.evaluation.predict")  # the package's `predict` is the function
 images_module = importlib.import_module("fashion_cnn.data.images")  # decoding's limits
-files_module = importlib.import_module("fashion_cnn.models.files")  # where the shipped model is found
+locate_module = importlib.import_module("fashion_cnn.models.locate")  # where the shipped model is found
 
 
 def garment(width: int = 120, height: int = 160) -> Image.Image:
@@ -583,7 +584,7 @@ def shipped(model_file, tmp_path, monkeypatch) -> Path:
     path = tmp_path / "shipped" / "default.safetensors"
     path.parent.mkdir()
     path.write_bytes(model_file.read_bytes())
-    monkeypatch.setattr(files_module, "packaged_model", lambda: path)
+    monkeypatch.setattr(locate_module, "packaged_model", lambda: path)
     return path
 
 
@@ -620,13 +621,13 @@ def test_a_run_of_an_unregistered_architecture_leaves_plain_predict_working(mode
 
 
 def test_a_missing_shipped_model_is_explained(monkeypatch):
-    monkeypatch.setattr(files_module, "packaged_model", lambda: None)
+    monkeypatch.setattr(locate_module, "packaged_model", lambda: None)
     with pytest.raises(ModelFileError, match="shipped with the package is missing.*--model"):
         resolve_model_path()
 
 
 def test_the_package_ships_its_model():
-    packaged = files_module.packaged_model()
+    packaged = locate_module.packaged_model()
     assert packaged is not None and packaged.name == "default.safetensors"
     assert resolve_model_path() == packaged
 
@@ -899,7 +900,7 @@ def wall_photo(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def shipped_predictor() -> Predictor:
-    path = files_module.packaged_model()
+    path = locate_module.packaged_model()
     if path is None:
         pytest.skip("no shipped model")
     return Predictor(path)

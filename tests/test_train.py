@@ -5,12 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_killed_at, tiny_arrays
 
 from fashion_cnn.app.cli import main
-from fashion_cnn.config import TrainConfig, duration_seconds
+from fashion_cnn.config import FLOAT_LIMIT, TrainConfig, duration_seconds
 from fashion_cnn.data.fmnist import load_fashion_mnist
 from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.io import write_json
@@ -133,11 +134,19 @@ def test_restored_momentum_buffers_are_aligned_like_fresh_ones(tmp_path):
             assert torch.equal(buf, optimizer.state[p]["momentum_buffer"])
 
 
-def test_device_choice():
+def test_float_limit_is_float32s_largest():
+    assert FLOAT_LIMIT == float(np.finfo(np.float32).max)  # config writes it out: numpy would slow --help
+
+
+def test_device_choice(tmp_path):
     assert train.resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
-            TrainConfig(device="cuda")
+            train.resolve_device("cuda")
+        cfg = TrainConfig(device="cuda", out=str(tmp_path / "runs"))  # the schema loads no torch to ask: the job does
+        with pytest.raises(ValueError, match="^--device cuda: no CUDA device is available$"):
+            train_final(cfg)
+        assert not (tmp_path / "runs").exists()
 
 
 

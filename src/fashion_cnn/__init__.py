@@ -24,7 +24,8 @@ _EXPORTS = {
     "jobs.crossval": ("CVResult", "cross_validate", "kfold_splits",),
     "jobs.final": ("TrainResult", "train_final",),
     "models.files": ("load_model", "save_model",),
-    "models.registry": ("count_parameters", "create_model", "list_models",),
+    "models.registry": ("count_parameters", "create_model",),
+    "models.specs": ("list_models",),
     "reporting.plots": ("confusion_matrix_figure", "fold_boxplot", "learning_curves", "save_figure",),
     "training.loop": ("TrainState", "fit",),
 }

@@ -1,5 +1,5 @@
 """The option schema: every job's settings as a dataclass, each field with its default, its check and why;
-the command line is generated from them. No I/O here."""
+the command line is generated from them. No I/O here, and no torch: every --help is built from this module."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-import numpy as np
-import torch
-
 from fashion_cnn import machine, tensorboard_log
 from fashion_cnn.io import (
     RUNS_ROOT,
 )
-from fashion_cnn.models.files import init_architecture
-from fashion_cnn.models.registry import get_spec
+from fashion_cnn.models.locate import init_architecture
+from fashion_cnn.models.specs import get_spec
 
 log = logging.getLogger("fashion_cnn")
 
@@ -57,7 +54,7 @@ def opt(default, help: str, valid: dict | None = None, choices: tuple | None = N
 
 
 def recipe(default, help: str, valid: dict | None = None, choices: tuple | None = None):
-    """A training-recipe field: left unset, it takes the model's recipe (models.py), else `default`."""
+    """A training-recipe field: left unset, it takes the model's recipe (models/specs.py), else `default`."""
     return field(default=None, metadata={"help": help, "fallback": default, "valid": valid, "choices": choices})
 
 
@@ -73,6 +70,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TRANSFER_WARMUP = 0.2
 TRANSFER_BACKBONE_LR = 0.1
 CLASS_WEIGHTS = ("none", "auto")
+TOP_K = 3  # classes listed per image unless asked otherwise (predict, explain, the web API)
 
 
 @dataclass
@@ -196,8 +194,6 @@ class TrainConfig:
                              f"its weight decay (lr x weight decay) would be over {FLOAT_LIMIT:.3g}, float32's largest")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("--nesterov needs --optimizer sgd with --momentum above 0")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
         if self.early_stopping and not self.validates():
             raise ValueError("--early-stopping watches the validation loss: give --val-size too")
         if self.tensorboard and not tensorboard_log.available():
@@ -248,7 +244,7 @@ def fits_type(value, annotation: str) -> bool:
 # Float options end up in float32 tensors (the learning rate in the optimizer's, ...): a larger value
 # overflows there, deep in training, after the run directory is made. No whole-number option means
 # anything near 2**31 either, and torch takes whole numbers as 64-bit integers at most.
-FLOAT_LIMIT = float(np.finfo(np.float32).max)
+FLOAT_LIMIT = 3.4028234663852886e38  # float32's largest finite value, numpy.finfo(numpy.float32).max
 INT_LIMIT = 2**31 - 1
 
 

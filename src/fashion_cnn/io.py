@@ -16,11 +16,12 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save
+from safetensors import SafetensorError, safe_open
+
+if TYPE_CHECKING:
+    import torch
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
@@ -144,9 +145,12 @@ def csv_bytes(rows: list[dict]) -> bytes:
 
 
 # --- tensors, checkpoints and model files ----------------------------------------------------------------
+# torch is imported where tensors are read or written: the command line imports this module before torch.
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Tensors as safetensors with `meta` as JSON in the header, written atomically."""
+    from safetensors.torch import save  # torch costs seconds of start-up: `--help` goes without it
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_atomic(path, save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
@@ -186,6 +190,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     written by a matrix product (fastpath) could take another, alignment-dependent path through MKL than
     in the uninterrupted run; torch's allocator aligns every fresh tensor to 64 bytes.
     """
+    from safetensors.torch import load_file  # torch costs seconds of start-up: `--help` goes without it
+
     meta = load_meta(path)
     try:
         tensors = {name: t.clone() for name, t in load_file(str(path)).items()}

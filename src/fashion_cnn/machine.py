@@ -94,6 +94,11 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), read before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def sibling_ranks() -> list[int]:
     """Under torchrun with several processes on this machine: the other ranks' pids (torchrun's other
     children), which share its cores by design and are no competing load. [] otherwise."""

@@ -1,7 +1,8 @@
 """Command line: parses arguments and calls the Python API; no logic of its own.
 
 Each command imports its own stack inside its function, so that `--help` and every other command start
-without it (torch, scikit-learn, matplotlib): the reason for every import inside a function here.
+without it (torch, scikit-learn, matplotlib): the reason for every import inside a function here. The
+parser is built from the modules imported at the top alone, which load none of these (a test keeps it so).
 
 Job options are generated from the config dataclasses, so --help shows each default and its reason,
 and an option given on the command line is told apart from a default (what --resume and --config need).
@@ -10,7 +11,9 @@ and an option given on the command line is told apart from a default (what --res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -19,7 +22,22 @@ import tomllib
 import types
 import typing
 from pathlib import Path
+from typing import Iterator
 
+from fashion_cnn import machine
+from fashion_cnn.config import TOP_K, CVConfig, TrainConfig
+from fashion_cnn.io import ModelFileError, check_output_dir, check_output_file, parse_json
+from fashion_cnn.jobs.options import (
+    DEFAULT_STUDY,
+    DEFAULT_TRIALS,
+    LR_FIND_OPTIONS,
+    LR_FIND_RULE,
+    LRFindConfig,
+    space_help,
+)
+from fashion_cnn.models.locate import MODEL_RULE, resolve_model_path
+from fashion_cnn.models.specs import SPECS, list_models
+from fashion_cnn.text import printable
 from fashion_cnn.version import __version__
 
 MAX_CONFIG_BYTES = 1_000_000  # a config file is a few hundred bytes; anything near this is not one
@@ -32,12 +50,10 @@ def parser_for(*args, **kwargs) -> argparse.ArgumentParser:
 
 def option_help(field: dataclasses.Field) -> str:
     """The field's reason, its default (a model's recipe where it has one), and its valid range."""
-    from fashion_cnn.models.registry import REGISTRY
-
     meta = field.metadata
     text = meta.get("help", "")
     if "fallback" in meta:
-        per_model = {name: spec.recipe.get(field.name, meta["fallback"]) for name, spec in REGISTRY.items()}
+        per_model = {name: spec.recipe.get(field.name, meta["fallback"]) for name, spec in SPECS.items()}
         if len(set(map(repr, per_model.values()))) == 1:
             text += f" (default: {meta['fallback']})"
         else:
@@ -99,8 +115,6 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: 
     """One option per config field (or the fields named in `only`), in its --help group; unset options stay
     out of the parsed namespace, so the job can tell what was given. several: each option takes one or more
     values (a list), for a sweep."""
-    from fashion_cnn.models.registry import list_models
-
     hints = typing.get_type_hints(config_cls)
     fields = [f for f in dataclasses.fields(config_cls) if not only or f.name in only]
     for title in OPTION_GROUPS:  # the group headings in a fixed order, whatever the fields' order
@@ -128,8 +142,6 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type, only: 
 
 def read_config_file(path: str) -> dict:
     """--config: options from a TOML file, or a run's config.json."""
-    from fashion_cnn.io import parse_json
-
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
@@ -184,8 +196,6 @@ DATA_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "add_to", "frame
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """The data options of the jobs, for the commands that only read data."""
-    from fashion_cnn.config import TrainConfig
-
     add_config_options(parser, TrainConfig, only=DATA_OPTIONS)
     parser.set_defaults(**{name: TrainConfig.__dataclass_fields__[name].default for name in DATA_OPTIONS})
 
@@ -203,7 +213,6 @@ def data_given(args: argparse.Namespace) -> bool:
 
 def cmd_data(args: argparse.Namespace) -> None:
     from fashion_cnn.data.folders import describe
-    from fashion_cnn.io import check_output_file
 
     if args.samples:
         check_output_file(args.samples, args.force)
@@ -233,7 +242,6 @@ def job_from_args(config_cls: type, args: argparse.Namespace) -> tuple[object, d
 
 
 def cmd_cv(args: argparse.Namespace) -> None:
-    from fashion_cnn.config import CVConfig
     from fashion_cnn.jobs.crossval import cross_validate
 
     cfg, job = job_from_args(CVConfig, args)
@@ -241,7 +249,6 @@ def cmd_cv(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from fashion_cnn.config import TrainConfig
     from fashion_cnn.jobs.final import train_final
 
     cfg, job = job_from_args(TrainConfig, args)
@@ -249,7 +256,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from fashion_cnn.config import CVConfig
     from fashion_cnn.jobs.sweep import sweep
 
     values, given = given_options(CVConfig, args)
@@ -257,7 +263,6 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from fashion_cnn.config import CVConfig
     from fashion_cnn.jobs.tune import tune
 
     values, given = given_options(CVConfig, args)
@@ -272,16 +277,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from fashion_cnn.jobs.lrfind import LRFindConfig, lr_find
+    from fashion_cnn.jobs.lrfind import lr_find
 
     lr_find(LRFindConfig.from_dict(given_options(LRFindConfig, args)[1], None))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from fashion_cnn import machine
     from fashion_cnn.evaluation.metrics import format_confusion_matrix, format_per_class, format_scores
     from fashion_cnn.jobs.evaluate import check_outputs, evaluate_file
-    from fashion_cnn.models.files import resolve_model_path
 
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)  # before the data is read and the model run: they take a while
@@ -296,7 +299,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fashion_cnn.evaluation.predict import Predictor, as_json, format_line, save_preprocessed, write_csv
-    from fashion_cnn.io import check_output_dir
 
     if args.save_preprocessed:
         check_output_dir(args.save_preprocessed)
@@ -325,8 +327,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def print_error(p) -> None:
     """An input that could not be used, as `predict` and `explain` report it: one line on stderr (control
     characters in a file's name escaped, so a name cannot forge another line)."""
-    from fashion_cnn.text import printable
-
     print(printable(f"fashion-cnn: error: {p.source}: {p.error}"), file=sys.stderr)
 
 
@@ -376,7 +376,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from fashion_cnn.evaluation.calibration import summary
     from fashion_cnn.jobs.calibrate import calibrate_file
-    from fashion_cnn.models.files import resolve_model_path
 
     path = resolve_model_path(args.model)
     print(f"model: {path}")
@@ -387,7 +386,6 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from fashion_cnn.app.export import export_onnx
-    from fashion_cnn.models.files import resolve_model_path
 
     path = resolve_model_path(args.model)
     print(f"model: {path}", flush=True)
@@ -400,9 +398,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_models(args: argparse.Namespace) -> None:
     from fashion_cnn.jobs.budget import frontier_lines, load_frontier
-    from fashion_cnn.models.registry import REGISTRY, count_parameters, create_model
+    from fashion_cnn.models.registry import count_parameters, create_model
 
-    for spec in REGISTRY.values():
+    for spec in SPECS.values():
         print(f"{spec.name:<10} {count_parameters(create_model(spec.name)):>10,} parameters  "
               f"{spec.description}")
         if spec.recipe:
@@ -411,16 +409,12 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
-    """--model, as predict.resolve_model_path reads it."""
-    from fashion_cnn.models.files import MODEL_RULE
-
+    """--model, as locate.resolve_model_path reads it."""
     parser.add_argument("--model", metavar="PATH|RUN_DIR|latest", help=MODEL_RULE)
 
 
 def add_image_options(parser: argparse.ArgumentParser) -> None:
     """How images become model inputs, and how many classes to show, as predict and explain take them."""
-    from fashion_cnn.evaluation.predict import TOP_K
-
     parser.add_argument("--top-k", type=int, default=TOP_K,
                         help="how many classes to list per image (default: %(default)s)")
     parser.add_argument("--no-invert", action="store_true",
@@ -484,8 +478,6 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fashion_cnn.config import CVConfig, TrainConfig
-
     parser = parser_for(prog="fashion-cnn",
                         description="Train, evaluate and use CNN image classifiers on Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"fashion-cnn {__version__}")
@@ -513,8 +505,6 @@ def build_parser() -> argparse.ArgumentParser:
                     resume_help="continue an interrupted sweep in RUN_DIR: finished points are kept, the "
                                 "interrupted one resumes")
 
-    from fashion_cnn.jobs.tune import DEFAULT_STUDY, DEFAULT_TRIALS, space_help
-
     p = command("tune", "search a model's recipe with Optuna (TPE, median pruning), scored by cross-validation "
                 "on the training data only; one worker of a study that any number of workers can join", cmd_tune)
     add_job_options(p, CVConfig, resume_help="continue an interrupted worker in RUN_DIR: the study keeps its "
@@ -536,11 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the study's name in the storage; workers with the same storage and name share it "
                         f"(default: {DEFAULT_STUDY})")
 
-    from fashion_cnn.jobs.lrfind import OPTIONS, RULE, LRFindConfig
-
     p = command("lr-find", "learning-rate range test: a short run with an exponentially growing learning rate, "
-                f"a plot of the loss against it, and a suggested --lr ({RULE})", cmd_lr_find)
-    add_config_options(p, LRFindConfig, only=OPTIONS)
+                f"a plot of the loss against it, and a suggested --lr ({LR_FIND_RULE})", cmd_lr_find)
+    add_config_options(p, LRFindConfig, only=LR_FIND_OPTIONS)
     p.set_defaults(config=None)
 
     p = command("evaluate", "score a saved model on the test images: per-class table, confusion matrix",
@@ -641,19 +629,26 @@ def port_number(text: str) -> int:
     return port
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fashion_cnn import machine
+@contextlib.contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Nothing on stdout or stderr unless rank 0 (or the only process): under torchrun, argument errors and
+    --help once, not once a process."""
+    if machine.env_rank() == 0:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
-    if (sys.argv[1:] if argv is None else argv)[:1] in (["cv"], ["train"]):
+
+def main(argv: list[str] | None = None) -> int:
+    with quiet_unless_main():
+        args = build_parser().parse_args(argv)  # --help and usage errors end here, before torch is imported
+    if args.command in ("cv", "train"):
         machine.prepare_openmp()  # before torch is imported
 
     from fashion_cnn.data.fmnist import DataError
-    from fashion_cnn.io import ModelFileError
-    from fashion_cnn.text import printable
     from fashion_cnn.training import distributed
 
-    with distributed.quiet_unless_main():  # under torchrun, one usage error (or --help), not one per process
-        args = build_parser().parse_args(argv)
     finished = False
     try:
         status = args.func(args)
@@ -671,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as e:
         run_dir = getattr(e, "run_dir", None)
-        if distributed.env_rank() == 0:  # torchrun passes Ctrl-C on to every process: rank 0 says it once
+        if machine.env_rank() == 0:  # torchrun passes Ctrl-C on to every process: rank 0 says it once
             print("fashion-cnn: interrupted" + (f"; `fashion-cnn {args.command} --resume {run_dir}` continues "
                                                "from the last finished epoch" if run_dir else ""), file=sys.stderr)
         return 130

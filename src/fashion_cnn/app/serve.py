@@ -40,10 +40,11 @@ from fashion_cnn.app.connections import (
     connection_cap,
     guarded_protocol,
 )
+from fashion_cnn.config import TOP_K
 from fashion_cnn.data.fmnist import CLASS_NAMES, FILES, DataError, find_data_dir, read_idx
 from fashion_cnn.data.images import MAX_BYTES, data_url, png_bytes
 from fashion_cnn.evaluation.explain import explain_predictions, overlay_png
-from fashion_cnn.evaluation.predict import TOP_K, Prediction, Predictor, as_record
+from fashion_cnn.evaluation.predict import Prediction, Predictor, as_record
 from fashion_cnn.version import __version__
 
 MAX_FILES = 16

@@ -50,7 +50,7 @@ from fashion_cnn.data.images import (
     to_uint8,
 )
 from fashion_cnn.io import ModelFileError, cache_dir, load_tensors, save_tensors
-from fashion_cnn.models.registry import unknown
+from fashion_cnn.models.specs import unknown
 
 __all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "printable", "class_key"]
 

@@ -28,7 +28,7 @@ from fashion_cnn.config import TrainConfig
 from fashion_cnn.data.fmnist import DataError
 from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.io import ModelFileError
-from fashion_cnn.models.registry import unknown
+from fashion_cnn.models.specs import unknown
 from fashion_cnn.text import printable
 
 log = logging.getLogger("fashion_cnn")

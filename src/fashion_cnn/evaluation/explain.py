@@ -30,10 +30,12 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
+from fashion_cnn.config import TOP_K
 from fashion_cnn.data.images import FOREGROUND, SIZE, Source, png_bytes
-from fashion_cnn.evaluation.predict import TOP_K, Prediction, Predictor, expand_sources, output_name, prepare
+from fashion_cnn.evaluation.predict import Prediction, Predictor, expand_sources, output_name, prepare
 from fashion_cnn.io import write_atomic
-from fashion_cnn.models.registry import spec_of, unknown
+from fashion_cnn.models.registry import spec_of
+from fashion_cnn.models.specs import unknown
 from fashion_cnn.text import plain
 
 METHOD = "HiResCAM"

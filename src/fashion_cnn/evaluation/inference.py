@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fashion_cnn.data.images import to_float
-from fashion_cnn.models.registry import spec_of
+from fashion_cnn.models.registry import builder_of
 
 IMAGES = "uint8 images (0-255, scaled as in training) or float images in [0, 1]"
 
@@ -47,8 +47,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    spec = spec_of(model)
-    forward = (spec.fast_logits and spec.fast_logits(model)) or model
+    builder = builder_of(model)
+    forward = (builder.fast_logits and builder.fast_logits(model)) or model
     out = []
     with tqdm(total=len(images), desc=desc, unit="img", leave=False,
               disable=None if desc and len(images) > batch_size else True) as bar:

@@ -17,15 +17,16 @@ from typing import IO, Iterable, Literal
 import numpy as np
 import torch
 
+from fashion_cnn.config import TOP_K
 from fashion_cnn.data.fmnist import CLASS_NAMES
 from fashion_cnn.data.images import IMAGE_SUFFIXES, SIZE, ImageError, Source, png_bytes, preprocess_views
 from fashion_cnn.evaluation import calibration
 from fashion_cnn.evaluation.inference import IMAGES, predict_logits
 from fashion_cnn.io import check_output_file, write_atomic
-from fashion_cnn.models.files import load_model, resolve_model_path
+from fashion_cnn.models.files import load_model
+from fashion_cnn.models.locate import resolve_model_path
 from fashion_cnn.text import printable
 
-TOP_K = 3  # classes listed per image unless asked otherwise (predict, explain, the web API)
 UNKNOWN = "unknown"  # the class_name of an image unlike anything the model was trained on
 
 

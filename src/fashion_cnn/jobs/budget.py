@@ -38,11 +38,11 @@ from fashion_cnn.data.images import to_float
 from fashion_cnn.evaluation.inference import loss_and_accuracy
 from fashion_cnn.jobs.common import job_data
 from fashion_cnn.jobs.crossval import cv_splits
-from fashion_cnn.models.registry import REGISTRY
+from fashion_cnn.models.specs import SPECS
 from fashion_cnn.reporting.plots import learning_curves
 from fashion_cnn.training import distributed
 from fashion_cnn.training.augment import make_augment
-from fashion_cnn.training.loop import EMA, limited, make_model, make_optimizer, make_step
+from fashion_cnn.training.loop import EMA, limited, make_model, make_optimizer, make_step, resolve_device
 from fashion_cnn.training.runs import start_log, stop_log
 
 log = logging.getLogger("fashion_cnn")
@@ -355,6 +355,7 @@ def plan_job(cls: type[TrainConfig], options: dict, frontier: Frontier | None = 
     where the options ask for what a budget decides, or no recipe fits the budget."""
     started = time.perf_counter()
     base = cls.from_dict(options, None)
+    resolve_device(base.device)  # --device cuda on a machine without a GPU fails here
     budget = duration_seconds(base.budget)
     if "epochs" in options:
         raise ValueError("--budget chooses the epochs: leave out --epochs (a --config file may set it too)")
@@ -365,7 +366,7 @@ def plan_job(cls: type[TrainConfig], options: dict, frontier: Frontier | None = 
     if fixed and not frontier.epochs(base.model):
         raise ValueError(f"--budget: the frontier has no points for model {base.model!r} ({frontier.source})")
     candidates = [base.model] if fixed else [r for r in dict.fromkeys(p["recipe"] for p in frontier.points)
-                                             if r in REGISTRY]
+                                             if r in SPECS]
     data = job_data(base)
     sizes = job_sizes(base, data)
     configs = {r: cls.from_dict({**options, "model": r}, None) for r in candidates}

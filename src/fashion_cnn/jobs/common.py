@@ -109,7 +109,7 @@ Out = str | Path | None | EllipsisType  # a job's `out`: ... (not given) is its 
 
 def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None, out: Out = ...) -> TrainConfig:
     """The config a job runs with (resume's saved one, or cfg, or the defaults; `out`, where given, as its
-    out), checked to the output folder before any data is read. out=None: the job keeps nothing on
+    out), checked to the output folder and the device before any data is read. out=None: the job keeps nothing on
     disk, which neither resuming nor TensorBoard's event files go with."""
     if out is None and resume is not None:
         raise ValueError("resume continues a run directory: it cannot go with out=None, which writes none")
@@ -122,6 +122,7 @@ def job_config(cls: type, cfg: TrainConfig | None, resume: str | Path | None, ou
         cfg = replace(cfg, out=str(out))
     if out is None and cfg.tensorboard:
         raise ValueError("tensorboard writes event files into the run directory: it cannot go with out=None")
+    resolve_device(cfg.device)  # --device cuda on a machine without a GPU fails here
     if out is not None:
         check_output_dir(cfg.out)
     if cfg.init and resume is None:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fashion_cnn.config import POSITIVE, TrainConfig, check, opt
 from fashion_cnn.data.fmnist import Dataset
 from fashion_cnn.data.images import to_float
 from fashion_cnn.io import csv_bytes, write_atomic, write_json
 from fashion_cnn.jobs.common import job_config, job_data, start_job
+from fashion_cnn.jobs.options import LR_FIND_RULE, LRFindConfig
 from fashion_cnn.reporting.plots import save_figure
 from fashion_cnn.training.augment import make_augment
 from fashion_cnn.training.loop import derived_seed, limited, make_model, make_optimizer, make_step
@@ -32,28 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fashion_cnn")
 SMOOTHING = 0.98  # the loss's exponential moving average over about the last 50 steps (bias-corrected)
 EXPLODED = 4.0  # stop once the smoothed loss is this many times its minimum so far
-RULE = "one tenth of the learning rate at the smoothed loss's minimum"
-
-
-@dataclass
-class LRFindConfig(TrainConfig):
-    """A range test's options: the recipe's (TrainConfig), the learning-rate range and the steps."""
-
-    start_lr: float = opt(1e-6, "the learning rate of the first step", POSITIVE)
-    end_lr: float = opt(10.0, "the learning rate of the last step (the test usually stops before it)", POSITIVE)
-    steps: int = opt(200, "training steps, each multiplying the learning rate by the same factor",
-                     check("at least 10", lambda v: v >= 10))
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.start_lr < self.end_lr:
-            raise ValueError(f"--start-lr ({self.start_lr:g}) must be below --end-lr ({self.end_lr:g})")
-
-
-# the options that act in a range test: the recipe's training step, the data, where it runs and writes
-OPTIONS = ("model", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "label_smoothing", "crop",
-           "flip", "erase", "amp", "seed", "device", "threads", "limit", "data", "classes", "test_fraction",
-           "data_dir", "out", "start_lr", "end_lr", "steps")
 
 
 @dataclass
@@ -129,11 +107,11 @@ def lr_find(cfg: LRFindConfig | None = None, data: Dataset | None = None) -> LRF
         write_atomic(run.dir / "lr_find.csv", csv_bytes(rows))
 
         save_figure(lr_find_figure(rows, suggestion, minimum, steepest, cfg.lr), run.dir / "lr_find.png")
-        write_json(run.dir / "lr_find.json", {"suggestion": suggestion, "rule": RULE, "minimum_lr": minimum,
+        write_json(run.dir / "lr_find.json", {"suggestion": suggestion, "rule": LR_FIND_RULE, "minimum_lr": minimum,
                                               "steepest_lr": steepest, "recipe_lr": cfg.lr, "steps": len(rows),
                                               "stopped": stopped})
         log.info(f"stopped after {len(rows)} steps: {stopped}\n"
-                 f"suggested --lr {suggestion:.3g} ({RULE}, {minimum:.3g}); the steepest descent is at "
+                 f"suggested --lr {suggestion:.3g} ({LR_FIND_RULE}, {minimum:.3g}); the steepest descent is at "
                  f"{steepest:.3g}; the {cfg.model} recipe's --lr is {cfg.lr:g}\n"
                  f"plot: {run.dir / 'lr_find.png'}, curve: {run.dir / 'lr_find.csv'}")
     return LRFindResult(run.dir, rows, suggestion, minimum, steepest, stopped)

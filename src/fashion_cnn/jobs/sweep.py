@@ -28,7 +28,7 @@ from fashion_cnn.jobs.crossval import CVResult, cross_validate, cv_splits, train
 from fashion_cnn.reporting.plots import save_figure
 from fashion_cnn.reporting.report import best_point
 from fashion_cnn.text import plain
-from fashion_cnn.training.loop import History, limited
+from fashion_cnn.training.loop import History, limited, resolve_device
 from fashion_cnn.training.runs import open_run, read_config, start_log
 
 if TYPE_CHECKING:
@@ -194,6 +194,7 @@ def sweep(values: dict | None = None, resume: str | Path | None = None) -> Sweep
     root = check_output_dir(points[0].cfg.out)
     load = DataCache()
     for point in points:
+        resolve_device(point.cfg.device)  # --device cuda on a machine without a GPU fails here
         check_fits_data(point.cfg, load(point.cfg))
     with open_run(values, "sweep", root, resume) as run:
         results_path = run.dir / "sweep_results.json"

@@ -32,9 +32,10 @@ from fashion_cnn.data.fmnist import Dataset
 from fashion_cnn.data.folders import fingerprint
 from fashion_cnn.io import check_output_dir, write_atomic, write_json
 from fashion_cnn.jobs.common import job_data, training_images
+from fashion_cnn.jobs.options import DEFAULT_SPACE, DEFAULT_STUDY, DEFAULT_TRIALS
 from fashion_cnn.jobs.sweep import check_fits_data, cv_in_folder, cv_record, job_values
 from fashion_cnn.reporting.plots import save_figure
-from fashion_cnn.training.loop import History, TrainingDiverged
+from fashion_cnn.training.loop import History, TrainingDiverged, resolve_device
 from fashion_cnn.training.runs import open_run, start_log
 
 if TYPE_CHECKING:
@@ -46,12 +47,7 @@ log = logging.getLogger("fashion_cnn")
 # of the data is (checked to be the same data by its fingerprint)
 WORKER_OPTIONS = ("out", "device", "threads", "eval_batch_size", "tensorboard", "data", "classes",
                   "test_fraction", "data_dir")
-# the search space unless --space or a job option says otherwise; epochs: half the model's recipe to all of it
-DEFAULT_SPACE = {"lr": "0.001:0.3:log", "weight_decay": "1e-06:0.01:log", "batch_size": "32,64,128,256",
-                 "epochs": None, "crop": "0:4", "erase": "0:0.5", "flip": "true,false", "label_smoothing": "0:0.2"}
 TUNE_KEYS = ("space", "trials", "timeout", "storage", "study")
-DEFAULT_TRIALS = 20
-DEFAULT_STUDY = "fashion-cnn"
 HIDDEN = "***"  # a password as `shown` writes it (SQLAlchemy's hide_password)
 REPORTS = 10  # progress steps at which a trial reports to the pruner: every tenth of its folds and epochs
 NO_TEST_SET = "the test set was not used: every trial was scored on the training data only"
@@ -164,12 +160,6 @@ def search_space(options: dict, space: dict[str, str]) -> tuple[dict, list[Dimen
         for value in dim.choices or (dim.low, dim.high):
             CVConfig.from_dict({**options, dim.name: value}, f"--space {dim.name}")
     return options, dimensions
-
-
-def space_help() -> str:
-    """The default space for --help."""
-    return " ".join(f"{k}={v or 'HALF:ALL'}" for k, v in DEFAULT_SPACE.items()) + (
-        " (epochs: half the model's recipe to all of it)")
 
 
 # --- a trial ------------------------------------------------------------------------------------------------
@@ -487,6 +477,7 @@ def tune(values: dict | None = None, resume: str | Path | None = None) -> TuneRe
             options, space = join(study, options, space)
     fixed, dimensions = search_space(options, space)
     base = CVConfig.from_dict(fixed, None)
+    resolve_device(base.device)  # --device cuda on a machine without a GPU fails here
     data = job_data(base)
     if study is not None:
         with storage_lost(url):

@@ -1,2 +1,2 @@
-"""Models: the registry (`create_model`, `list_models`), the networks, the baseline's CPU fast path and
-its C kernel, model files."""
+"""Models: their specs (`list_models`, the recipes) and the registry (`create_model`), the networks, the
+baseline's CPU fast path and its C kernel, model files and which one a command means."""

@@ -1,5 +1,6 @@
-"""Model registry: `create_model(name, **options)` builds a registered architecture with fresh weights,
-`list_models()` names them, and each model's spec carries its training recipe and its fast paths.
+"""Model registry: the registered architectures' networks and builders, with their fast paths (what each
+is, its head and its training recipe are its spec, in `specs`); `create_model(name, **options)` builds one
+with fresh weights.
 
 Every model maps float images (N, 1, 28, 28) in [0, 1] to logits (N, num_classes); softmax lives in the
 loss and in prediction, as usual in PyTorch.
@@ -7,14 +8,15 @@ loss and in prediction, as usual in PyTorch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fashion_cnn.models import fastpath
+from fashion_cnn.models.specs import ModelSpec, get_spec
 
 # A fast path takes the model (and, for training, its optimizer and config) and returns a callable that
 # replaces the generic one, or None where it does not apply (another device, dtype or recipe).
@@ -23,48 +25,26 @@ FastStep = Callable[..., Callable | None]
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """A registered architecture: how to build it, its default training recipe, and its fast paths."""
+class Builder:
+    """How a registered architecture (specs.SPECS) is built, and its fast paths."""
 
-    name: str
     build: Callable[..., nn.Module]  # (num_classes) -> model
-    description: str
-    head: str  # the attribute holding the final nn.Linear (features -> classes), which fine-tuning may replace
-    recipe: dict = field(default_factory=dict)  # TrainConfig fields this model trains best with
     fast_logits: FastLogits | None = None  # inference without autograd's modules (inference.predict_logits)
     fast_step: FastStep | None = None  # (model, optimizer, cfg) -> training step (train.make_step)
-    cam_layer: str | None = None  # the module whose activations explain.py maps back onto the input
 
 
-REGISTRY: dict[str, ModelSpec] = {}
+BUILDERS: dict[str, Builder] = {}
 
 
-def register(name: str, description: str, *, head: str, fast_logits: FastLogits | None = None,
-             fast_step: FastStep | None = None, cam_layer: str | None = None, **recipe) -> Callable:
-    """Decorator: register `build(num_classes) -> model` under `name`, with the name of its classifier head
-    (the final layer fine-tuning replaces), its fast paths, the layer explanations read, and its recipe
-    (TrainConfig fields)."""
+def register(name: str, *, fast_logits: FastLogits | None = None, fast_step: FastStep | None = None) -> Callable:
+    """Decorator: `build(num_classes) -> model` builds the architecture that specs.SPECS describes under
+    `name`, with its fast paths."""
+    get_spec(name)  # a builder of a model that has a spec
+
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        REGISTRY[name] = ModelSpec(name, build, description, head, recipe, fast_logits, fast_step, cam_layer)
+        BUILDERS[name] = Builder(build, fast_logits, fast_step)
         return build
     return decorator
-
-
-def unknown(what: str, name: object, known: Iterable[str]) -> ValueError:
-    """The one wording of "no such X" errors: what was asked for and what exists."""
-    return ValueError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The spec registered under name, or ValueError listing the known ones."""
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise unknown("model", name, REGISTRY)
-    return REGISTRY[name]
-
-
-def list_models() -> list[str]:
-    """The registered architectures' names, as `create_model` takes them."""
-    return sorted(REGISTRY)
 
 
 def create_model(name: str, num_classes: int = 10, tta: bool = False) -> nn.Module:
@@ -74,7 +54,8 @@ def create_model(name: str, num_classes: int = 10, tta: bool = False) -> nn.Modu
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes!r}")
-    model = get_spec(name).build(num_classes)
+    get_spec(name)  # ValueError naming the known models
+    model = BUILDERS[name].build(num_classes)
     model.arch, model.tta = name, bool(tta)
     return model
 
@@ -82,6 +63,11 @@ def create_model(name: str, num_classes: int = 10, tta: bool = False) -> nn.Modu
 def spec_of(model: nn.Module) -> ModelSpec:
     """The spec a model was built from by create_model."""
     return get_spec(getattr(model, "arch", None))
+
+
+def builder_of(model: nn.Module) -> Builder:
+    """The builder, with its fast paths, of a model built by create_model."""
+    return BUILDERS[spec_of(model).name]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -150,8 +136,7 @@ class Baseline(Classifier):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-register("baseline", "the tutorial's CNN (542,230 parameters), SGD 0.01 momentum 0.9, batch 32", head="fc2",
-         fast_logits=fastpath.fast_logits, fast_step=fastpath.fast_step, cam_layer="conv")(Baseline)
+register("baseline", fast_logits=fastpath.fast_logits, fast_step=fastpath.fast_step)(Baseline)
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -219,21 +204,12 @@ def channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-# Chosen on a 5,000-image validation split (fashion-cnn train --val-size 5000, one seed each, 18 epochs):
-# this net 94.36%; the same without the second convolution at 14 pixels 93.94%.
-@register("fast", "4-layer BN CNN (141,418 parameters), under 5 minutes on 2 CPU cores", head="fc",
-          cam_layer="layers.3",
-          epochs=18, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-          weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
-          crop=2, flip=True, tta=True, amp=True)
+@register("fast")
 def fast(num_classes: int) -> nn.Module:
     return channels_last(FastNet(num_classes))
 
 
-@register("strong", "ResNet-14, widths 32/64/128 (696,042 parameters)", head="fc", cam_layer="blocks.5",
-          epochs=50, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-          weight_decay=5e-4, schedule="cosine", warmup=0.02, label_smoothing=0.1,
-          crop=2, flip=True, erase=0.5, ema=0.999, tta=True, amp=True)
+@register("strong")
 def strong(num_classes: int) -> nn.Module:
     return channels_last(ResNet(num_classes))
 

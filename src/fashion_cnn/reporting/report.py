@@ -52,7 +52,8 @@ from fashion_cnn.io import (
     write_atomic,
 )
 from fashion_cnn.models.files import load_model
-from fashion_cnn.models.registry import count_parameters, create_model, list_models
+from fashion_cnn.models.registry import count_parameters, create_model
+from fashion_cnn.models.specs import list_models
 from fashion_cnn.reporting.plots import fold_boxplot, learning_curves
 from fashion_cnn.text import plain
 from fashion_cnn.training.runs import read_config

@@ -12,7 +12,6 @@ Between processes travel tensors, and JSON as bytes in tensors: nothing is pickl
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from fashion_cnn.data.fmnist import DataError, Dataset
 from fashion_cnn.evaluation.inference import predict_logits
 from fashion_cnn.io import ModelFileError
+from fashion_cnn.machine import env_rank
 from fashion_cnn.training.runs import Run
 
 log = logging.getLogger("fashion_cnn")
@@ -60,11 +60,6 @@ class World:
 _world: World | None = None
 _started_group = False  # whether this module started the process group (and so ends it)
 _rank_log: logging.Handler | None = None
-
-
-def env_rank() -> int:
-    """This process's rank as torchrun set it (0 without torchrun), read before any process group exists."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def world() -> World:
@@ -119,16 +114,6 @@ def rank_prefix() -> str:
     """'[rank k] ' before the errors of the processes other than rank 0, from torchrun's environment."""
     rank = env_rank()
     return f"[rank {rank}] " if rank else ""
-
-
-@contextlib.contextmanager
-def quiet_unless_main() -> Iterator[None]:
-    """Nothing on stdout or stderr unless rank 0: argument errors and --help once, not once a process."""
-    if env_rank() == 0:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 # --- collectives: the identity on one process --------------------------------------------------------------

@@ -27,7 +27,7 @@ from fashion_cnn.data.folders import fingerprint
 from fashion_cnn.data.images import to_float
 from fashion_cnn.evaluation.inference import loss_and_accuracy
 from fashion_cnn.io import load_meta
-from fashion_cnn.models.registry import create_model, freeze_backbone, spec_of
+from fashion_cnn.models.registry import builder_of, create_model, freeze_backbone, spec_of
 from fashion_cnn.training import distributed
 from fashion_cnn.training.augment import make_augment
 from fashion_cnn.training.finetune import head_warmup_epochs, start_from_init
@@ -42,9 +42,12 @@ Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 28, 28), int64 lab
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device as a torch device: auto takes CUDA where there is a GPU."""
+    """--device as a torch device: auto takes CUDA where there is a GPU; cuda where there is none is a
+    ValueError (the jobs ask before any work: jobs.common.job_config)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
     return torch.device(name)
 
 
@@ -220,10 +223,10 @@ class TrainingDiverged(ValueError):
 def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, label_smoothing: float = 0.0,
               amp: bool = False, class_weights: torch.Tensor | None = None) -> Callable:
     """(float images, labels) -> (summed loss, correct count), after one optimizer step: the model
-    spec's fast step where it applies, else autograd. class_weights: the loss is their weighted mean."""
-    spec = spec_of(model)
-    if spec.fast_step is not None and (fast := spec.fast_step(model, optimizer, label_smoothing, amp,
-                                                              class_weights)):
+    builder's fast step where it applies, else autograd. class_weights: the loss is their weighted mean."""
+    builder = builder_of(model)
+    if builder.fast_step is not None and (fast := builder.fast_step(model, optimizer, label_smoothing, amp,
+                                                                    class_weights)):
         return fast
     device = next(model.parameters()).device
 
