@@ -22,11 +22,11 @@ from common import save_result
 from fashion_cnn.config import TrainConfig
 from fashion_cnn.io import write_atomic
 from fashion_cnn.jobs.final import train_final
-from fashion_cnn.models import files
+from fashion_cnn.models import locate
 from fashion_cnn.models.registry import count_parameters, create_model
 
 RESULTS = Path(__file__).parent / "results"
-SHIPPED = Path(files.__file__).parent / files.DEFAULT_MODEL  # the package's own path for it: one source
+SHIPPED = Path(locate.__file__).parent / locate.DEFAULT_MODEL  # the package's own path for it: one source
 VAL_SIZE = 5_000  # the split the fast recipe was chosen on
 NOT_RECIPE = {"model", "out", "data_dir", "job", "folds", "split_seed"}  # where, not how, a run trains
 
