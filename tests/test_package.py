@@ -52,8 +52,9 @@ def test_make_cv_passes_cv_only_options_to_cv_alone(tmp_path):
 
     def make(*variables: str) -> list[str]:
         calls.unlink(missing_ok=True)
-        # under `make test ARGS=...` the outer make's variables arrive through MAKEFLAGS: not this make's
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        # under `make test ARGS=...` the outer make's variables arrive in the environment: not this make's
+        outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "ARGS", "TRAIN_ARGS")
+        env = {k: v for k, v in os.environ.items() if k not in outer}
         subprocess.run(["make", "-s", "-o", "setup", "cv", f"CLI={cli}", *variables], cwd=ROOT, check=True,
                        capture_output=True, timeout=60, env=env)
         return calls.read_text().splitlines()
