@@ -290,7 +290,7 @@ def main() -> None:
               "table": table}
     save_result(args.out / "speed_vs_keras.json", result)
     plot(summary, ratio, gemm, args.out / "speed_vs_keras.png")
-    print(f"saved {args.out / 'speed_vs_keras.json'} and {args.out / 'speed_vs_keras.png'}")
+    print(f"saved {args.out / 'speed_vs_keras.png'}")
 
 
 if __name__ == "__main__":
