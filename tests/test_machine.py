@@ -186,3 +186,18 @@ def test_openmp_settings_are_left_alone_where_set_or_too_late(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert not machine.prepare_openmp(0)  # torch is loaded in this process: too late to matter
     assert "OMP_WAIT_POLICY" not in os.environ
+
+
+@pytest.mark.parametrize("flags, device, driver, native", [
+    ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "cpu", False, True),  # Sapphire Rapids: AMX
+    ("fpu avx512f avx512_bf16", "cpu", False, False),  # AVX-512 with bf16 dot products, no AMX: emulated
+    ("fpu avx2", "auto", False, False),
+    ("fpu avx2", "auto", True, True),  # auto takes the GPU
+    ("fpu avx2", "cuda", False, True),
+    ("fpu avx2", "cpu", True, False),  # the GPU is not used
+])
+def test_bfloat16_is_native_on_a_gpu_and_on_cpus_with_amx(monkeypatch, tmp_path, flags, device, driver, native):
+    monkeypatch.setattr(machine, "cpuinfo_line", lambda *keys: f"flags\t\t: {flags}" if "flags" in keys else "")
+    (tmp_path / "version").touch()
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER", tmp_path / ("version" if driver else "absent"))
+    assert machine.bf16_native(device) is native

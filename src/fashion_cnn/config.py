@@ -100,7 +100,9 @@ class TrainConfig:
                                     "and saved (0: off)", FRACTION)
     tta: bool | None = recipe(False, "evaluate on each image and its mirror image, averaging the logits (a "
                                      "recipe's tta goes with its flips: off with --no-flip unless given)")
-    amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision; AMX on recent Xeons)")
+    amp: bool | None = recipe(False, "bfloat16 autocast in training (mixed precision); a recipe's amp is on only "
+                                     "where bfloat16 is native, a GPU or a CPU with AMX: elsewhere it is slower "
+                                     "than float32")
     seed: int = opt(1, "same seed, same numbers on the same machine", AT_LEAST_0)
     device: str = opt("auto", "auto takes cuda when there is one", choices=DEVICES)
     threads: int = opt(0, "CPU threads; 0: one per core, and for the baseline's CPU step one per core that other "
@@ -171,6 +173,8 @@ class TrainConfig:
             setattr(self, name, spec.recipe.get(name, fallback))
         if self.optimizer == "adamw" and "nesterov" in unset:
             self.nesterov = False  # a recipe's Nesterov momentum is SGD's: it has no meaning for AdamW
+        if self.amp and "amp" in unset and not machine.bf16_native(self.device):
+            self.amp = False  # a recipe's bfloat16 is for speed: where the CPU emulates it, float32 is faster
         if not self.flip and "tta" in unset:
             self.tta = False  # a recipe's mirror averaging is for a model trained on mirror images (tune
             # trials of the fast model with flips off kept it, and scored 81-82% instead of 89%)

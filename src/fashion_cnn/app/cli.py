@@ -403,8 +403,11 @@ def cmd_models(args: argparse.Namespace) -> None:
     for spec in SPECS.values():
         print(f"{spec.name:<10} {count_parameters(create_model(spec.name)):>10,} parameters  "
               f"{spec.description}")
-        if spec.recipe:
-            print(f"{'':<10} recipe: " + ", ".join(f"{k}={v}" for k, v in spec.recipe.items()))
+        if spec.recipe:  # as a job here would run it: a recipe's bfloat16 only where it is native
+            cfg = TrainConfig(model=spec.name)
+            print(f"{'':<10} recipe: " + ", ".join(f"{k}={getattr(cfg, k)}" for k in spec.recipe)
+                  + (" (bfloat16 is not native on this machine: float32)" if spec.recipe.get("amp") and not cfg.amp
+                     else ""))
     print("\n" + "\n".join(frontier_lines(load_frontier())))
 
 
