@@ -103,12 +103,13 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def git_commit() -> str:
-    """This checkout's commit, with "+changes" when files differ from it ("unknown" outside git)."""
+    """This checkout's commit, with "+changes" when code differs from it ("unknown" outside git); result
+    files that benchmarks of the same session wrote do not count."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
-        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/benchmarks/results") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
