@@ -353,7 +353,7 @@ def test_seeded_runs_and_resumes_stay_exact_with_another_cpus_kernels(real_data)
 
 
 def test_a_recipes_bfloat16_is_on_only_where_it_is_native(monkeypatch):
-    """Without AMX, bfloat16 autocast made an epoch of strong 2.5x, of fast 1.3x as long (bf16.json)."""
+    """Without AMX, bfloat16 autocast made an epoch of strong 1.36x, of fast 1.26x as long (bf16.json)."""
     monkeypatch.setattr(machine, "bf16_native", lambda device: device != "cpu")
     assert TrainConfig(model="fast").amp and TrainConfig(model="strong", device="cuda").amp
     assert not TrainConfig(model="fast", device="cpu").amp and not TrainConfig(model="strong", device="cpu").amp

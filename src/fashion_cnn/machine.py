@@ -51,7 +51,8 @@ NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # there while NVIDIA's kern
 def bf16_native(device: str) -> bool:
     """Whether bfloat16 autocast speeds training up on device ('cpu', 'cuda' or 'auto'): on a GPU, and on a
     CPU with AMX. Other CPUs emulate bfloat16 matrix products, slower than float32: measured on a 2-core
-    AVX-512 Xeon without AMX, an epoch of the strong model took 2.5x as long, of the fast one 1.3x. 'auto'
+    AVX-512 Xeon without AMX, an epoch of the strong model took 1.36x as long, of the fast one 1.26x
+    (benchmarks/results/bf16.json). 'auto'
     counts as a GPU where an NVIDIA driver is loaded (the check runs without importing torch)."""
     gpu = device == "cuda" or (device == "auto" and NVIDIA_DRIVER.exists())
     return gpu or "amx_bf16" in cpuinfo_line("flags").split()
