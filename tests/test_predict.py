@@ -944,3 +944,12 @@ def test_unknown_in_text_json_and_csv_output(model_file, tmp_path, capsys):
     assert next(csv.DictReader(io.StringIO(out)))["class_name"] == "unknown"
     code, _, err = run_cli(capsys, image, "--model", model_file, "--min-confidence", "1.5")
     assert code == 1 and err.startswith("fashion-cnn: error: --min-confidence must be a probability")
+
+
+@pytest.mark.skipif(locate_module.packaged_model() is None, reason="needs the shipped model")
+def test_the_json_output_gives_the_models_test_accuracy_with_its_interval(tmp_path, capsys):
+    image = write(tmp_path / "shirt.png", encode(garment(), "PNG"))
+    code, out, _ = run_cli(capsys, image, "--json")
+    model = json.loads(out)["model"]
+    low, high = model["test_interval"]
+    assert code == 0 and low < model["test_accuracy"] < high and high - low < 0.02

@@ -261,7 +261,10 @@ def as_record(p: Prediction, class_names: list[str]) -> dict:
 def as_json(predictions: list[Prediction], predictor: Predictor) -> dict:
     return {
         "model": {"path": str(predictor.path), "architecture": predictor.meta["architecture"],
-                  "test_accuracy": predictor.meta.get("test_accuracy"), "temperature": predictor.temperature,
+                  "test_accuracy": predictor.meta.get("test_accuracy"),
+                  # its 95% bootstrap interval over the test images, where the model file records one
+                  "test_interval": (predictor.meta.get("test_interval") or {}).get("accuracy"),
+                  "temperature": predictor.temperature,
                   "unknown_rule": predictor.unknown_rule.describe() if predictor.unknown_rule else None},
         "predictions": [as_record(p, predictor.class_names) for p in predictions],
     }
