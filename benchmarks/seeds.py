@@ -8,7 +8,7 @@ writes it), and the wall and CPU time. The split is the tutorial's for every see
 seeds change the initial weights, the batches and the augmentation, which is what "another run" means.
 Saves seeds.json in --out.
 
-    python benchmarks/seeds.py                                    # 3 seeds, every job: ~25 minutes on 2 cores
+    python benchmarks/seeds.py                                    # 3 seeds, every job: 36 minutes on 2 cores
     python benchmarks/seeds.py --seeds 2 --jobs baseline-final -- --limit 3000 --epochs 1   # a quick check
 """
 
@@ -46,6 +46,7 @@ def run_job(job: str, seed: int, extra: list[str]) -> dict:
            "cpu_seconds": measured["cpu_seconds"], "command": measured["command"]}
     if "test_interval" in result:
         row["interval"] = result["test_interval"]["accuracy"]
+        row["interval_level"] = result["test_interval"]["level"]
         row["macro_f1"] = result["test_macro_f1"]
     if "fold_accuracies" in result:
         row["fold_accuracies"] = result["fold_accuracies"]
