@@ -49,7 +49,8 @@ NOT_MEASURED: dict[str, list[str]] = {
     "docs/benchmarks/experiments.md": ["the tutorial's 0.01"],
     "docs/benchmarks/unknown.md": ["at 1.5% of the fitting half"],
     "docs/howto/budget.md": ["within about 10% of the budget",  # a promise, which tests/test_budget.py checks
-                             "random erasing at 96.20%", "random erasing at 95.98%"],  # published, not ours
+                             "random erasing at 96.20%", "random erasing at 95.98%",  # published, not ours
+                             "target 92.0%", "target 94.5%", "toward 96.3%"],  # issue 24's targets
     "docs/howto/experiments.md": ["about 3.4e38"],  # float32's largest number, an option's limit
     "docs/howto/explain.md": ["within 7%"],  # the test's tolerance
     "docs/howto/export.md": ["within 1e-4"],
