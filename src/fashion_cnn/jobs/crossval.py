@@ -172,7 +172,8 @@ def cross_validate(cfg: CVConfig | None = None, resume: str | Path | None = None
                         time_limit=None if limit is None else limit / len(splits))
             # macro-F1 weighs every class alike, where accuracy favours the large ones: one more pass
             macro_f1[fold] = evaluate_model(state.final, images[val_idx], labels[val_idx], data.class_names,
-                                            cfg.eval_batch_size, desc="evaluating" if verbose else None)["macro_f1"]
+                                            cfg.eval_batch_size, desc="evaluating" if verbose else None,
+                                            interval=False)["macro_f1"]
             log.info(fold_line(fold, state.result["val_accuracy"], macro_f1[fold], state.best_epoch),
                      extra=PROGRESS_LINE)
 
