@@ -12,24 +12,19 @@ bf16.json in --out, with whether this CPU has AMX.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
-import tempfile
 from pathlib import Path
 
-from common import HERE, run_measured, save_result
+from common import HERE, run_job, save_result
 
 from fashion_cnn.machine import bf16_native, cpuinfo_line
 
 
 def epoch_seconds(model: str, amp: bool, limit: int) -> float:
     """The second epoch's training seconds of one run."""
-    with tempfile.TemporaryDirectory() as runs:
-        run_measured([sys.executable, "-m", "fashion_cnn", "train", "--model", model, "--limit", str(limit),
-                      "--epochs", "2", "--amp" if amp else "--no-amp", "--out", runs])
-        [run_dir] = Path(runs).iterdir()
-        return json.loads((run_dir / "metrics.json").read_text())["history"][-1]["seconds"]
+    _, metrics = run_job(["train", "--model", model, "--limit", str(limit), "--epochs", "2",
+                          "--amp" if amp else "--no-amp"], "metrics.json")
+    return metrics["history"][-1]["seconds"]
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def run_measured_together(cmds: list[list[str]]) -> list[dict]:
 def run_measured(cmd: list[str]) -> dict:
     """Run cmd to completion: run_measured_together of one command."""
     return run_measured_together([cmd])[0]
+
+
+def run_job(args: list[str], result_file: str) -> tuple[dict, dict]:
+    """One `fashion-cnn ARGS` job in a child process writing its run into a temporary folder: run_measured's
+    figures, and the JSON file `result_file` of the run directory it made."""
+    with tempfile.TemporaryDirectory() as runs:
+        measured = run_measured([sys.executable, "-m", "fashion_cnn", *args, "--out", runs])
+        [run_dir] = Path(runs).iterdir()
+        return measured, json.loads((run_dir / result_file).read_text())
 
 
 # --- the data ------------------------------------------------------------------------------------------

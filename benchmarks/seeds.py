@@ -15,14 +15,11 @@ Saves seeds.json in --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
-import tempfile
 from pathlib import Path
 
-from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, run_measured, save_result
+from common import HERE, cpu_snapshot, other_cpu_share, others_busy_now, run_job, save_result
 
 from fashion_cnn.machine import cpu_model
 
@@ -34,14 +31,10 @@ JOBS = {
 }
 
 
-def run_job(job: str, seed: int, extra: list[str]) -> dict:
+def run_seed(job: str, seed: int, extra: list[str]) -> dict:
     """One job with one seed: its accuracy (and interval or folds), wall and CPU seconds."""
     args, result_file, key = JOBS[job]
-    with tempfile.TemporaryDirectory() as runs:
-        measured = run_measured([sys.executable, "-m", "fashion_cnn", *args, "--seed", str(seed), "--out", runs,
-                                 *extra])
-        [run_dir] = Path(runs).iterdir()
-        result = json.loads((run_dir / result_file).read_text())
+    measured, result = run_job([*args, "--seed", str(seed), *extra], result_file)
     row = {"seed": seed, "accuracy": result[key], "seconds": measured["seconds"],
            "cpu_seconds": measured["cpu_seconds"], "command": measured["command"]}
     if "test_interval" in result:
@@ -77,7 +70,7 @@ def main() -> None:
     for job in args.jobs:
         rows = []
         for seed in range(1, args.seeds + 1):
-            rows.append(run_job(job, seed, args.job_args))
+            rows.append(run_seed(job, seed, args.job_args))
             print(f"{job} seed {seed}: {100 * rows[-1]['accuracy']:.2f}% in {rows[-1]['seconds']:.0f} s", flush=True)
         jobs[job] = summary(rows)
     result = {"job_args": args.job_args, "jobs": jobs,
