@@ -90,6 +90,21 @@ def tutorial_fold1(n: int):
     return kfold_splits(np.zeros(n, np.int64), 5, 1, stratify=False)[0]
 
 
+def held_out_training_items(n: int, seed: int):
+    """n items (uint8 images, labels as numpy arrays) drawn with seed from the 5,000 training images that
+    `--val-size 5000` holds out, as it held them out of the shipped model's training: what preprocessing
+    is chosen on, never a test image, and never an image the shipped model learnt from."""
+    import numpy as np
+
+    from fashion_cnn.data.fmnist import load_fashion_mnist
+    from fashion_cnn.training.loop import holdout_split
+
+    data = load_fashion_mnist(download=False)
+    _, (images, labels) = holdout_split(data.train_images, data.train_labels, 5000)
+    picked = np.random.default_rng(seed).choice(len(labels), n, replace=False)
+    return images.numpy()[picked], labels.numpy()[picked]
+
+
 # --- timing; keras_baseline.py has its own copies, as it runs without torch in .venv-keras ------------
 
 def seconds(fn) -> float:

@@ -1,11 +1,14 @@
 """The models' results table (docs/benchmarks/models.md), from real runs, and the shipped default model.
 
-    python benchmarks/model_results.py --train fast strong --ship strong   # train, tabulate, ship
-    python benchmarks/model_results.py runs/2026...-train ...              # tabulate finished runs
+    python benchmarks/model_results.py --train strong --ship strong        # train, tabulate, ship
+    python benchmarks/model_results.py runs/2026...-train ... [--ship strong]  # tabulate finished runs
 
-`--train` trains each model twice with its recipe: once with 5,000 training images held out, whose
-accuracy is the validation score recipes are chosen by, and once on all 60,000, whose test accuracy
-is the one reported and whose weights `--ship` copies into the package as the default model.
+`--train` trains each model once with its recipe and 5,000 training images held out (stratified): their
+accuracy is the validation score recipes are chosen by, they fit the model's temperature and its threshold
+for unknown, and the test set scores the finished model once. `--ship` copies such a run's weights into
+the package as the default model, so the shipped model was calibrated on training images, never on test
+images. Rows already in model_results.json stay, each with the machine and run it came from, unless a run
+given now is of the same model on as many images.
 Writes benchmarks/results/model_results.json and .md (the markdown table for docs/benchmarks/models.md).
 """
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from common import save_result
 
 from fashion_cnn.config import TrainConfig
-from fashion_cnn.io import write_atomic
+from fashion_cnn.io import load_tensors, write_atomic
 from fashion_cnn.jobs.final import train_final
 from fashion_cnn.models import locate
 from fashion_cnn.models.registry import count_parameters, create_model
@@ -71,17 +74,33 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_both(model: str, out: str, overrides: dict) -> list[Path]:
-    """The validation run (5,000 images held out), then the final run on all the training images."""
-    return [train_final(TrainConfig(model=model, val_size=val_size, out=out, **overrides)).run_dir
-            for val_size in (VAL_SIZE, 0)]
+def kept_rows(new: list[dict]) -> list[dict]:
+    """The rows of the existing result file that no new row replaces (same model, as many training images)."""
+    path = RESULTS / "model_results.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    old = old["models"] if isinstance(old, dict) else old  # the first files were a bare list of rows
+    replaced = {(r["model"], r["train_images"]) for r in new}
+    return [r for r in old if (r["model"], r["train_images"]) not in replaced]
+
+
+def ship(row: dict) -> None:
+    """Copy a validation-split run's model into the package; one calibrated on test images is refused."""
+    fitted_on = load_tensors(Path(row["run_dir"]) / "model.safetensors")[1].get("calibration", {}).get("fitted_on")
+    if row["val_accuracy"] is None or not fitted_on or "test images" in fitted_on:
+        raise SystemExit(f"{row['run_dir']}: not shipped, its calibration was fitted on {fitted_on!r}; "
+                         "ship a run trained with --val-size")
+    SHIPPED.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(row["run_dir"]) / "model.safetensors", SHIPPED)
+    print(f"shipped {row['run_dir']}/model.safetensors as {SHIPPED} (calibrated on {fitted_on})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="*", type=Path, help="finished `fashion-cnn train` runs to tabulate")
     parser.add_argument("--train", nargs="+", default=[], metavar="MODEL", help="train these models first")
-    parser.add_argument("--ship", metavar="MODEL", help="copy this model's final run into the package")
+    parser.add_argument("--ship", metavar="MODEL", help="copy this model's run, given or trained now, into the package")
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/models")
@@ -90,16 +109,17 @@ def main() -> None:
     overrides = {"device": args.device} | ({"epochs": args.epochs} if args.epochs else {})
     run_dirs = list(args.run_dirs)
     for model in args.train:
-        run_dirs += train_both(model, args.out, overrides)
-    results = [result(d) for d in run_dirs]
+        run_dirs.append(train_final(TrainConfig(model=model, val_size=VAL_SIZE, out=args.out, **overrides)).run_dir)
+    new = [result(d) for d in run_dirs]
+    results = kept_rows(new) + new
     save_result(RESULTS / "model_results.json", {"models": results})
     write_atomic(RESULTS / "model_results.md", markdown(results).encode())
     print(markdown(results))
     if args.ship:
-        final = next(r for r in reversed(results) if r["model"] == args.ship and r["val_accuracy"] is None)
-        SHIPPED.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(final["run_dir"]) / "model.safetensors", SHIPPED)
-        print(f"shipped {final['run_dir']}/model.safetensors as {SHIPPED}")
+        runs = [r for r in new if r["model"] == args.ship]
+        if not runs:
+            raise SystemExit(f"--ship {args.ship}: no run of that model was given or trained now")
+        ship(runs[-1])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Does `predict` still find the garment when the photo shows more than the garment?
 
-Test images are rendered as 300x400 JPEG photos (tests/sample_images.py's render_photo) of several kinds:
+Held-out training items (common.held_out_training_items: preprocessing is chosen on these, never on test
+items) are rendered as 300x400 JPEG photos (tests/sample_images.py's render_photo) of several kinds:
 plain (as predict_robustness.py), with a small dark coin, button or tag elsewhere in the frame, on a
 textured background, with a soft drop shadow, under strong uneven lighting, turned by up to 20 degrees,
 and all of these at once. Each photo is classified twice in the same run: as `predict` does it (the main
@@ -23,9 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CANVAS, HERE, Scene, render_photo, save_result
+from common import CANVAS, HERE, Scene, held_out_training_items, render_photo, save_result
 
-from fashion_cnn.data.fmnist import load_fashion_mnist
 from fashion_cnn.data.images import (
     crop_box,
     has_light_background,
@@ -69,17 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--also", action="append", default=[], metavar="MODEL",
                         help="another model file or run directory to score besides the shipped model")
-    parser.add_argument("--n", type=int, default=500, help="test images per kind (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=500, help="held-out training items per kind (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where predict_clutter.json goes")
     parser.add_argument("--examples", type=Path, help="also save the first 8 photos of each kind (JPEG) here")
     args = parser.parse_args()
 
     predictors = [Predictor(), *(Predictor(model) for model in args.also)]
-    data = load_fashion_mnist()
-    rng = np.random.default_rng(args.seed)
-    picked = rng.choice(len(data.test_images), args.n, replace=False)
-    items = data.test_images.numpy()[picked]
+    items, _ = held_out_training_items(args.n, args.seed)
     direct = [p.predict_arrays(items).argmax(1) for p in predictors]
     result = {"n": args.n, "seed": args.seed, "canvas": CANVAS, "jpeg_quality": 85,
               "kinds": {name: dataclasses.asdict(scene) for name, scene in KINDS.items()},
@@ -101,7 +98,7 @@ def main() -> None:
             entry["agreement"][name] = {version: float((c == reference).mean()) for version, c in classes.items()}
         print(f"{name}: done", flush=True)
 
-    print(f"\n{args.n} test images per kind, rendered as {CANVAS[0]}x{CANVAS[1]} JPEG photos (seed {args.seed});"
+    print(f"\n{args.n} held-out training items per kind, rendered as {CANVAS[0]}x{CANVAS[1]} JPEG photos (seed {args.seed});"
           " agreement with the class of the original 28x28 image, old crop -> new crop")
     for entry in result["models"]:
         print(f"\n{entry['path']} ({entry['architecture']})")

@@ -1,6 +1,7 @@
 """What does `predict`'s upright turn cost upright photos, and what does it gain on turned ones?
 
-Renders N Fashion-MNIST test items as 300x400 JPEG photos (tests/sample_images.py's render_photo) of three
+Renders N held-out training items (common.held_out_training_items: the turn is chosen on these, never on
+test items) as 300x400 JPEG photos (tests/sample_images.py's render_photo) of three
 kinds: plain (upright), turned by up to 20 degrees, and every distortion at once. Each is classified as
 `predict` does it (from the view the model is surer of, the object turned upright or as it stands, where
 the crop turns it), by the mean of both views' logits, and from one view: `predict.preprocess`'s (turned
@@ -18,10 +19,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import HERE, Scene, render_photo, save_result
+from common import HERE, Scene, held_out_training_items, render_photo, save_result
 
 from fashion_cnn.data import images
-from fashion_cnn.data.fmnist import load_fashion_mnist
 from fashion_cnn.evaluation import predict
 
 KINDS = {"plain": Scene(), "turned": Scene(rotation=20),
@@ -39,16 +39,14 @@ def upright_angle_with_margin(margin: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=600, help="test items per kind (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=600, help="held-out training items per kind (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--margins", type=float, nargs="*", default=[0.02, 0.05, 1.0],
                         help="box-area margins to compare with the turn as it is (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where upright_turn.json goes")
     args = parser.parse_args()
 
-    data = load_fashion_mnist(download=False)
-    items = np.random.default_rng(args.seed).choice(len(data.test_images), args.n, replace=False)
-    originals, labels = data.test_images.numpy()[items], data.test_labels.numpy()[items]
+    originals, labels = held_out_training_items(args.n, args.seed)
     predictor = predict.Predictor()
     reference = predictor.predict_arrays(originals).argmax(1)
     photos = {name: [render_photo(item, np.random.default_rng([args.seed, k, i]), scene)

@@ -1,21 +1,19 @@
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_arrays
 
-import fashion_cnn
 from fashion_cnn import machine
 from fashion_cnn.config import TrainConfig
-from fashion_cnn.models import fastpath
+from fashion_cnn.models import fastpath, locate
 from fashion_cnn.models.files import load_model
 from fashion_cnn.models.registry import BUILDERS, count_parameters, create_model
 from fashion_cnn.models.specs import SPECS
 from fashion_cnn.training.loop import make_optimizer, make_step
 
-SHIPPED = Path(fashion_cnn.__file__).parent / "weights" / "default.safetensors"
+SHIPPED = locate.packaged_model()  # None where the package ships none
 
 
 def test_baseline_shape_and_parameter_count():
@@ -101,7 +99,7 @@ def test_tta_averages_image_and_mirror_in_eval_only():
     torch.testing.assert_close(model(x), model.logits(x))
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model yet")
+@pytest.mark.skipif(SHIPPED is None, reason="no shipped model")
 def test_shipped_model_loads_and_scores_as_reported(real_data):
     model, meta = load_model(SHIPPED)
     assert meta["architecture"] in SPECS and model.tta == meta["tta"]
@@ -109,3 +107,13 @@ def test_shipped_model_loads_and_scores_as_reported(real_data):
     accuracy = (logits.argmax(1) == real_data.test_labels[:2000]).float().mean().item()
     assert accuracy >= meta["test_accuracy"] - 0.015, (accuracy, meta["test_accuracy"])
     assert accuracy > 0.95 and meta["architecture"] == "strong" and meta["parameters"] < 1_000_000
+
+
+@pytest.mark.skipif(SHIPPED is None, reason="no shipped model")
+def test_the_shipped_model_was_calibrated_on_training_images_never_on_test_images():
+    _, meta = load_model(SHIPPED)
+    calibration, card = meta["calibration"], meta["model_card"]
+    assert "test images" not in calibration["fitted_on"] and "test images" not in calibration["reported_on"]
+    assert calibration["fitted_on"].startswith("validation images")  # held out of its training images
+    assert meta["training_images"] + meta["config"]["val_size"] == 60_000 and meta["test_images"] == 10_000
+    assert card["calibration"]["fitted_on"] == calibration["fitted_on"] and "but" not in card["evaluation"]
