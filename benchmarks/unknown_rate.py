@@ -1,8 +1,8 @@
-"""How often does `predict` answer "unknown": for Fashion-MNIST test images (wrongly) and for pictures
-that are not clothing (rightly)?
+"""How often does `predict` answer "unknown": for Fashion-MNIST images it should know (wrongly) and for
+pictures that are not clothing (rightly)?
 
 In-distribution images are the model's held-out images (`calibrate.held_out`: for the shipped model the
-10,000 test images): the first half is what its temperature and threshold were fitted on, the second half
+5,000 training images `--val-size 5000` held out of its training; never test images): the first half is what its temperature and threshold were fitted on, the second half
 is only measured, as 28x28 arrays and as rendered photos. Out-of-distribution sets are generated: scikit-
 learn's 8x8 digits (framed like MNIST, and as ink-on-paper photos), uniform and Gaussian noise (28x28 and
 photo-sized), blank images, plain-wall photos, gradients, textures and non-clothing shapes. Every image
@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--model", help="a calibrated model file or run directory (default: as `fashion-cnn predict`)")
     parser.add_argument("--n", type=int, default=300, help="images per generated set and draw (default: %(default)s)")
     parser.add_argument("--photos", type=int, default=1000,
-                        help="held-out test items rendered as photos (default: %(default)s)")
+                        help="held-out items rendered as photos (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where unknown.json goes")
     parser.add_argument("--examples", type=Path, help="also save a few inputs of each set, and what the model saw")
@@ -278,7 +278,7 @@ def main() -> None:
     t, rule = predictor.temperature, predictor.unknown_rule
 
     data = load_fashion_mnist()
-    images, labels, source, _ = calibrate.held_out(predictor.meta, data)
+    images, labels, source, _ = calibrate.held_out(calibrate.trained_config(predictor.meta, predictor.path), data)
     half = len(labels) // 2
     fit_unknown, fit_logits = run(predictor, list(images[:half].numpy()))
     held_unknown, held_logits = run(predictor, list(images[half:].numpy()))
@@ -346,7 +346,7 @@ def main() -> None:
     print(f"| photos of held-out items | {len(picked):,} | {100 * photo_unknown.mean():.2f}% |")
     for key, (description, _) in OOD_SETS.items():
         print(f"| {description} | {len(draws['report'][key][0]):,} | {100 * report[key]:.1f}% |")
-    for name, split in (("held-out test images", result["in_distribution"]["held_out"]),
+    for name, split in ((source, result["in_distribution"]["held_out"]),
                         ("photos of them", result["in_distribution"]["held_out_photos_accuracy"])):
         print(f"{name}: accuracy {100 * split['accuracy_all']:.2f}%, on those answered "
               f"{100 * split['accuracy_answered']:.2f}%; of those called unknown, "

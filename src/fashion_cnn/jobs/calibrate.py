@@ -18,6 +18,18 @@ from fashion_cnn.training.loop import holdout_split, limited
 TRAINED_OPTIONS = ("data", "classes", "test_fraction", "data_dir", "val_size", "limit")  # what calibrate reads
 
 
+def trained_config(meta: dict, path: str | Path) -> TrainConfig:
+    """The options calibrate reads (TRAINED_OPTIONS) of those a model file's metadata says it was trained
+    with: an untrusted file's, so checked as options given are (those it does not record take defaults)."""
+    config = meta.get("config") or {}
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: corrupt metadata (its config is not a table of options)")
+    try:
+        return TrainConfig.from_dict({k: config[k] for k in TRAINED_OPTIONS if k in config}, "its config")
+    except ValueError as e:
+        raise ModelFileError(f"{path}: corrupt metadata ({e})") from None
+
+
 def held_out(config: TrainConfig, data, fit_on_test_images: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, str, str | None]:
     """(images, labels, their name, a note) that the model never trained on: its validation split when it
@@ -26,7 +38,6 @@ def held_out(config: TrainConfig, data, fit_on_test_images: bool = False
     it (check_held_out, which callers run before reading data)."""
     check_held_out(config, "the model file", fit_on_test_images)
     if not fit_on_test_images:
-
         _, (images, labels) = holdout_split(*limited(data.train_images, data.train_labels, config.limit),
                                             config.val_size)
         return images, labels, "validation images", None
@@ -49,15 +60,7 @@ def calibrate_file(model_path: str | Path, out: str | Path, data=None, force: bo
     check_output_file(out, force, inputs=(model_path,))
     tensors, meta = load_tensors(model_path)
     model, _ = load_model(model_path)
-    # the options calibrate reads of those the model file says it was trained with: an untrusted file's,
-    # so checked as options given are (those it does not record take their defaults)
-    config = meta.get("config") or {}
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{model_path}: corrupt metadata (its config is not a table of options)")
-    try:
-        trained = TrainConfig.from_dict({k: config[k] for k in TRAINED_OPTIONS if k in config}, "its config")
-    except ValueError as e:
-        raise ModelFileError(f"{model_path}: corrupt metadata ({e})") from None
+    trained = trained_config(meta, model_path)
     check_held_out(trained, model_path, fit_on_test_images)
     if data is None:
         data = load_model_data(meta, model_path)  # a model file does not choose what calibrate reads
