@@ -48,6 +48,23 @@ def test_the_choice_ranks_by_validation_accuracy_where_the_frontier_has_it():
     assert choice.recipe == "baseline" and choice.expected == 0.91  # the test set only reports
 
 
+def test_points_measured_on_several_machines_pool_their_seeds_and_name_their_machine(tmp_path, capsys):
+    """benchmarks/frontier.py keeps each CPU's points: accuracy is pooled, time is this machine's to measure."""
+    xeon, epyc = point("fast", 18, 0.94, 4.1), {**point("fast", 18, 0.93, 6.4), "seeds": 1}
+    points = [{**p, "machine": m} for p, m in ((point("fast", 2, 0.88, 0.5), "Xeon, 2 threads"),
+                                               (xeon, "Xeon, 2 threads"), (epyc, "EPYC, 2 threads"))]
+    frontier = Frontier(tuple(points), "test", measured=True)
+    assert frontier.epochs("fast") == [2, 18]
+    assert frontier.expected("fast", 18) == pytest.approx((3 * 0.94 + 0.93) / 4)  # over all 4 seeds
+    assert frontier.expected("fast", 10) == pytest.approx(0.88 + ((3 * 0.94 + 0.93) / 4 - 0.88) / 2)
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps({"run": {"finished": "2026-12-07"}, "machines": ["EPYC, 2 threads", "Xeon, 2 threads"],
+                                "points": points}))
+    lines = budget.frontier_lines(load_frontier(path))
+    assert lines[0].startswith("frontier: measured by benchmarks/frontier.py on EPYC, 2 threads and Xeon, 2 threads")
+    assert lines[1].endswith("seeds  machine") and lines[-1].endswith("1  EPYC, 2 threads")
+
+
 def budget_run(tmp_path, *argv: str) -> list[str]:
     data = make_dataset_dir(tmp_path / "data", n_train=2000, n_test=500)
     return ["--data", str(data), "--out", str(tmp_path / "runs"), "--threads", "1", "--device", "cpu", *argv]

@@ -40,6 +40,7 @@ from fashion_cnn.jobs.common import job_data
 from fashion_cnn.jobs.crossval import cv_splits
 from fashion_cnn.models.specs import SPECS
 from fashion_cnn.reporting.plots import learning_curves
+from fashion_cnn.text import printable
 from fashion_cnn.training import distributed
 from fashion_cnn.training.augment import make_augment
 from fashion_cnn.training.loop import EMA, limited, make_model, make_optimizer, make_step, resolve_device
@@ -97,7 +98,7 @@ class Frontier:
 
     def epochs(self, recipe: str) -> list[int]:
         """The epoch counts measured for a recipe, ascending (empty where it has none)."""
-        return sorted(p["epochs"] for p in self.points if p["recipe"] == recipe)
+        return sorted({p["epochs"] for p in self.points if p["recipe"] == recipe})
 
     def epoch_minutes(self, recipe: str) -> float:
         """Wall minutes per epoch of the recipe's quickest measured run, on the machine measured."""
@@ -105,8 +106,12 @@ class Frontier:
         return fewest["wall_minutes"]["mean"] / fewest["epochs"]
 
     def expected(self, recipe: str, epochs: int, key: str = "test_accuracy") -> float:
-        """The mean accuracy (`key`) at `epochs`, interpolated linearly between the measured counts around it."""
-        known = sorted((p["epochs"], p[key]["mean"]) for p in self.points if p["recipe"] == recipe)
+        """The mean accuracy (`key`) at `epochs`, interpolated linearly between the measured counts around it;
+        a count measured on several machines takes the mean over all their seeds (accuracy does not
+        depend on the machine; time does, and is measured here)."""
+        mine = [p for p in self.points if p["recipe"] == recipe]
+        known = [(e, sum(p[key]["mean"] * p["seeds"] for p in mine if p["epochs"] == e)
+                  / sum(p["seeds"] for p in mine if p["epochs"] == e)) for e in self.epochs(recipe)]
         below = max((e, a) for e, a in known if e <= epochs)
         above = min(((e, a) for e, a in known if e >= epochs), default=below)
         if above[0] == below[0]:
@@ -147,7 +152,8 @@ def load_frontier(path: Path | None = None) -> Frontier:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path}: not a frontier file ({e})") from None
-    return Frontier(check_frontier(doc, path), f"measured by benchmarks/frontier.py on {doc.get('machine')}, "
+    machines = doc.get("machines") or [doc.get("machine")]  # the first files measured on one machine
+    return Frontier(check_frontier(doc, path), f"measured by benchmarks/frontier.py on {' and '.join(map(str, machines))}, "
                     f"{str((doc.get('run') or {}).get('finished', '?'))[:10]} ({path})", measured=True)
 
 
@@ -158,12 +164,14 @@ def frontier_lines(frontier: Frontier) -> list[str]:
             return "–"
         return f"{scale * m['mean']:.{digits}f}{unit}" + (f" ± {scale * m['std']:.{digits}f}" if m.get("std") else "")
 
+    several = len({p.get("machine") for p in frontier.points}) > 1  # then each line names its machine
     lines = [f"frontier: {frontier.source}",
-             f"{'recipe':<10} {'epochs':>6}  {'wall min':>12}  {'CPU min':>12}  {'test accuracy':>16}  seeds"]
+             f"{'recipe':<10} {'epochs':>6}  {'wall min':>12}  {'CPU min':>12}  {'test accuracy':>16}  seeds"
+             + ("  machine" if several else "")]
     for p in sorted(frontier.points, key=lambda p: (p["recipe"], p["epochs"])):
         lines.append(f"{p['recipe']:<10} {p['epochs']:>6}  {spread(p.get('wall_minutes'), 1, '', 2):>12}  "
                      f"{spread(p.get('cpu_minutes'), 1, '', 2):>12}  {spread(p['test_accuracy'], 100, '%', 2):>16}  "
-                     f"{p['seeds']}")
+                     f"{p['seeds']:>5}" + (f"  {printable(str(p.get('machine')))[:60]}" if several else ""))
     return lines
 
 
