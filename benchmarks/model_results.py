@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from common import save_result
@@ -91,8 +90,7 @@ def ship(row: dict) -> None:
     if row["val_accuracy"] is None or not fitted_on or "test images" in fitted_on:
         raise SystemExit(f"{row['run_dir']}: not shipped, its calibration was fitted on {fitted_on!r}; "
                          "ship a run trained with --val-size")
-    SHIPPED.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(row["run_dir"]) / "model.safetensors", SHIPPED)
+    write_atomic(SHIPPED, (Path(row["run_dir"]) / "model.safetensors").read_bytes())  # never half a model
     print(f"shipped {row['run_dir']}/model.safetensors as {SHIPPED} (calibrated on {fitted_on})")
 
 
