@@ -83,8 +83,8 @@ def run_record(run_dir: Path, seed: int, other_cpu_share: float | None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"seed": seed, "wall_minutes": metrics["train_seconds"] / 60,
             "cpu_minutes": metrics["train_cpu_seconds"] / 60, "val_accuracy": metrics["val_accuracy"],
-            "test_accuracy": metrics["test_accuracy"], "other_cpu_share": other_cpu_share,
-            "machine": metrics["machine"]}
+            "test_accuracy": metrics["test_accuracy"], "test_interval": metrics["test_interval"]["accuracy"],
+            "other_cpu_share": other_cpu_share, "machine": metrics["machine"]}
 
 
 def point(model: str, epochs: int, runs: list[dict]) -> dict:
@@ -151,8 +151,12 @@ def markdown(points: list[dict]) -> str:
         rows.setdefault((p["recipe"], p["epochs"]), []).append(p)
 
     def pct(runs: list[dict], key: str) -> str:
+        """mean ± std over the seeds; one seed's test accuracy with its 95% bootstrap interval"""
         values = [100 * r[key] for r in runs]
-        return f"{statistics.fmean(values):.2f}%" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+        if len(values) > 1:
+            return f"{statistics.fmean(values):.2f}% ± {statistics.stdev(values):.2f}"
+        interval = runs[0].get("test_interval") if key == "test_accuracy" else None
+        return f"{values[0]:.2f}%" + (f" ({100 * interval[0]:.2f}-{100 * interval[1]:.2f})" if interval else "")
 
     lines = ["| recipe | epochs | seeds | validation | test | " + " | ".join(f"wall minutes, {m}" for m in machines)
              + " |", "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(machines)]
