@@ -918,6 +918,17 @@ def test_the_shipped_model_says_unknown_for_noise_and_walls_but_not_for_test_ima
     assert np.mean(right) > 0.9
 
 
+def test_a_picture_with_nothing_in_it_is_unknown_whatever_the_model_makes_of_it(model_file):
+    """The model's own rule cannot be trusted on a black square (a strong model once gave 99.7% of blank
+    pictures a class); preprocessing knows the picture is empty."""
+    pictures = [wall_photo(0), noise_photo(0), encode(Image.new("L", (400, 300), 180), "PNG")]
+    calm = Predictor(model_file, min_confidence=1e-9)  # a rule in force that the model itself never meets
+    assert all(p.unknown and p.class_index is None and p.top_k for p in calm.predict(pictures))
+    assert not any(p.unknown for p in calm.predict([encode(garment(), "PNG")]))  # an object is answered
+    assert not any(p.unknown for p in Predictor(model_file).predict(pictures))  # no calibration: never unknown
+    assert not any(p.unknown for p in Predictor(model_file, min_confidence=0).predict(pictures))  # asked: never
+
+
 def test_min_confidence_overrides_the_model_rule(shipped_predictor, model_file):
     noise = noise_photo(0)
     [answered] = shipped_predictor.predict(noise, min_confidence=0)  # 0: never unknown

@@ -117,9 +117,16 @@ class UnknownRule:
     def unknown(self, logits: torch.Tensor) -> torch.Tensor:
         return ood_score(logits, self.temperature, self.score) < self.threshold
 
+    @property
+    def never(self) -> bool:
+        """The rule of --min-confidence 0: nothing is unknown."""
+        return self.score == "max_probability" and self.threshold <= 0
+
     def describe(self) -> str:
+        if self.never:
+            return "never unknown"
         if self.score == "max_probability":
-            return f"unknown below probability {self.threshold:.3g}" if self.threshold > 0 else "never unknown"
+            return f"unknown below probability {self.threshold:.3g}"
         return f"unknown below {self.score} score {self.threshold:.3g}"
 
 

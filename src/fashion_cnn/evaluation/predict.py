@@ -19,7 +19,7 @@ import torch
 
 from fashion_cnn.config import TOP_K
 from fashion_cnn.data.fmnist import CLASS_NAMES
-from fashion_cnn.data.images import IMAGE_SUFFIXES, SIZE, ImageError, Source, png_bytes, preprocess_views
+from fashion_cnn.data.images import FOREGROUND, IMAGE_SUFFIXES, SIZE, ImageError, Source, png_bytes, preprocess_views
 from fashion_cnn.evaluation import calibration
 from fashion_cnn.evaluation.inference import IMAGES, predict_logits
 from fashion_cnn.io import check_output_file, write_atomic
@@ -196,6 +196,11 @@ class Predictor:
                     answer[i], ok[i].image, ok[i].other_view = j, ok[i].other_view, ok[i].image
             logits = views[answer]
             unknown = rule.unknown(logits).tolist() if rule else [False] * len(ok)
+            if rule and not rule.never:
+                # nothing stands out of the background (a wall, noise, a blank page): there is no object
+                # to classify, whatever the model makes of a black square; some models give one a class
+                # with conviction (the strong model shipped on 2026-12-07: 99.7% of blank pictures)
+                unknown = [u or bool(p.image.max() <= FOREGROUND) for u, p in zip(unknown, ok)]
             probabilities = view_probabilities[answer].numpy()
             for p, probs, is_unknown in zip(ok, probabilities, unknown):
                 if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON

@@ -22,7 +22,7 @@ def model_card(meta: dict, limits: str = NOT_MEASURED) -> dict:
     data = mapping(meta.get("data")).get("source", "not recorded")
     return {
         "data": f"{data}: " + (f"{train_images:,} training images" if train_images else "its training images")
-                + (f" (less {val_size:,} held out for validation)" if val_size else "")
+                + (f" and {val_size:,} more held out for validation" if val_size else "")
                 + (f", {test_images:,} test images" if test_images else ""),
         "recipe": config,
         "training": {"seconds": meta.get("train_seconds"), "machine": meta.get("machine"),
