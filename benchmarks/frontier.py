@@ -16,7 +16,7 @@ accuracy, each as mean and std over the seeds. And frontier.png: test accuracy a
 minutes, log time axis, with the published ResNet results as reference lines. --ship copies frontier.json
 into the package, where `--budget` and `fashion-cnn models` read it.
 
-Points accumulate over machines: each names the CPU and threads it was measured on, and the points already
+Points accumulate over machines: each names the CPU it was measured on (its runs, their threads), and the points already
 in --out's frontier.json that this run does not measure again on this machine are kept (with the same
 --val-size and --limit; otherwise the file starts afresh), so the table grows a column per CPU:
 frontier.md, wall minutes per CPU beside the accuracies. --runs adds finished `fashion-cnn train` runs
@@ -87,9 +87,15 @@ def run_record(run_dir: Path, seed: int, other_cpu_share: float | None) -> dict:
             "other_cpu_share": other_cpu_share, "machine": metrics["machine"]}
 
 
+def cpu_of(machine: str) -> str:
+    """The CPU of a run's machine ("AMD EPYC, 2 threads" -> "AMD EPYC"): what a point is keyed by; the
+    threads a run used (the baseline's follow the load) stay in its own record."""
+    return machine.split(",")[0]
+
+
 def point(model: str, epochs: int, runs: list[dict]) -> dict:
-    """A frontier point from the runs of one recipe at one epoch count on one machine."""
-    return {"recipe": model, "epochs": epochs, "seeds": len(runs), "machine": runs[0]["machine"],
+    """A frontier point from the runs of one recipe at one epoch count on one CPU."""
+    return {"recipe": model, "epochs": epochs, "seeds": len(runs), "machine": cpu_of(runs[0]["machine"]),
             **{key: spread([r[key] for r in runs])
                for key in ("wall_minutes", "cpu_minutes", "val_accuracy", "test_accuracy")},
             "runs": runs}
@@ -118,7 +124,7 @@ def points_of_runs(run_dirs: list[Path], val_size: int, limit: int | None) -> li
                              f"{config.get('limit')} on {config.get('data_dir') or 'Fashion-MNIST'}; the "
                              f"frontier's runs hold out {val_size} of Fashion-MNIST with --limit {limit}")
         record = run_record(run_dir, config["seed"], None)
-        groups.setdefault((config["model"], config["epochs"], record["machine"]), []).append(record)
+        groups.setdefault((config["model"], config["epochs"], cpu_of(record["machine"])), []).append(record)
     return [point(model, epochs, runs) for (model, epochs, _), runs in groups.items()]
 
 
@@ -131,7 +137,7 @@ def kept_points(path: Path, val_size: int, limit: int | None) -> list[dict]:
     if old.get("val_size") != val_size or old.get("limit") != limit:
         print(f"{path}: measured with --val-size {old.get('val_size')} --limit {old.get('limit')}; starting afresh")
         return []
-    return [{**p, "machine": p.get("machine") or p["runs"][-1]["machine"],
+    return [{**p, "machine": cpu_of(p.get("machine") or p["runs"][-1]["machine"]),
              "measured": p.get("measured") or {k: old["run"][k] for k in ("commit", "finished")}}
             for p in old["points"]]
 
@@ -240,7 +246,7 @@ def main() -> None:
     if not new:
         raise SystemExit("nothing measured: every candidate is expected to take over --max-minutes "
                          f"{args.max_minutes:g}, and no --runs were given")
-    result["machines"] = sorted({p["machine"] for p in result["points"]})  # CPU and threads, each
+    result["machines"] = sorted({p["machine"] for p in result["points"]})  # the CPUs
     save_result(args.out / "frontier.json", result)
     write_atomic(args.out / "frontier.md", markdown(result["points"]).encode())
     save_figure(frontier_figure(result["points"], args.seeds), args.out / "frontier.png")
