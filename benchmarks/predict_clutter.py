@@ -98,7 +98,8 @@ def main() -> None:
             entry["agreement"][name] = {version: float((c == reference).mean()) for version, c in classes.items()}
         print(f"{name}: done", flush=True)
 
-    print(f"\n{args.n} held-out training items per kind, rendered as {CANVAS[0]}x{CANVAS[1]} JPEG photos (seed {args.seed});"
+    print(f"\n{args.n} held-out training items per kind, rendered as {CANVAS[0]}x{CANVAS[1]} JPEG photos "
+          f"(seed {args.seed});"
           " agreement with the class of the original 28x28 image, old crop -> new crop")
     for entry in result["models"]:
         print(f"\n{entry['path']} ({entry['architecture']})")

@@ -19,12 +19,13 @@ from fashion_cnn.io import load_tensors, save_tensors
 from fashion_cnn.models.card import model_card
 from fashion_cnn.models.files import load_model
 
-# Measured on photos rendered from held-out training items (docs/benchmarks/photos.md, benchmarks/results/predict_clutter.json,
-# upright_turn.json) and on images of no class it knows (docs/benchmarks/unknown.md).
+# Measured on photos rendered from held-out training items (docs/benchmarks/photos.md,
+# benchmarks/results/predict_clutter.json, upright_turn.json) and on images of no class it knows
+# (docs/benchmarks/unknown.md).
 LIMITS = ("Made for one garment, shoe or bag per image, roughly centred, on a plain background, in the ten "
           "Fashion-MNIST classes. On 300x400 photos rendered from held-out training items, agreement with the "
-          "class of the original falls from 97.2% (plain) to 91.8% with clutter, texture, shadow, uneven light and turns "
-          "together; photos of several objects, of people wearing the clothes, or of other things (hats, "
+          "class of the original falls from 97.2% (plain) to 91.8% with clutter, texture, shadow, uneven light and "
+          "turns together; photos of several objects, of people wearing the clothes, or of other things (hats, "
           "jewellery, furniture) are outside what it knows: about 1% of its own kind of images are called "
           "unknown, and things of no class may still get a confident wrong class.")
 

@@ -2,7 +2,8 @@
 pictures that are not clothing (rightly)?
 
 In-distribution images are the model's held-out images (`calibrate.held_out`: for the shipped model the
-5,000 training images `--val-size 5000` held out of its training; never test images): the first half is what its temperature and threshold were fitted on, the second half
+5,000 training images `--val-size 5000` held out of its training; never test images): the first half is
+what its temperature and threshold were fitted on, the second half
 is only measured, as 28x28 arrays and as rendered photos. Out-of-distribution sets are generated: scikit-
 learn's 8x8 digits (framed like MNIST, and as ink-on-paper photos), uniform and Gaussian noise (28x28 and
 photo-sized), blank images, plain-wall photos, gradients, textures and non-clothing shapes. Every image
