@@ -149,8 +149,8 @@ def merged(kept: list[dict], new: list[dict]) -> list[dict]:
 
 
 def markdown(points: list[dict]) -> str:
-    """The frontier table: a row per recipe and epochs (accuracies pooled over machines' seeds where a
-    point was measured on several), a column of wall minutes per machine."""
+    """The frontier table: a row per recipe and epochs, its accuracies pooled over the runs of every CPU
+    that measured it (seeds 1..n on each), a column of wall minutes (mean ± std) per CPU."""
     machines = list(dict.fromkeys(p["machine"] for p in points))
     rows = {}
     for p in sorted(points, key=lambda p: (p["recipe"], p["epochs"])):
@@ -164,13 +164,15 @@ def markdown(points: list[dict]) -> str:
         interval = runs[0].get("test_interval") if key == "test_accuracy" else None
         return f"{values[0]:.2f}%" + (f" ({100 * interval[0]:.2f}-{100 * interval[1]:.2f})" if interval else "")
 
-    lines = ["| recipe | epochs | seeds | validation | test | " + " | ".join(f"wall minutes, {m}" for m in machines)
+    lines = ["| recipe | epochs | runs | validation | test | " + " | ".join(f"wall minutes, {m}" for m in machines)
              + " |", "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(machines)]
     for (recipe, epochs), same in rows.items():
         runs = [r for p in same for r in p["runs"]]
-        wall = {p["machine"]: p["wall_minutes"]["mean"] for p in same}
+        wall = {p["machine"]: p["wall_minutes"] for p in same}
         lines.append(f"| {recipe} | {epochs} | {len(runs)} | {pct(runs, 'val_accuracy')} | {pct(runs, 'test_accuracy')}"
-                     " | " + " | ".join(f"{wall[m]:.2f}" if m in wall else "–" for m in machines) + " |")
+                     " | " + " | ".join("–" if m not in wall else f"{wall[m]['mean']:.2f}"
+                                        + (f" ± {wall[m]['std']:.2f}" if wall[m]["std"] else "") for m in machines)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
