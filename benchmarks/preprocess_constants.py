@@ -56,10 +56,12 @@ def sharpening(photos: dict[str, list[bytes]], originals: np.ndarray) -> dict:
     predictor = Predictor()
     reference = predictor.predict_arrays(originals).argmax(1)
     shipped, result = images.SHARPEN, {}
-    for name, filt in (("sharpened", shipped), ("not sharpened", ImageFilter.Kernel((3, 3), [0, 0, 0, 0, 1, 0, 0, 0, 0]))):
+    identity = ImageFilter.Kernel((3, 3), [0, 0, 0, 0, 1, 0, 0, 0, 0])
+    for name, filt in (("sharpened", shipped), ("not sharpened", identity)):
         images.SHARPEN = filt
         try:
-            result[name] = {kind: float(np.mean([p.class_index == r for p, r in zip(predictor.predict(shots), reference)]))
+            result[name] = {kind: float(np.mean([p.class_index == r
+                                                 for p, r in zip(predictor.predict(shots), reference)]))
                             for kind, shots in photos.items()}
         finally:
             images.SHARPEN = shipped
@@ -79,7 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=60_000, help="training items, a seeded sample (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--photos", type=int, default=300, help="held-out training items rendered per kind (default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=300,
+                        help="held-out training items rendered per kind (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where preprocess_constants.json goes")
     args = parser.parse_args()
 

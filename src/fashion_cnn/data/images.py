@@ -37,9 +37,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 SIZE = 28
 WORKING_SIZE = 1024  # photos shrink to this first: border statistics and the crop need no more detail
 # The brightest pixel of an object stands this many robust standard deviations of the border's noise above
-# it: a bare wall's noise reaches 5-6.2 (its brightest pixel of ~10^5), a garment on a textured background
-# 8.4 or more (benchmarks/predict_clutter.py's renders); without this the crop would blow up a speck of
-# noise into an "object".
+# it: a bare wall's noise reaches 5-6.2 (its brightest pixel of ~10^5; predict_clutter.py's walls), 7.8 for
+# the most of 300 unknown_rate.py's walls; a garment 8.8 or more on photos of 1,200 held-out training items,
+# plain, textured, unevenly lit or all at once (benchmarks/preprocess_constants.py); without this the crop
+# would blow up a speck of noise into an "object".
 OBJECT_CONTRAST = 7
 # Where no background is found at the border, a picture is taken as content (and kept whole) when its
 # brightest block (of those `shrink` averages) stands this far above the border's median: 0.26 at most for
@@ -54,7 +55,9 @@ BACKGROUNDS = ("plane", "level", "none")  # how remove_background found the back
 # 0.93 or more for photo renders of training items (plain, textured or unevenly lit), which keep the plane.
 LEVEL_BETTER = 0.5
 FOREGROUND = 0.05  # after the background is set to 0, what is brighter than this belongs to the object
-SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)  # +0.5-1% photo agreement (benchmark)
+# After the resize: on photos of 300 held-out training items a kind, agreement with and without it differs
+# by at most a point either way (preprocess_constants.py): no difference beyond the noise; kept as it was
+SHARPEN = ImageFilter.UnsharpMask(radius=1, percent=50, threshold=0)
 # Finding the main object (benchmarks/predict_clutter.py measured each choice):
 ANALYSIS_SIZE = 128  # objects are found on a copy shrunk to this by block means: fast, and texture averages out
 MERGE = 0.08  # parts of one garment lie closer than this share of its size (a sandal's straps, a coat's
