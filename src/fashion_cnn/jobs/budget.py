@@ -132,7 +132,8 @@ def check_frontier(doc: object, path: Path) -> tuple[dict, ...]:
         acc = p.get("test_accuracy") if isinstance(p, dict) else None
         wall = p.get("wall_minutes") if isinstance(p, dict) else None
         return (isinstance(p.get("recipe"), str) and isinstance(p.get("epochs"), int) and p["epochs"] >= 1
-                and isinstance(p.get("seeds"), int) and isinstance(acc, dict) and isinstance(wall, dict)
+                and isinstance(p.get("seeds"), int) and p["seeds"] >= 1 and isinstance(acc, dict)
+                and isinstance(wall, dict)
                 and isinstance(acc.get("mean"), (int, float)) and 0 <= acc["mean"] <= 1
                 and isinstance(wall.get("mean"), (int, float)) and wall["mean"] > 0)
     points = doc.get("points") if isinstance(doc, dict) else None
@@ -152,8 +153,10 @@ def load_frontier(path: Path | None = None) -> Frontier:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"{path}: not a frontier file ({e})") from None
+    points = check_frontier(doc, path)
     machines = doc.get("machines") or [doc.get("machine")]  # the first files measured on one machine
-    return Frontier(check_frontier(doc, path), f"measured by benchmarks/frontier.py on {' and '.join(map(str, machines))}, "
+    on = printable(" and ".join(map(str, machines if isinstance(machines, list) else [machines])))[:200]
+    return Frontier(points, f"measured by benchmarks/frontier.py on {on}, "
                     f"{str((doc.get('run') or {}).get('finished', '?'))[:10]} ({path})", measured=True)
 
 
