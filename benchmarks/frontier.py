@@ -119,9 +119,10 @@ def points_of_runs(run_dirs: list[Path], val_size: int, limit: int | None) -> li
     groups: dict[tuple, list[dict]] = {}
     for run_dir in run_dirs:
         config = json.loads((run_dir / "config.json").read_text())
-        if config.get("val_size") != val_size or config.get("limit") != limit or config.get("data_dir"):
+        data = config.get("data") or config.get("data_dir")
+        if config.get("val_size") != val_size or config.get("limit") != limit or data:
             raise SystemExit(f"{run_dir}: trained with --val-size {config.get('val_size')} and --limit "
-                             f"{config.get('limit')} on {config.get('data_dir') or 'Fashion-MNIST'}; the "
+                             f"{config.get('limit')} on {data or 'Fashion-MNIST'}; the "
                              f"frontier's runs hold out {val_size} of Fashion-MNIST with --limit {limit}")
         record = run_record(run_dir, config["seed"], None)
         groups.setdefault((config["model"], config["epochs"], cpu_of(record["machine"])), []).append(record)
