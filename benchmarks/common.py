@@ -90,9 +90,12 @@ def tutorial_fold1(n: int):
     return kfold_splits(np.zeros(n, np.int64), 5, 1, stratify=False)[0]
 
 
+VAL_SIZE = 5_000  # the validation split (`--val-size`) recipes are chosen on and the shipped model held out
+
+
 def held_out_training_items(n: int, seed: int):
-    """n items (uint8 images, labels as numpy arrays) drawn with seed from the 5,000 training images that
-    `--val-size 5000` holds out, as it held them out of the shipped model's training: what preprocessing
+    """n items (uint8 images, labels as numpy arrays) drawn with seed from the VAL_SIZE training images that
+    `--val-size` holds out, as it held them out of the shipped model's training: what preprocessing
     is chosen on, never a test image, and never an image the shipped model learnt from."""
     import numpy as np
 
@@ -100,7 +103,7 @@ def held_out_training_items(n: int, seed: int):
     from fashion_cnn.training.loop import holdout_split
 
     data = load_fashion_mnist(download=False)
-    _, (images, labels) = holdout_split(data.train_images, data.train_labels, 5000)
+    _, (images, labels) = holdout_split(data.train_images, data.train_labels, VAL_SIZE)
     picked = np.random.default_rng(seed).choice(len(labels), n, replace=False)
     return images.numpy()[picked], labels.numpy()[picked]
 

@@ -32,7 +32,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import measured, others_busy_now, save_result
+from common import VAL_SIZE, measured, others_busy_now, save_result
 from matplotlib.figure import Figure
 
 from fashion_cnn.config import TrainConfig
@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per candidate up to 15 minutes (default: 3)")
     parser.add_argument("--max-minutes", type=float, default=LONG_MINUTES,
                         help="skip candidates expected to take longer (default: %(default)s)")
-    parser.add_argument("--val-size", type=int, default=5000, help="the validation split (default: %(default)s)")
+    parser.add_argument("--val-size", type=int, default=VAL_SIZE, help="the validation split (default: %(default)s)")
     parser.add_argument("--limit", type=int, help="train on the first N training images only (a quick check)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per core)")
     parser.add_argument("--device", default="auto")

@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from common import save_result
+from common import VAL_SIZE, save_result
 
 from fashion_cnn.config import TrainConfig
 from fashion_cnn.io import load_tensors, write_atomic
@@ -29,7 +29,6 @@ from fashion_cnn.models.registry import count_parameters, create_model
 
 RESULTS = Path(__file__).parent / "results"
 SHIPPED = Path(locate.__file__).parent / locate.DEFAULT_MODEL  # the package's own path for it: one source
-VAL_SIZE = 5_000  # the split the fast recipe was chosen on
 NOT_RECIPE = {"model", "out", "data_dir", "job", "folds", "split_seed"}  # where, not how, a run trains
 
 

@@ -44,10 +44,7 @@ def object_contrast(photo: bytes) -> float:
     x = images.to_grayscale(images.load_image(photo))
     if images.has_light_background(x):
         x = 1 - x
-    fits = [(y, *images.spread(y)) for y in (x - images.background(x), x - np.median(images.border(x)))]
-    if fits[1][2] < images.LEVEL_BETTER * fits[0][2]:
-        fits.reverse()
-    y, middle, sd = fits[0]
+    _, y, middle, sd = images.background_fits(x)[0]
     return float((y.max() - middle) / sd)
 
 

@@ -304,6 +304,15 @@ def without(x: np.ndarray, middle: float, sd: float) -> np.ndarray | None:
     return np.clip((x - floor) / (top - floor), 0, 1)
 
 
+def background_fits(x: np.ndarray) -> list[tuple[str, np.ndarray, float, float]]:
+    """(name, x less that background, the border's median and noise after it) for the plane and the level,
+    in the order remove_background tries them: the level first where its border is LEVEL_BETTER."""
+    fits = [(name, y, *spread(y)) for name, y in zip(BACKGROUNDS, (x - background(x), x - np.median(border(x))))]
+    if fits[1][3] < LEVEL_BETTER * fits[0][3]:
+        fits.reverse()
+    return fits
+
+
 def remove_background(x: np.ndarray) -> tuple[np.ndarray, str]:
     """Background (and its noise) to 0, the brightest pixel to 1, as in Fashion-MNIST; and which of
     BACKGROUNDS it took. The first that finds an object: a plane through the edges (uneven light), one
@@ -311,10 +320,7 @@ def remove_background(x: np.ndarray) -> tuple[np.ndarray, str]:
     bare 8x8 digits), or, where the object fills the border and leaves no background there (a tight crop),
     none: darkest pixel to 0. All 0 (and "none") only for a picture with no content: nothing stands out
     of the border's noise, nor by CONTENT of the gray scale above its median (a wall, however lit)."""
-    fits = [(name, y, *spread(y)) for name, y in zip(BACKGROUNDS, (x - background(x), x - np.median(border(x))))]
-    if fits[1][3] < LEVEL_BETTER * fits[0][3]:
-        fits.reverse()
-    for name, y, middle, sd in fits:
+    for name, y, middle, sd in background_fits(x):
         if (found := without(y, middle, sd)) is not None:
             return found, name
     blocks = shrink(x)[0]  # pixel noise averages out (a picture of noise has no object)
@@ -459,6 +465,11 @@ class Findings:
     pixels: int = 0  # object pixels (brighter than FOREGROUND) in the 28x28 result; 0: an empty result
 
 
+def object_pixels(x: np.ndarray) -> int:
+    """The pixels of a preprocessed image that belong to an object (brighter than FOREGROUND); 0: empty."""
+    return int((x > FOREGROUND).sum())
+
+
 def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = True,
                        framed: bool = False) -> tuple[list[np.ndarray], Findings]:
     """preprocess_views' views, and what it found and did on the way (Findings).
@@ -479,7 +490,7 @@ def preprocess_picture(image: Source, invert: bool | None = None, crop: bool = T
         if crop:
             x, found.turned, found.left_out = crop_to_object(x)
         views = [pad_and_resize(turn(x, found.turned)), pad_and_resize(x)] if found.turned else [pad_and_resize(x)]
-    found.pixels = int((views[0] > FOREGROUND).sum())
+    found.pixels = object_pixels(views[0])
     return views, found
 
 

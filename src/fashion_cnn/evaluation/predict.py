@@ -19,7 +19,15 @@ import torch
 
 from fashion_cnn.config import TOP_K
 from fashion_cnn.data.fmnist import CLASS_NAMES
-from fashion_cnn.data.images import FOREGROUND, IMAGE_SUFFIXES, SIZE, ImageError, Source, png_bytes, preprocess_views
+from fashion_cnn.data.images import (
+    IMAGE_SUFFIXES,
+    SIZE,
+    ImageError,
+    Source,
+    object_pixels,
+    png_bytes,
+    preprocess_views,
+)
 from fashion_cnn.evaluation import calibration
 from fashion_cnn.evaluation.inference import IMAGES, predict_logits
 from fashion_cnn.io import check_output_file, write_atomic
@@ -200,7 +208,7 @@ class Predictor:
                 # nothing stands out of the background (a wall, noise, a blank page): there is no object
                 # to classify, whatever the model makes of a black square; some models give one a class
                 # with conviction (the strong model shipped on 2026-12-07: 99.7% of blank pictures)
-                unknown = [u or bool(p.image.max() <= FOREGROUND) for u, p in zip(unknown, ok)]
+                unknown = [u or object_pixels(p.image) == 0 for u, p in zip(unknown, ok)]
             probabilities = view_probabilities[answer].numpy()
             for p, probs, is_unknown in zip(ok, probabilities, unknown):
                 if not np.isfinite(probs).all():  # NaN is no answer, and not even valid JSON
