@@ -78,27 +78,32 @@ def common_args(data_dir: Path) -> list[str]:
 #   that to 3.6e-3 here. What the tolerance rejects, measured: local batch norm instead of SyncBatchNorm
 #   0.029; each process treating its half as the whole batch, below.
 # Every run ends on a batch that does not divide evenly: 193 = 6 x 32 + 1 gives one process one image and
-# the other none; 197 = 3 x 64 + 5 splits 2 and 3.
+# the other none; 197 = 3 x 64 + 5 splits 2 and 3. The baseline's case is run killed and resumed, below
+# (each torchrun costs the suite about 12 CPU seconds, most of it three processes importing torch).
 TRAIN_CASES = {
-    "baseline": (["--limit", "193", "--epochs", "2"], 32, 1e-5),
+    "baseline": (["--limit", "193", "--epochs", "6"], 32, 1e-5),
     "fast": (["--model", "fast", "--no-amp", "--limit", "197", "--batch-size", "64", "--epochs", "1"], 64, 1e-2),
 }
 
 
-@pytest.mark.parametrize("case", TRAIN_CASES)
-def test_data_parallel_train_equals_one_process_on_the_global_batch(case, tiny_data_dir, tmp_path):
+def assert_one_process_on_the_global_batch(root: Path, args: list[str], case: str) -> None:
+    """The two-process train run under root/"two" matches one process on the same global batch, and not
+    one on half of it; its log and metrics are the run's whole."""
     extra, batch, tolerance = TRAIN_CASES[case]
-    args = ["train", *common_args(tiny_data_dir), *extra]
-    torchrun(*args, "--out", str(tmp_path / "two"))
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert main([*args, "--batch-size", str(batch // 2), "--out", str(tmp_path / "halves")]) == 0
-
-    two = weights(tmp_path / "two")
-    assert distance(two, weights(tmp_path / "one")) < tolerance
-    assert distance(two, weights(tmp_path / "halves")) > 10 * tolerance  # the tolerance tells batches apart
-    run_dir = only_run(tmp_path / "two")
+    assert main([*args, "--out", str(root / "one")]) == 0
+    assert main([*args, "--batch-size", str(batch // 2), "--out", str(root / "halves")]) == 0
+    two = weights(root / "two")
+    assert distance(two, weights(root / "one")) < tolerance
+    assert distance(two, weights(root / "halves")) > 10 * tolerance  # the tolerance tells batches apart
+    run_dir = only_run(root / "two")
     assert "data-parallel: 2 processes" in (run_dir / "log.txt").read_text()
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + int(extra[extra.index("--epochs") + 1])
+
+
+def test_data_parallel_train_equals_one_process_on_the_global_batch(tiny_data_dir, tmp_path):
+    args = ["train", *common_args(tiny_data_dir), *TRAIN_CASES["fast"][0]]
+    torchrun(*args, "--out", str(tmp_path / "two"))
+    assert_one_process_on_the_global_batch(tmp_path, args, "fast")
 
 
 def test_one_process_is_as_before(tiny_data_dir, tmp_path, monkeypatch):
@@ -142,8 +147,8 @@ def worker_pids(pid: int) -> list[int]:
     return [int(p) for p in children.read_text().split()] if children.exists() else []
 
 
-def test_killed_data_parallel_run_resumes(tiny_data_dir, tmp_path):
-    args = ["train", *common_args(tiny_data_dir), "--epochs", "6"]
+def test_killed_data_parallel_run_resumes_as_one_process_on_the_global_batch(tiny_data_dir, tmp_path):
+    args = ["train", *common_args(tiny_data_dir), *TRAIN_CASES["baseline"][0]]
     out = tmp_path / "two"
     proc = subprocess.Popen(torchrun_command(*args, "--out", str(out)), env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -159,9 +164,7 @@ def test_killed_data_parallel_run_resumes(tiny_data_dir, tmp_path):
 
     torchrun("train", "--resume", str(run_dir))  # both processes load the checkpoint
     assert "resuming after epoch" in (run_dir / "log.txt").read_text()
-    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 6
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    assert distance(weights(out), weights(tmp_path / "one")) < TRAIN_CASES["baseline"][2]
+    assert_one_process_on_the_global_batch(tmp_path, args, "baseline")
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
