@@ -16,7 +16,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from fashion_cnn import tensorboard_log
 from fashion_cnn.config import CVConfig, TrainConfig, duration_seconds
@@ -54,6 +53,10 @@ def kfold_splits(labels: torch.Tensor | np.ndarray, folds: int, seed: int, strat
     StratifiedKFold), unless the classes are balanced: there every class's expected share of a fold is
     already equal, and the folds are the tutorial's KFold(folds, shuffle=True, random_state=seed), so
     Fashion-MNIST's numbers are those of the tutorial's split. `stratify` overrides that choice."""
+    # scikit-learn costs a second of start-up: here, not at import, it is spent by cv alone (train --budget
+    # imports this module too)
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     labels = np.asarray(labels)
     if not 2 <= folds <= len(labels):
         raise ValueError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
