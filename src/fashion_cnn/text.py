@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
-# C0 and C1 controls, DEL, Unicode line and paragraph separators, and lone surrogates (bytes of a file
-# name that are not UTF-8, as Python decodes them): each could end a line, move the cursor, or fail to print.
-UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
 
 def printable(text: str) -> str:
-    r"""text with unprintable characters escaped as Python would write them (\n, \x1b, \udcff): a file
-    name cannot start a new line of output or send a terminal escape sequence."""
-    return UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    r"""Untrusted text (file, folder, class and option names) safe to print: every character Python does not
+    call printable escaped as Python would write it (\n, \x1b, \u202e, \udcff). Controls, line and
+    paragraph separators, format characters (a right-to-left override reverses what follows) and lone
+    surrogates (bytes of a file name that are not UTF-8): none can start a line of output, move the cursor,
+    hide or reorder text, or fail to print."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def plain(text: str) -> str:

@@ -51,8 +51,9 @@ from fashion_cnn.data.images import (
 )
 from fashion_cnn.io import ModelFileError, cache_dir, load_tensors, save_tensors
 from fashion_cnn.models.specs import unknown
+from fashion_cnn.text import printable
 
-__all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "printable", "class_key"]
+__all__ = ["Dataset", "load_dataset", "describe", "parse_classes", "split_key", "class_key"]
 
 NAMES = ("fashion-mnist",)
 MAX_FILES = 1_000_000  # image files in one folder; more is a mistake (the wrong folder) or an attack
@@ -150,12 +151,6 @@ def parse_classes(classes: str | Sequence[str] | None) -> list[str] | None:
         twice = sorted(n for n, k in Counter(names).items() if k > 1)
         raise ValueError(f"class names given twice: {printable(', '.join(twice))}")
     return names
-
-
-def printable(text: str) -> str:
-    """Untrusted text (file and folder names) safe to print: control and other unprintable characters
-    escaped as Python writes them (a newline as \\n), so a name cannot forge or hide output lines."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # --- IDX folders -----------------------------------------------------------------------------------
