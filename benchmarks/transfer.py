@@ -3,9 +3,9 @@
 
 Two folders of classes the model being fine-tuned never saw:
 - held-out Fashion-MNIST classes: a `fast` model is trained with its recipe on 5 classes (T-shirt/top,
-  Trouser, Pullover, Dress, Coat; all 30,000 of their training images), then fine-tuned onto the other 5 (Sandal, Shirt,
-  Sneaker, Bag, Ankle boot): their training images are the folder's training part, 400 test images of
-  each its test part;
+  Trouser, Pullover, Dress, Coat; all 30,000 of their training images), then fine-tuned onto the other 5
+  (Sandal, Shirt, Sneaker, Bag, Ankle boot): their training images are the folder's training part, 400
+  test images of each its test part;
 - scikit-learn's digits, written as PNG files (tests/sample_images.py) and imported as `fashion-cnn
   train --data DIR` imports them (its own 80/20 split: about 36 test images a class, so 100 training
   images a class at most there; 10, 20 and 50 here), fine-tuned from the same 5-class model.
@@ -14,9 +14,10 @@ Each seed draws its own k training images per class. Three methods: fine-tuning 
 recipe's defaults: config.TRANSFER_WARMUP and TRANSFER_BACKBONE_LR) and training from scratch both train
 the `fast` architecture with its recipe at --batch-size 32, for enough epochs that small data gets STEPS
 steps at least; and what a user gets from `fashion-cnn train --data DIR` with no options (the tutorial's
-baseline and recipe, from scratch), the comparison the issue made. Before that, the transfer recipe's settings are compared on VALIDATION images (held-out
-Fashion-MNIST classes, 20 per class, other training images than any subset draws; never the test
-part). Reported per run: test accuracy, training CPU seconds. Saves transfer.json in --out.
+baseline and recipe, from scratch), the comparison the issue made. Before that, the transfer recipe's
+settings are compared on VALIDATION images (held-out Fashion-MNIST classes, 20 per class, other training
+images than any subset draws; never the test part). Reported per run: test accuracy, training CPU
+seconds. Saves transfer.json in --out.
 
     .venv/bin/python benchmarks/transfer.py --threads 2
 """
@@ -46,7 +47,7 @@ BASE_PER_CLASS = 6000  # all of a base class's training images: a model trained 
 POOL_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = 1000, 100, 400  # held-out classes: training items 0..999
 # are the subsets' pool, the next 100 the validation images; test items the test part
 SIZES = {"held-out Fashion-MNIST classes": (10, 20, 50, 200), "scikit-learn digits": (10, 20, 50)}  # digits:
-# 100 a class would fit its split, but not this benchmark's 25 minutes on 2 loaded CPU cores
+# 100 a class would fit its split (about 3 CPU minutes more), not yet measured
 SEEDS = (1, 2, 3)
 STEPS = 120  # training steps at least, however small the data
 CANDIDATES = {  # the transfer recipe's settings compared on validation images
