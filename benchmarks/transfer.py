@@ -93,7 +93,8 @@ def fast_recipe(data: Dataset, seed: int, threads: int, **options) -> TrainConfi
 
 
 def default_job(data: Dataset, seed: int, threads: int) -> TrainConfig:
-    """What `fashion-cnn train --data DIR --seed SEED` trains: every other option its default."""
+    """What `fashion-cnn train --data DIR --seed SEED` trains: every other option its default, whatever the
+    data's size (`data` is taken for the methods' one signature, and unused)."""
     return TrainConfig(seed=seed, device="cpu", threads=threads)
 
 
